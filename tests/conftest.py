@@ -1,0 +1,20 @@
+"""Shared fixtures: where the repository and the real data copies are."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The real ISBI 2012 and Cell Tracking Challenge copies (../shared/data beside the checkout).
+SHARED_DATA = Path(os.environ.get("UNET_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real data; its absence is an error, not a skip: CI always has it."""
+    if not (SHARED_DATA / "isbi2012" / "train-volume.tif").is_file():
+        pytest.fail(f"real data not found at {SHARED_DATA}; set UNET_SHARED_DATA to a copy laid out like ../shared/data")
+    return SHARED_DATA

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from unet.model import InvalidSizeError, UNet, border, input_size, output_size, valid_input_size_at_least
+
+
+def test_paper_network_has_the_papers_parameter_count_and_shapes():
+    model = UNet()
+    assert sum(p.numel() for p in model.parameters()) == 31_030_658
+    convolutions = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    assert sum(isinstance(m, convolutions) for m in model.modules()) == 23  # the paper's count
+    assert output_size(572) == 388
+    assert input_size(388) == 572
+    assert border() == 92
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+def test_size_helpers_agree_with_the_network(depth):
+    model = UNet(base_channels=2, depth=depth).eval()
+    size = valid_input_size_at_least(1, depth)
+    for candidate in (size, size + 2**depth):
+        with torch.no_grad():
+            out = model(torch.zeros(1, 1, candidate, candidate))
+        assert out.shape[-1] == output_size(candidate, depth)
+        assert input_size(out.shape[-1], depth) == candidate
+        assert candidate - out.shape[-1] == 2 * border(depth)
+    for invalid in range(1, size):
+        with pytest.raises(InvalidSizeError):
+            output_size(invalid, depth)
+
+
+def test_invalid_sizes_are_rejected_with_the_nearest_valid_ones():
+    with pytest.raises(InvalidSizeError, match="556 or 572"):
+        output_size(570)
+    with pytest.raises(InvalidSizeError, match="388 or 404"):
+        input_size(390)
+    with pytest.raises(InvalidSizeError, match="572"):
+        UNet(base_channels=2)(torch.zeros(1, 1, 570, 572))
+
+
+def test_initialisation_follows_he_with_incoming_nodes():
+    torch.manual_seed(0)
+    model = UNet()
+    conv = model.down[1][2]  # 128 -> 128, 3x3: N = 1152
+    assert conv.weight.std().item() == pytest.approx((2 / 1152) ** 0.5, rel=0.02)
+    upconv = model.upconv[0]  # 1024 -> 512, 2x2 stride 2: N = 1024
+    assert upconv.weight.std().item() == pytest.approx((2 / 1024) ** 0.5, rel=0.02)
+    biases = [m.bias for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert len(biases) == 23 and all(not b.detach().any() for b in biases)

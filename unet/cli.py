@@ -1,0 +1,55 @@
+"""The `unet` command: one subcommand per pipeline stage.
+
+Each stage module defines `add_arguments(parser)` and `run(args) -> int`; only
+the module of the chosen subcommand is imported, so `unet evaluate` does not
+pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from unet.io import DataError
+
+COMMANDS = {
+    "fetch": ("unet.data", "download or copy a data set, verify its checksum and unpack it"),
+    "prepare": ("unet.data", "convert a data set's official layout into the canonical prepared form"),
+    "synthesize": ("unet.synthetic", "generate the embedded demo data sets from a seed"),
+    "weightmap": ("unet.weightmap", "compute training targets and loss weight maps for a prepared split"),
+    "train": ("unet.train", "train a U-Net on prepared data with elastic augmentation"),
+    "predict": ("unet.predict", "overlap-tile prediction with test-time augmentation"),
+    "evaluate": ("unet.evaluate", "score predictions with the challenges' metrics"),
+    "tables": ("unet.tables", "write Table 1 and Table 2 beside the paper's numbers"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported to add its arguments."""
+    parser = argparse.ArgumentParser(prog="unet", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(module_name)
+            add_arguments = getattr(module, f"add_{name}_arguments", module.add_arguments)
+            add_arguments(subparser)
+            subparser.set_defaults(run=getattr(module, f"run_{name}", getattr(module, "run", None)))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (DataError, ValueError, FileNotFoundError) as error:
+        print(f"unet {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Files in and out: atomic writes, TIFF stacks and the canonical prepared data form.
+
+Every stage writes through `atomic_path`, so a crash, a kill or bad input never
+leaves a half-written file where a finished one is expected.
+
+The canonical form of a prepared data set split (`results/data/{dataset}/{split}/`):
+
+- `images.tif`: every frame of the split, (N, H, W), uint8 or uint16 as acquired.
+- `labels.tif`: the annotated frames only, (M, H, W); uint8 with values {0, 1}
+  (1 = cell) for `kind: binary`, uint16 instance ids (0 = background) for
+  `kind: instance`. Absent when the split has no labels (e.g. a test volume).
+- `frames.json`: `{"dataset", "split", "kind", "frames": [...], "labelled": [...]}`;
+  `frames[i]` is the frame id of `images[i]`, `labelled[j]` the frame id of `labels[j]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import tifffile
+
+KINDS = ("binary", "instance")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file and the problem."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary name keeps the final suffix (writers such as tifffile and
+    matplotlib choose the format from it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix, dir=path.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_tiff(path: str | os.PathLike, array: np.ndarray, *, imagej: bool = True) -> None:
+    """Write a 2D image or a (N, H, W) stack atomically; ImageJ-compatible by default."""
+    array = np.ascontiguousarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, array, imagej=imagej and array.dtype != np.int64, metadata=None)
+
+
+def read_tiff(path: str | os.PathLike) -> np.ndarray:
+    """Read a TIFF image or stack; a missing or unreadable file raises `DataError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return tifffile.imread(path)
+    except Exception as error:  # tifffile raises many types for corrupt files
+        raise DataError(f"{path}: not a readable TIFF ({error})") from error
+
+
+def read_stack(path: str | os.PathLike) -> np.ndarray:
+    """Read a TIFF as a (N, H, W) stack: a single 2D image becomes a stack of one."""
+    array = read_tiff(path)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise DataError(f"{path}: expected a 2D image or a (N, H, W) stack, found shape {array.shape}")
+    return array
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from error
+
+
+def normalize_intensity(images: np.ndarray) -> np.ndarray:
+    """Scale each image of a (N, H, W) stack (or one image) to [0, 1] by its own minimum and maximum.
+
+    Per image, so that a frame gets the same input whether it is predicted alone
+    or within its sequence. A constant image maps to zeros.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    axes = (-2, -1)
+    low = images.min(axis=axes, keepdims=True)
+    span = images.max(axis=axes, keepdims=True) - low
+    return (images - low) / np.where(span > 0, span, 1.0)
+
+
+@dataclass
+class Split:
+    """One prepared split of a data set (see the module docstring for the files)."""
+
+    dataset: str
+    split: str
+    kind: str
+    images: np.ndarray
+    frames: list[int]
+    labels: np.ndarray | None = None
+    labelled: list[int] = field(default_factory=list)
+
+    def labelled_images(self) -> np.ndarray:
+        """The images that have labels, in the order of `labels`."""
+        index = {frame: i for i, frame in enumerate(self.frames)}
+        return self.images[[index[frame] for frame in self.labelled]]
+
+
+def write_split(directory: str | os.PathLike, split: Split) -> None:
+    """Write a split in the canonical form; `frames.json` is written last, so it marks completion."""
+    directory = Path(directory)
+    _validate_split(split, source=str(directory))
+    write_tiff(directory / "images.tif", split.images)
+    if split.labels is not None:
+        write_tiff(directory / "labels.tif", split.labels)
+    write_json(
+        directory / "frames.json",
+        {
+            "dataset": split.dataset,
+            "split": split.split,
+            "kind": split.kind,
+            "frames": [int(f) for f in split.frames],
+            "labelled": [int(f) for f in split.labelled],
+        },
+    )
+
+
+def read_split(directory: str | os.PathLike) -> Split:
+    """Read and validate a prepared split; any inconsistency raises `DataError` naming the file."""
+    directory = Path(directory)
+    meta_path = directory / "frames.json"
+    meta = read_json(meta_path)
+    missing = {"dataset", "split", "kind", "frames", "labelled"} - set(meta)
+    if missing:
+        raise DataError(f"{meta_path}: missing keys {sorted(missing)}")
+    labels = read_stack(directory / "labels.tif") if meta["labelled"] else None
+    split = Split(
+        dataset=meta["dataset"],
+        split=meta["split"],
+        kind=meta["kind"],
+        images=read_stack(directory / "images.tif"),
+        frames=list(meta["frames"]),
+        labels=labels,
+        labelled=list(meta["labelled"]),
+    )
+    _validate_split(split, source=str(directory))
+    return split
+
+
+def _validate_split(split: Split, *, source: str) -> None:
+    def fail(message: str) -> None:
+        raise DataError(f"{source}: {message}")
+
+    if split.kind not in KINDS:
+        fail(f"kind must be one of {KINDS}, found {split.kind!r}")
+    if split.images.ndim != 3:
+        fail(f"images.tif must be a (N, H, W) stack, found shape {split.images.shape}")
+    if split.images.dtype not in (np.uint8, np.uint16, np.float32):
+        fail(f"images.tif must be uint8, uint16 or float32, found {split.images.dtype}")
+    if len(split.frames) != len(split.images):
+        fail(f"frames.json lists {len(split.frames)} frames but images.tif has {len(split.images)}")
+    if len(set(split.frames)) != len(split.frames):
+        fail("frames.json lists a frame id twice")
+    if split.labels is None:
+        if split.labelled:
+            fail("frames.json lists labelled frames but there is no labels.tif")
+        return
+    if split.labels.ndim != 3 or split.labels.shape[1:] != split.images.shape[1:]:
+        fail(f"labels.tif shape {split.labels.shape} does not match images.tif {split.images.shape}")
+    if len(split.labelled) != len(split.labels):
+        fail(f"frames.json lists {len(split.labelled)} labelled frames but labels.tif has {len(split.labels)}")
+    unknown = sorted(set(split.labelled) - set(split.frames))
+    if unknown:
+        fail(f"labelled frames {unknown} are not among the frames of images.tif")
+    if split.kind == "binary":
+        if split.labels.dtype != np.uint8:
+            fail(f"binary labels.tif must be uint8, found {split.labels.dtype}")
+        values = np.unique(split.labels)
+        if not set(values.tolist()) <= {0, 1}:
+            fail(f"binary labels.tif must hold only 0 and 1, found values {values[:10].tolist()}")
+    elif split.labels.dtype not in (np.uint8, np.uint16):
+        fail(f"instance labels.tif must be uint16 (or uint8), found {split.labels.dtype}")

@@ -1,0 +1,176 @@
+"""The U-Net of Ronneberger, Fischer & Brox (2015), exactly as the paper draws it.
+
+- Contracting path: per level two valid 3x3 convolutions, each followed by a
+  ReLU, then 2x2 max-pooling with stride 2; the channels double at each level.
+- Expanding path: a 2x2 up-convolution (transposed, stride 2) that halves the
+  channels, concatenation with the centre-cropped feature map of the same level,
+  two valid 3x3 convolutions with ReLU. No ReLU after the up-convolution: the
+  paper attaches the ReLUs to the 3x3 convolutions only.
+- A 1x1 convolution to the classes. With the defaults: 23 convolutions,
+  31,030,658 parameters, 572x572 in, 388x388 out.
+- Dropout "at the end of the contracting path": as in the authors' release,
+  after the last two contracting levels (the deepest skip level and the bottom).
+- Initialisation: Gaussian with std sqrt(2 / N), N the incoming nodes of a
+  neuron: in_channels * 3 * 3 for a 3x3 convolution, in_channels for the 2x2
+  stride-2 up-convolution (each output pixel sees one input pixel) and for the
+  1x1 head. Biases start at zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class InvalidSizeError(ValueError):
+    """A tile size the valid-convolution network cannot take or produce."""
+
+
+def output_size(input_size: int, depth: int = 4) -> int:
+    """Output side for an input tile side; `InvalidSizeError` names the nearest valid inputs."""
+    size = input_size
+    for level in range(depth):
+        size -= 4
+        if size <= 0 or size % 2:
+            raise InvalidSizeError(_invalid_input(input_size, depth, f"level {level + 1} would pool an odd or empty map"))
+        size //= 2
+    size -= 4
+    for _ in range(depth):
+        size = 2 * size - 4
+    if size <= 0:
+        raise InvalidSizeError(_invalid_input(input_size, depth, "the output would be empty"))
+    return size
+
+
+def input_size(output_size: int, depth: int = 4) -> int:
+    """Input tile side that produces exactly `output_size`; `InvalidSizeError` otherwise."""
+    step = 2**depth
+    if output_size > 0 and (output_size + border(depth) * 2) % step == _input_offset(depth) % step:
+        return output_size + 2 * border(depth)
+    lower = max(_smallest_output(depth), output_size - (output_size - _smallest_output(depth)) % step)
+    raise InvalidSizeError(
+        f"output size {output_size} is not produced by a depth-{depth} U-Net: valid outputs are "
+        f"{_smallest_output(depth)} + {step}k, e.g. {lower} or {lower + step}"
+    )
+
+
+def valid_input_size_at_least(size: int, depth: int = 4) -> int:
+    """The smallest valid input tile side that is at least `size`."""
+    step = 2**depth
+    smallest = _smallest_input(depth)
+    if size <= smallest:
+        return smallest
+    return smallest + -(-(size - smallest) // step) * step
+
+
+def border(depth: int = 4) -> int:
+    """Pixels lost per side between input and output: 6 * 2**depth - 4 (92 for the paper's network)."""
+    return 6 * 2**depth - 4
+
+
+def _input_offset(depth: int) -> int:
+    # Valid inputs are 2**depth * x + 4 * (2**depth - 1), x the side entering the bottom level.
+    return 4 * (2**depth - 1)
+
+
+def _smallest_input(depth: int) -> int:
+    # The bottom map after its two convolutions, b, must leave a positive output: 2**d * b > 4 * (2**d - 1).
+    step = 2**depth
+    bottom = 4 * (step - 1) // step + 1
+    return step * (bottom + 4) + _input_offset(depth)
+
+
+def _smallest_output(depth: int) -> int:
+    return _smallest_input(depth) - 2 * border(depth)
+
+
+def _invalid_input(size: int, depth: int, why: str) -> str:
+    above = valid_input_size_at_least(size, depth)
+    below = above - 2**depth
+    options = f"{below} or {above}" if below >= _smallest_input(depth) else f"{above}"
+    return f"input size {size} is invalid for a depth-{depth} U-Net ({why}); nearest valid sizes: {options}"
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3),
+            nn.ReLU(inplace=True),
+        )
+
+
+def _center_crop(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    top = (features.shape[-2] - size[0]) // 2
+    left = (features.shape[-1] - size[1]) // 2
+    return features[..., top : top + size[0], left : left + size[1]]
+
+
+class UNet(nn.Module):
+    """The paper's U-Net; `base_channels` and `depth` scale it down for CPU runs and tests."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        base_channels: int = 64,
+        depth: int = 4,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        if depth < 1 or base_channels < 1:
+            raise ValueError(f"depth and base_channels must be positive, got depth={depth}, base_channels={base_channels}")
+        self.config = dict(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            base_channels=base_channels,
+            depth=depth,
+            dropout=dropout,
+        )
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.down = nn.ModuleList()
+        channels = in_channels
+        for width in widths:
+            self.down.append(_DoubleConv(channels, width))
+            channels = width
+        self.upconv = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for width in reversed(widths[:-1]):
+            self.upconv.append(nn.ConvTranspose2d(channels, width, 2, stride=2))
+            self.up.append(_DoubleConv(2 * width, width))
+            channels = width
+        self.head = nn.Conv2d(channels, num_classes, 1)
+        self.dropout = nn.Dropout(dropout)
+        self.depth = depth
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.ConvTranspose2d):
+                fan_in = module.in_channels  # stride == kernel: one input pixel per output pixel
+            elif isinstance(module, nn.Conv2d):
+                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            else:
+                continue
+            nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan_in))
+            nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output_size(x.shape[-2], self.depth)  # clear errors for invalid tiles
+        output_size(x.shape[-1], self.depth)
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(x)
+            if level >= self.depth - 1:  # the last two contracting levels
+                x = self.dropout(x)
+            if level < self.depth:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+        for upconv, block, skip in zip(self.upconv, self.up, reversed(skips)):
+            x = upconv(x)
+            x = block(torch.cat([_center_crop(skip, x.shape[-2:]), x], dim=1))
+        return self.head(x)
