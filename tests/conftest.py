@@ -18,3 +18,6 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "isbi2012" / "train-volume.tif").is_file():
         pytest.fail(f"real data not found at {SHARED_DATA}; set UNET_SHARED_DATA to a copy laid out like ../shared/data")
     return SHARED_DATA
+
+# Subprocesses (the `unet` command, snakemake) must import the package of this checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

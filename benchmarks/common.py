@@ -1,0 +1,100 @@
+"""What every benchmark shares: timing, the device's name, the commit, and the results files.
+
+A benchmark prints its figure next to a baseline measured in the same run, as a
+ratio, and with `--record` appends that table to `benchmarks/results/<stage>.md`
+with the date, the commit and the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", help="torch device for the stage's own implementation (cpu, cuda)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions; the median is reported")
+    parser.add_argument("--record", action="store_true", help="append the table to benchmarks/results/<stage>.md")
+    return parser
+
+
+def synchronize(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def median_seconds(function: Callable[[], object], *, repeats: int, warmup: int = 1, device: str = "cpu") -> float:
+    """Median wall time of `function` over `repeats` calls after `warmup` calls, device work included."""
+    for _ in range(warmup):
+        function()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def device_name(device: str) -> str:
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} ({_cpu_count()} cores)"
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=RESULTS.parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=RESULTS.parent).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_format(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(stage: str, header: Sequence[str], rows: Sequence[Sequence[object]], *, device: str, record: bool,
+           command: str, notes: str = "") -> None:
+    """Print the table; with `record`, append it with its context to benchmarks/results/<stage>.md."""
+    text = table(header, rows)
+    print(text)
+    if not record:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    entry = (f"\n## {stamp}, commit {commit()}, {device_name(device)}\n\n"
+             f"`{command}`\n\n{text}\n" + (f"\n{notes}\n" if notes else ""))
+    with open(RESULTS / f"{stage}.md", "a") as handle:
+        handle.write(entry)
+
+
+def _format(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
