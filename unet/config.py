@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shlex
 from typing import Any, Mapping
 
 STAGES = ("weightmap", "model", "augment", "train", "predict", "evaluate")
@@ -26,3 +27,23 @@ def stage_settings(config: Mapping[str, Any], stage: str, dataset: str) -> dict[
     if dataset not in config["datasets"]:
         raise KeyError(f"experiment {dataset!r} is not a key of `datasets` (known: {sorted(config['datasets'])})")
     return deep_merge(config.get(stage, {}), config["datasets"][dataset].get(stage, {}))
+
+
+def cli_flags(settings: Mapping[str, Any]) -> str:
+    """A stage's settings as the flags of its CLI: `{"input_size": 572}` -> `--input-size 572`.
+
+    Every key of a stage's config section is a flag of that stage's command with the
+    same name; booleans become `--flag` / `--no-flag`, lists repeat their values.
+    """
+    flags = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            flags.append(" ".join([flag, *(shlex.quote(str(v)) for v in value)]))
+        else:
+            flags.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(flags)

@@ -205,3 +205,32 @@ def _validate_split(split: Split, *, source: str) -> None:
             fail(f"binary labels.tif must hold only 0 and 1, found values {values[:10].tolist()}")
     elif split.labels.dtype not in (np.uint8, np.uint16):
         fail(f"instance labels.tif must be uint16 (or uint8), found {split.labels.dtype}")
+
+
+def parse_frames(spec: str) -> list[int]:
+    """Frame ids from a SPEC such as `0-9,20-29` (inclusive ranges), in the order given."""
+    frames: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        first, _, last = part.partition("-")
+        try:
+            start, stop = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"frame selection {spec!r}: {part!r} is not a number or a range like 0-9") from None
+        if stop < start:
+            raise ValueError(f"frame selection {spec!r}: range {part!r} runs backwards")
+        frames.extend(range(start, stop + 1))
+    if not frames:
+        raise ValueError(f"frame selection {spec!r} selects no frames")
+    return frames
+
+
+def format_frames(frames: list[int]) -> str:
+    """The shortest SPEC for `frames` (the inverse of `parse_frames`)."""
+    parts, start = [], None
+    for i, frame in enumerate(frames):
+        if start is None:
+            start = frame
+        if i + 1 == len(frames) or frames[i + 1] != frame + 1:
+            parts.append(f"{start}-{frame}" if frame != start else f"{frame}")
+            start = None
+    return ",".join(parts)

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from unet.config import cli_flags, stage_settings
+from unet.io import DataError, Split, atomic_path, format_frames, parse_frames, read_split, write_split
+
+
+def test_frame_specs_round_trip_and_reject_nonsense():
+    assert parse_frames("0-2,7,10-11") == [0, 1, 2, 7, 10, 11]
+    assert format_frames([0, 1, 2, 7, 10, 11]) == "0-2,7,10-11"
+    for bad in ("", "a-3", "5-2"):
+        with pytest.raises(ValueError, match="frame selection"):
+            parse_frames(bad)
+
+
+def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("finished earlier")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "finished earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_split_round_trip_and_validation(tmp_path):
+    images = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    labels = (images[[0, 2]] > 20).astype(np.uint8)
+    split = Split("demo", "train", "binary", images, [0, 1, 2], labels, [0, 2])
+    write_split(tmp_path, split)
+    back = read_split(tmp_path)
+    assert back.frames == [0, 1, 2] and back.labelled == [0, 2]
+    np.testing.assert_array_equal(back.labelled_images(), images[[0, 2]])
+    bad = Split("demo", "train", "binary", images, [0, 1, 2], labels * 255, [0, 2])
+    with pytest.raises(DataError, match="only 0 and 1"):
+        write_split(tmp_path / "bad", bad)
+    assert not (tmp_path / "bad" / "frames.json").exists()
+
+
+def test_dataset_overrides_merge_into_the_stage_section():
+    config = {"predict": {"input_size": 572, "min_area": 0}, "datasets": {"u373": {"predict": {"min_area": 500}}}}
+    assert stage_settings(config, "predict", "u373") == {"input_size": 572, "min_area": 500}
+    with pytest.raises(KeyError, match="not a key of `datasets`"):
+        stage_settings(config, "predict", "hela")
+
+
+def test_settings_become_cli_flags():
+    assert cli_flags({"input_size": 572, "compile": False, "tta": "d4", "w": None}) == "--input-size 572 --no-compile --tta d4"
