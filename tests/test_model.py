@@ -47,3 +47,18 @@ def test_initialisation_follows_he_with_incoming_nodes():
     assert upconv.weight.std().item() == pytest.approx((2 / 1024) ** 0.5, rel=0.02)
     biases = [m.bias for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     assert len(biases) == 23 and all(not b.detach().any() for b in biases)
+
+
+def test_saved_model_loads_with_its_configuration(tmp_path):
+    from unet.io import DataError
+    from unet.model import load_model, save_model
+
+    model = UNet(base_channels=3, depth=2, dropout=0.1)
+    save_model(tmp_path / "model.pt", model, iteration=7)
+    loaded = load_model(tmp_path / "model.pt")
+    assert loaded.config == model.config and not loaded.training
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(DataError, match="junk.pt"):
+        load_model(tmp_path / "junk.pt")

@@ -174,3 +174,38 @@ class UNet(nn.Module):
             x = upconv(x)
             x = block(torch.cat([_center_crop(skip, x.shape[-2:]), x], dim=1))
         return self.head(x)
+
+
+def save_model(path, model: UNet, **metadata) -> None:
+    """Save weights with the model's configuration (and any metadata) atomically.
+
+    The file holds only tensors and plain Python values, so `load_model` can read
+    it with `weights_only=True`.
+    """
+    from unet.io import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"config": dict(_unwrap(model).config), "state_dict": state, "metadata": metadata}, tmp)
+
+
+def load_model(path, device: str | torch.device = "cpu") -> UNet:
+    """The `UNet` saved by `save_model` (or a training checkpoint), in eval mode on `device`."""
+    from unet.io import DataError
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such model file") from None
+    except Exception as error:
+        raise DataError(f"{path}: not a readable model file ({error})") from error
+    if not isinstance(saved, dict) or "config" not in saved or "state_dict" not in saved:
+        raise DataError(f"{path}: not a U-Net model file (expected keys 'config' and 'state_dict')")
+    model = UNet(**saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()
+
+
+def _unwrap(model: torch.nn.Module) -> UNet:
+    # torch.compile wraps the module; the weights live in the original.
+    return getattr(model, "_orig_mod", model)
