@@ -64,7 +64,7 @@ def f_score(tp, fp, fn):
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
-# Pixel error --------------------------------------------------------------------------------------------------------
+# Pixel error
 
 def pixel_f_score(probs, cells, th):
     tp = fp = fn = 0
@@ -78,7 +78,7 @@ def pixel_f_score(probs, cells, th):
     return f_score(tp, fp, fn)
 
 
-# Rand errors ---------------------------------------------------------------------------------------------------------
+# Rand errors
 
 def contingency(a, b):
     table = {}
@@ -86,6 +86,21 @@ def contingency(a, b):
         for i, j in zip(arow, brow):
             table[i, j] = table.get((i, j), 0) + 1
     return table
+
+
+def restricted(table):
+    """Ground-truth cells only: their sizes, the proposal's object sizes within them, the overlaps, the singletons."""
+    rows, columns, overlaps, singletons = {}, {}, {}, 0
+    for (i, j), c in table.items():
+        if i == 0:
+            continue
+        rows[i] = rows.get(i, 0) + c
+        if j == 0:
+            singletons += c
+        else:
+            columns[j] = columns.get(j, 0) + c
+            overlaps[i, j] = c
+    return rows, columns, overlaps, singletons
 
 
 def rand_counts(truth, proposal, variant):
@@ -99,17 +114,7 @@ def rand_counts(truth, proposal, variant):
         tp = sum(c * (c - 1) // 2 for c in table.values())
         return (tp, sum(c * (c - 1) // 2 for c in columns.values()) - tp,
                 sum(c * (c - 1) // 2 for c in rows.values()) - tp)
-    singletons = 0
-    overlaps = {}
-    for (i, j), c in table.items():
-        if i == 0:
-            continue
-        rows[i] = rows.get(i, 0) + c
-        if j == 0:
-            singletons += c
-        else:
-            columns[j] = columns.get(j, 0) + c
-            overlaps[i, j] = c
+    rows, columns, overlaps, singletons = restricted(table)
     if variant == "n2":
         tp = sum(c * c for c in overlaps.values()) + singletons
         return (tp, sum(c * c for c in columns.values()) + singletons - tp, sum(c * c for c in rows.values()) - tp)
@@ -125,7 +130,7 @@ def rand_f_score(probs, cells, th, variant):
     return f_score(tp, fp, fn)
 
 
-# Warping error -------------------------------------------------------------------------------------------------------
+# Warping error
 
 def is_simple(image, y, x):
     """Fiji's simple-point test for 4-connected cells and 8-connected membranes, by counting in the 3x3 patch."""
@@ -208,7 +213,7 @@ def warping_counts(probs, cells, th, radius=20):
     return splits, mergers
 
 
-# V_rand and V_info after thinning -----------------------------------------------------------------------------------
+# V_rand and V_info after thinning
 
 def watershed(relief):
     """Fiji's WatershedTransform2D (4-connected) of a uint8 relief given as lists of rows."""
@@ -269,17 +274,8 @@ def thinned_scores(prob, truth, th):
     if n == 0:
         return math.nan, math.nan
     v_rand = f_score(*rand_counts(label4(truth), regions, "n2"))
-    rows, columns, joint, singletons = {}, {}, [], 0
-    for (i, j), c in table.items():
-        if i == 0:
-            continue
-        rows[i] = rows.get(i, 0) + c
-        if j == 0:
-            singletons += c
-            joint += [1] * c
-        else:
-            columns[j] = columns.get(j, 0) + c
-            joint.append(c)
+    rows, columns, overlaps, singletons = restricted(table)
+    joint = list(overlaps.values()) + [1] * singletons
     entropy = lambda sizes: -sum(s / n * math.log(s / n) for s in sizes)  # noqa: E731
     h_a, h_b, h_ab = entropy(rows.values()), entropy(list(columns.values()) + [1] * singletons), entropy(joint)
     if h_b == 0:
@@ -293,7 +289,10 @@ def thinned_scores(prob, truth, th):
     return v_rand, v_info
 
 
-# All of them ---------------------------------------------------------------------------------------------------------
+RAND_VARIANTS = {"n2": "rand_error", "pairs": "rand_error_pairs", "unrestricted": "rand_error_unrestricted"}
+
+
+# All of them
 
 def isbi_per_threshold(probs, cells, rand_thresholds, warping_thresholds, radius=20):
     """Per-threshold values of every ISBI metric, keyed like `unet.metrics` (rounded thresholds)."""
@@ -303,7 +302,7 @@ def isbi_per_threshold(probs, cells, rand_thresholds, warping_thresholds, radius
     for th in rand_thresholds:
         key = round(th, 6)
         out["pixel_error"][key] = 1 - pixel_f_score(probs, cells, th)
-        for name, variant in (("rand_error", "n2"), ("rand_error_pairs", "pairs"), ("rand_error_unrestricted", "unrestricted")):
+        for variant, name in RAND_VARIANTS.items():
             out[name][key] = 1 - rand_f_score(probs, cells, th, variant)
         scores = [thinned_scores(p, t, th) for p, t in zip(probs, cells)]
         out["vrand"][key] = sum(s[0] for s in scores) / len(scores)

@@ -103,7 +103,7 @@ def test_isbi_bad_values_and_shapes_are_refused(isbi_files, tmp_path):
     assert not list(tmp_path.glob("*.json"))
 
 
-# Cell Tracking Challenge ----------------------------------------------------------------------------------------------
+# Cell Tracking Challenge
 
 
 def perturb(mask: np.ndarray, how: str) -> np.ndarray:
@@ -183,7 +183,7 @@ def test_ctc_table_and_a_missing_result_frame(hela, tmp_path):
     assert code == 2 and "SEG: no such folder" in err
 
 
-# The rules -------------------------------------------------------------------------------------------------------------
+# The rules
 
 
 def test_rules_pass_the_evaluate_settings_as_flags(tmp_path):
@@ -197,7 +197,8 @@ def test_rules_pass_the_evaluate_settings_as_flags(tmp_path):
     )
     overrides = tmp_path / "overrides.yaml"
     overrides.write_text("evaluate: {rand_normalisation: pairs, warping_radius: 12}\n")
-    for path in ("results/predictions/isbi2012/fold1/seed0/probabilities.tif", "results/data/isbi2012/train/labels.tif"):
+    for path in ("results/predictions/isbi2012/fold1/seed0/probabilities.tif",
+                 "results/data/isbi2012/train/labels.tif"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).touch()
     (tmp_path / "results/predictions/DIC-C2DH-HeLa/02/seed0/01_RES").mkdir(parents=True)

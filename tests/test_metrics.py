@@ -48,7 +48,7 @@ def noisy_prob(labels: np.ndarray, seed: int, noise: float = 0.25) -> np.ndarray
     return np.clip(prob + rng.normal(0, noise, prob.shape), 0, 1).astype(np.float32)
 
 
-# Fiji's thresholds and comparisons ------------------------------------------------------------------------------------
+# Fiji's thresholds and comparisons
 
 
 def test_thresholds_accumulate_in_double_precision_like_fiji():
@@ -75,7 +75,7 @@ def test_simple_point_table_matches_yokoi_connectivity_number():
         assert _warping.SIMPLE_POINT_TABLE[_warping.patch_code(patch)] == (n4 == 1), patch
 
 
-# Hand-made cases with known answers ------------------------------------------------------------------------------------
+# Hand-made cases with known answers
 
 
 def test_a_perfect_prediction_scores_perfectly():
@@ -175,7 +175,7 @@ def test_best_values_take_the_first_best_threshold():
     assert scores["rand_error"]["threshold"] == 0.5 and scores["rand_error"]["value"] == 0.0
 
 
-# Cross-checks ---------------------------------------------------------------------------------------------------------
+# Cross-checks
 
 
 def singletons_relabelled(proposal_labels: np.ndarray) -> np.ndarray:
@@ -250,7 +250,7 @@ def test_all_metrics_equal_the_plain_python_reference(isbi_labels):
     assert pairs == pytest.approx(theirs["rand_error_pairs"], abs=1e-12)
 
 
-# Bad input ------------------------------------------------------------------------------------------------------------
+# Bad input
 
 
 @pytest.mark.parametrize("prob, labels, message", [
@@ -266,7 +266,7 @@ def test_bad_input_is_refused_with_a_clear_message(prob, labels, message):
         metrics.rand_error(np.zeros((8, 8), np.float32), np.zeros((8, 8)), "n3")
 
 
-# Cell Tracking Challenge ----------------------------------------------------------------------------------------------
+# Cell Tracking Challenge
 
 
 def ctc_scene():

@@ -174,7 +174,7 @@ def _ids_around_removed_cell_in_image(warped, y, x):
 
 @njit(cache=True)
 def _ids_around(image, y, x):
-    """Distinct ids among the in-image 8 neighbours of (y, x): background counts once, each 4-connected cell region once."""
+    """Distinct ids among the in-image 8 neighbours of (y, x): background once, each 4-connected cell region once."""
     height, width = image.shape
     region = np.zeros((height, width), dtype=np.int32)
     queue = np.empty(height * width, dtype=np.int64)
@@ -229,14 +229,14 @@ def watershed_lines(image):
     width, height = columns.shape
     stride = height + 2
     labels = np.full((width + 2) * stride, _OUTSIDE, dtype=np.int32)
-    values = np.zeros((width + 2) * stride, dtype=np.int64)
+    values = np.zeros((width + 2) * stride, dtype=np.uint8)
     for x in range(width):
         for y in range(height):
             labels[(x + 1) * stride + y + 1] = _INIT
             values[(x + 1) * stride + y + 1] = columns[x, y]
-    offsets = np.array([-stride, -1, stride, 1], dtype=np.int64)
+    offsets = np.array([-stride, -1, stride, 1], dtype=np.int32)
     order = _sorted_by_value(values, labels)
-    queue = np.empty(order.size, dtype=np.int64)
+    queue = np.empty(order.size, dtype=np.int32)
     n_labels = 0
     flag = False
     start = 0
@@ -308,7 +308,7 @@ def _sorted_by_value(values, labels):
             starts[values[i] + 1] += 1
     for level in range(256):
         starts[level + 1] += starts[level]
-    order = np.empty(starts[256], dtype=np.int64)
+    order = np.empty(starts[256], dtype=np.int32)
     for i in range(values.size):
         if labels[i] != _OUTSIDE:
             order[starts[values[i]]] = i

@@ -59,24 +59,27 @@ WARPING_THRESHOLDS = fiji_thresholds(0.0, 0.9)
 # ISBI 2012
 
 
-def isbi_metrics(prob, labels, *, rand_normalisation: str = "n2", radius: int = WARPING_RADIUS) -> dict:
+def isbi_metrics(prob, labels, *, rand_normalisation: str = "n2", radius: int = WARPING_RADIUS,
+                 thresholds: Sequence[float] = THRESHOLDS,
+                 warping_thresholds: Sequence[float] = WARPING_THRESHOLDS) -> dict:
     """All ISBI 2012 metrics, sharing the work they have in common.
 
     Keys: `warping_error`, `rand_error` (foreground-restricted, the challenge's),
     `rand_error_unrestricted` (the standard Rand index Fiji's
     `getRandIndexMaximalFScore` computes since January 2015), `pixel_error`,
-    `vrand`, `vinfo`.
+    `vrand`, `vinfo`. The thresholds default to the challenge's.
     """
     prob, cells = _checked(prob, labels)
-    rand = _rand_f_scores(prob, cells, THRESHOLDS)
-    thinned = _thinned_scores(prob, cells, THRESHOLDS)
+    normalisation = _normalisation_key(rand_normalisation)
+    rand = _rand_f_scores(prob, cells, thresholds)
+    thinned = _thinned_scores(prob, cells, thresholds)
     return {
-        "warping_error": _warping_error(prob, cells, radius),
-        "rand_error": _lowest(1.0 - rand[_normalisation_key(rand_normalisation)], THRESHOLDS),
-        "rand_error_unrestricted": _lowest(1.0 - rand["unrestricted"], THRESHOLDS),
-        "pixel_error": _lowest(1.0 - _pixel_f_scores(prob, cells, THRESHOLDS), THRESHOLDS),
-        "vrand": _highest(thinned["vrand"], THRESHOLDS),
-        "vinfo": _highest(thinned["vinfo"], THRESHOLDS),
+        "warping_error": _warping_error(prob, cells, radius, warping_thresholds),
+        "rand_error": _lowest(1.0 - rand[normalisation], thresholds),
+        "rand_error_unrestricted": _lowest(1.0 - rand["unrestricted"], thresholds),
+        "pixel_error": _lowest(1.0 - _pixel_f_scores(prob, cells, thresholds), thresholds),
+        "vrand": _highest(thinned["vrand"], thresholds),
+        "vinfo": _highest(thinned["vinfo"], thresholds),
     }
 
 
@@ -142,7 +145,7 @@ def warping_error(prob, labels, radius: int = WARPING_RADIUS) -> dict:
     0.0..0.9. The result also holds `counts`: {th: {"splits", "mergers"}}.
     """
     prob, cells = _checked(prob, labels)
-    return _warping_error(prob, cells, radius)
+    return _warping_error(prob, cells, radius, WARPING_THRESHOLDS)
 
 
 def vrand_vinfo(prob, labels) -> dict:
@@ -254,12 +257,11 @@ def _rand_counts(truth: np.ndarray, proposal: np.ndarray) -> dict[str, tuple[int
     truth_sizes = inside.sum(axis=1)
     proposal_sizes = overlaps.sum(axis=0)
     pairs = lambda a: int(np.sum(a.astype(np.int64) * (a - 1)) // 2)  # noqa: E731
-    restricted_pairs_tp = pairs(overlaps)
-    all_pairs_tp = pairs(table)
+    tp, tp_all = pairs(overlaps), pairs(table)
     return {
         "n2": _rand_counts_n2(table),
-        "pairs": (restricted_pairs_tp, pairs(proposal_sizes) - restricted_pairs_tp, pairs(truth_sizes) - restricted_pairs_tp),
-        "unrestricted": (all_pairs_tp, pairs(table.sum(axis=0)) - all_pairs_tp, pairs(table.sum(axis=1)) - all_pairs_tp),
+        "pairs": (tp, pairs(proposal_sizes) - tp, pairs(truth_sizes) - tp),
+        "unrestricted": (tp_all, pairs(table.sum(axis=0)) - tp_all, pairs(table.sum(axis=1)) - tp_all),
     }
 
 
@@ -331,17 +333,13 @@ def _sum_plogp(p: np.ndarray) -> float:
     return float(np.sum(p * np.log(p)))
 
 
-def _warping_error(prob, cells, radius) -> dict:
-    n_pixels = cells.size
-    counts = []
-    for th in WARPING_THRESHOLDS:
-        splits = mergers = 0
-        for truth_cells, p in zip(cells, prob):
-            s, m = warped_splits_and_mergers(truth_cells, p, th, radius)
-            splits, mergers = splits + s, mergers + m
-        counts.append((splits, mergers))
-    result = _lowest(np.array([(s + m) / n_pixels for s, m in counts]), WARPING_THRESHOLDS)
-    result["counts"] = {_key(th): {"splits": s, "mergers": m} for th, (s, m) in zip(WARPING_THRESHOLDS, counts)}
+def _warping_error(prob, cells, radius, thresholds) -> dict:
+    counts = np.zeros((len(thresholds), 2), dtype=np.int64)  # splits, mergers
+    for truth_cells, p in zip(cells, prob):
+        for k, th in enumerate(thresholds):
+            counts[k] += warped_splits_and_mergers(truth_cells, p, th, radius)
+    result = _lowest(counts.sum(axis=1) / cells.size, thresholds)
+    result["counts"] = {_key(th): {"splits": int(s), "mergers": int(m)} for th, (s, m) in zip(thresholds, counts)}
     return result
 
 
@@ -350,14 +348,20 @@ def warp_ground_truth(truth_cells: np.ndarray, prob_slice: np.ndarray, th: float
 
     Returns (warped uint8 0/1 image, (rows, columns) of the mismatches left).
     """
-    p = prob_slice.astype(np.float32).astype(np.float64)
+    truth_cells = np.asarray(truth_cells, dtype=bool)
+    p = np.asarray(prob_slice, dtype=np.float32).astype(np.float64)
     height, width = truth_cells.shape
+    proposal = p > th
+    # Fiji lists the mismatches column by column (x outer, y inner), then stable-sorts them by decreasing
+    # (float) |p - th|. Non-negative float32 values order as their bit patterns: two stable radix passes
+    # over 16-bit halves of the complemented bits give that order.
+    column_major = np.flatnonzero((truth_cells != proposal).T)  # x * height + y
+    ys, xs = column_major % height, column_major // height
+    key = ~np.abs(p[ys, xs] - th).astype(np.float32).view(np.uint32)
+    by_low = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
+    order = by_low[np.argsort((key[by_low] >> 16).astype(np.uint16), kind="stable")]
     source = np.pad(truth_cells.astype(np.uint8), 1)
-    target = np.pad((p > th).astype(np.uint8), 1)
-    priority = np.abs(p - th).astype(np.float32)  # Fiji keeps (float) |p - th|
-    # Fiji lists mismatches column by column (x outer, y inner), then stable-sorts by decreasing priority.
-    xs, ys = np.nonzero((source != target)[1:-1, 1:-1].T)
-    order = np.argsort(-priority[ys, xs], kind="stable")
+    target = np.pad(proposal.astype(np.uint8), 1)
     flat = (ys[order] + 1) * (width + 2) + xs[order] + 1
     left = _warping.warp(source, target, flat.astype(np.int64), _warping.SIMPLE_POINT_TABLE)
     return source[1:-1, 1:-1], np.stack([left // (width + 2) - 1, left % (width + 2) - 1])
@@ -423,17 +427,15 @@ def _matched_jaccards(res: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Jaccard index of each ground-truth object with its match (0 without one), in increasing id order."""
     gt_ids, gt_index = np.unique(gt, return_inverse=True)
     res_ids, res_index = np.unique(res, return_inverse=True)
-    table = np.bincount(gt_index.ravel() * res_ids.size + res_index.ravel(),
-                        minlength=gt_ids.size * res_ids.size).reshape(gt_ids.size, res_ids.size)
-    objects = gt_ids != 0
-    table, gt_sizes, res_sizes = table[objects][:, res_ids != 0], table[objects].sum(axis=1), table[:, res_ids != 0].sum(axis=0)
-    if table.shape[1] == 0:
-        return np.zeros(table.shape[0])
-    best = table.argmax(axis=1)
-    overlap = table[np.arange(table.shape[0]), best]
-    matched = 2 * overlap > gt_sizes  # |R n S| > 0.5 |R|
-    union = gt_sizes + res_sizes[best] - overlap
-    return np.where(matched, overlap / np.maximum(union, 1), 0.0)
+    table = np.bincount(gt_index.ravel() * res_ids.size + res_index.ravel(), minlength=gt_ids.size * res_ids.size)
+    table = table.reshape(gt_ids.size, res_ids.size)
+    gt_sizes, res_sizes = table.sum(axis=1)[gt_ids != 0], table.sum(axis=0)[res_ids != 0]
+    overlaps = table[gt_ids != 0][:, res_ids != 0]
+    if overlaps.shape[1] == 0:
+        return np.zeros(len(gt_sizes))
+    best = overlaps.argmax(axis=1)  # the only candidate with more than half of the object, if there is one
+    overlap = overlaps[np.arange(len(best)), best]
+    return np.where(2 * overlap > gt_sizes, overlap / (gt_sizes + res_sizes[best] - overlap), 0.0)
 
 
 def foreground_iou(res_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray]) -> dict:
