@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import io
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -284,6 +285,19 @@ def test_a_mirror_without_the_data_set_or_with_an_incomplete_layout_is_an_error(
     with pytest.raises(DataError, match=r"Partial: .* not in the official ctc layout: missing 01_GT/SEG/man_seg000"):
         fetch("Partial", tmp_path / "raw", mirror=tmp_path, protocol="ctc")
     assert not (tmp_path / "raw").exists()
+
+
+def test_the_ctc_test_sequences_come_from_the_mirror_s_ctc_test_folder(tmp_path):
+    synthesize_cells(tmp_path / "mirror" / "ctc-test" / "MyCells", seed=2, size=48, frames=2, annotated=1,
+                     cell_count=2, cell_size=20)
+    for sequence in ("01", "02"):  # the challenge's test archives have no ground truth
+        shutil.rmtree(tmp_path / "mirror" / "ctc-test" / "MyCells" / f"{sequence}_GT")
+    out = fetch("MyCells", tmp_path / "raw", mirror=tmp_path / "mirror", protocol="ctc", part="test")
+    assert leftovers(out) == ["01", "02"]
+    prepare("MyCells", out, tmp_path / "data", protocol="ctc", part="test")
+    assert read_split(tmp_path / "data" / "02").frames == [0, 1]
+    with pytest.raises(DataError, match="not in the official ctc layout: missing 01_GT/SEG/man_seg000.tif"):
+        fetch("MyCells", tmp_path / "raw2", source=str(out), protocol="ctc")
 
 
 def _isbi_hdf5(path: Path, shared_data: Path, *, membrane_value: int | None) -> bytes:

@@ -276,8 +276,9 @@ def _transfer(remote: Remote, tmp: Path, *, timeout: float, progress: bool) -> d
         with urllib.request.urlopen(remote.url, timeout=timeout) as response, open(tmp, "wb") as out:
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
-            with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.name,
-                      file=sys.stderr, disable=not progress, mininterval=0.5) as bar:
+            # A log file (not a terminal) gets an update every 10 s rather than a stream of them.
+            with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.name, file=sys.stderr,
+                      disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 10) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     for hasher in hashers.values():

@@ -42,7 +42,7 @@ rule fetch:
     params:
         flags=lambda w: fetch_flags(config, w.dataset),
     shell:
-        "unet fetch {wildcards.dataset} --out {output} {params.flags} --no-progress > {log} 2>&1"
+        "unet fetch {wildcards.dataset} --out {output} {params.flags} > {log} 2>&1"
 
 
 # The Cell Tracking Challenge's test sequences (no labels), for the submission files.
@@ -62,7 +62,7 @@ rule fetch_test:
     params:
         flags=lambda w: fetch_flags(config, w.dataset, part="test"),
     shell:
-        "unet fetch {wildcards.dataset} --out {output} {params.flags} --no-progress > {log} 2>&1"
+        "unet fetch {wildcards.dataset} --out {output} {params.flags} > {log} 2>&1"
 
 
 rule synthesize:
