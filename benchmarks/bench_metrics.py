@@ -59,6 +59,7 @@ def main() -> None:
     if args.device != "cpu":
         print(f"note: the metrics run on the CPU; --device {args.device} is ignored", file=sys.stderr)
 
+    load = os.getloadavg()[0]
     labels = read_stack(args.labels)
     prob = realistic_probabilities(labels)
     metrics.isbi_metrics(prob[:1, :64, :64], labels[:1, :64, :64])  # load the compiled kernels
@@ -86,7 +87,8 @@ def main() -> None:
                   device="cpu", record=args.record, command="python " + " ".join(sys.argv),
                   notes=f"{len(labels)} slices of {labels.shape[1]}x{labels.shape[2]}; median of {args.repeats} "
                         "runs for unet.metrics, one run for plain Python. A slice-threshold is one slice scored "
-                        "by every metric at one threshold (the warping error has 10 thresholds, the others 11).")
+                        "by every metric at one threshold (the warping error has 10 thresholds, the others 11). "
+                        f"Load average {load:.1f} when the run started (a shared machine inflates all figures).")
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ def test_rules_pass_the_evaluate_settings_as_flags(tmp_path):
     overrides = tmp_path / "overrides.yaml"
     overrides.write_text("evaluate: {rand_normalisation: pairs, warping_radius: 12}\n")
     for path in ("results/predictions/isbi2012/fold1/seed0/probabilities.tif",
-                 "results/data/isbi2012/train/labels.tif"):
+                 "results/data/isbi2012/train/frames.json"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).touch()
     (tmp_path / "results/predictions/DIC-C2DH-HeLa/02/seed0/01_RES").mkdir(parents=True)

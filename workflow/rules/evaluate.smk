@@ -8,19 +8,24 @@
 
 from unet.config import cli_flags
 
-ISBI_DATASETS = [
-    name for name, spec in config["datasets"].items() if spec["protocol"] == "isbi"
-]
-CTC_DATASETS = [
-    name for name, spec in config["datasets"].items() if spec["protocol"] == "ctc"
-]
+# Wildcard constraints for the data sets of each protocol ("(?!)", nothing, for none).
+PROTOCOL_DATASETS = {
+    protocol: "|".join(
+        re.escape(name)
+        for name, spec in config["datasets"].items()
+        if spec["protocol"] == protocol
+    )
+    or "(?!)"
+    for protocol in ("isbi", "ctc")
+}
 CTC_TEST_SEQUENCE = {"01": "02", "02": "01"}
 
 
 rule evaluate_isbi:
     input:
         probabilities="results/predictions/{dataset}/{run}/seed{seed}/probabilities.tif",
-        labels="results/data/{dataset}/train/labels.tif",
+        # written last by `prepare`, after labels.tif
+        split="results/data/{dataset}/train/frames.json",
     output:
         "results/scores/{dataset}/{run}/seed{seed}.json",
     log:
@@ -28,17 +33,18 @@ rule evaluate_isbi:
     benchmark:
         "results/benchmarks/evaluate_isbi/{dataset}/{run}/seed{seed}.tsv"
     wildcard_constraints:
-        dataset="|".join(map(re.escape, ISBI_DATASETS)),
+        dataset=PROTOCOL_DATASETS["isbi"],
         run=r"fold\d+",
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
     params:
+        labels="results/data/{dataset}/train/labels.tif",
         slices=lambda wildcards: heldout_slices(wildcards.dataset, wildcards.run),
         settings=lambda wildcards: cli_flags(settings("evaluate", wildcards.dataset)),
     shell:
-        "unet evaluate isbi {input.probabilities:q} {input.labels:q} --slices {params.slices}"
+        "unet evaluate isbi {input.probabilities:q} {params.labels:q} --slices {params.slices}"
         " {params.settings} --out {output:q} > {log:q} 2>&1"
 
 
@@ -56,7 +62,7 @@ rule evaluate_ctc:
     benchmark:
         "results/benchmarks/evaluate_ctc/{dataset}/{run}/seed{seed}.tsv"
     wildcard_constraints:
-        dataset="|".join(map(re.escape, CTC_DATASETS)),
+        dataset=PROTOCOL_DATASETS["ctc"],
         run="01|02",
     threads: 1
     resources:
