@@ -1,7 +1,8 @@
-"""The challenges' metrics: ISBI 2012 (as Fiji's evaluation computes them) and the Cell Tracking Challenge SEG.
+"""The challenges' metrics: ISBI 2012 and the Cell Tracking Challenge SEG.
 
-ISBI 2012 (`/work/shared/docs/paper.md`, section 5; Fiji's
-`trainableSegmentation.metrics`, current sources):
+ISBI 2012, as the challenge's evaluation computes them in Fiji (the package
+`trainableSegmentation.metrics` of the Trainable Segmentation plugin, current
+sources), step by step where the order of steps decides the result:
 
 - `prob`: cell probabilities (N, H, W) in [0, 1], 1 = cell; held as float32
   like the 32-bit TIFF Fiji reads, and widened to float64 before every
@@ -20,9 +21,9 @@ Errors built from F-scores use Fiji's ClassificationStatistics: precision = 1
 when there are no false positives, recall = 1 when there are no false
 negatives, F = 0 when both are 0. Pair counts are exact integers here; Fiji
 forms the N^2 counts from fractions, so its values may differ in the last
-bits (~1e-15), never more.
+bits (relative 1e-15).
 
-Cell Tracking Challenge: `ctc_seg` is the official SEG (paper.md, section 6),
+Cell Tracking Challenge: `ctc_seg` is the official SEG measure,
 `foreground_iou` the plain pixel-level IoU; both compare instance masks frame
 by frame.
 """
@@ -109,7 +110,8 @@ def rand_error(prob, labels, normalisation: str = "n2") -> dict:
       with unordered pairs, TP = sum C(c_ij, 2), precision = TP / sum C(b_j, 2),
       recall = TP / sum C(a_i, 2).
 
-    Which normalisation scored the March 2015 leaderboard is unknown (paper.md).
+    Which normalisation scored the leaderboard of March 2015 (the paper's
+    Table 1) is not known; "n2" is current Fiji.
     """
     prob, cells = _checked(prob, labels)
     f_scores = _rand_f_scores(prob, cells, THRESHOLDS)[_normalisation_key(normalisation)]
@@ -162,7 +164,7 @@ def vrand_vinfo(prob, labels) -> dict:
     - V_rand: sum p_ij^2 / (0.5 sum s_i^2 + 0.5 sum t_j^2), i.e. the F-score of
       the N^2 Rand precision and recall with the same singleton terms as
       `rand_error`. Fiji's `RandError.getMaximalVRandAfterThinning` was not in
-      the sources we could read; this follows paper.md and Arganda-Carreras et
+      the sources we could read; this follows Arganda-Carreras et
       al. 2015, with the thinning, singletons and per-slice averaging of the
       V_info code beside it.
 
