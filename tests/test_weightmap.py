@@ -4,6 +4,7 @@ definitions on hand-made geometry, and the `unet weightmap` command on real prep
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from matplotlib import image as mpimg
 from scipy import ndimage
 from skimage.measure import label as connected_components
 
+from conftest import REPO
 from unet.io import DataError, Split, read_tiff, write_split, write_tiff
 from unet.weightmap import (TOLERANCE, border_reach, class_weights, load_training_set, separate_instances,
                             weight_map, weight_maps)
@@ -202,3 +204,22 @@ def test_training_set_refuses_weights_of_another_split(hela_split, tmp_path):
     write_tiff(tmp_path / "weights.tif", np.ones((1, *labels.shape[1:]), dtype=np.float32))
     with pytest.raises(DataError, match="target.tif: shape"):
         load_training_set(directory, tmp_path)
+
+
+def test_snakemake_rules_make_the_weights_and_both_figures(hela_split, tmp_path):
+    """The rules of workflow/rules/weightmap.smk on a real prepared HeLa split, in a copy of the workflow."""
+    directory, labels = hela_split
+    for name in ("Snakefile", "workflow", "config"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, tmp_path / name)
+    shutil.copytree(directory, tmp_path / "results" / "data" / "DIC-C2DH-HeLa" / "01")
+    weights = tmp_path / "results" / "weights" / "DIC-C2DH-HeLa" / "01" / "weights.tif"
+    figures = [tmp_path / "results" / "figures" / f"{kind}-DIC-C2DH-HeLa.png" for kind in ("weightmap", "augment")]
+    (tmp_path / "override.yaml").write_text("weightmap: {w0: 12.0}\n")  # the rules pass the config on
+    targets = [path.relative_to(tmp_path) for path in [weights, *figures]]
+    result = subprocess.run(["snakemake", "--cores", "1", "--configfile", "override.yaml", "--allowed-rules",
+                             "weightmap", "weightmap_figure", "augment_figure", "--", *targets],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(read_tiff(weights), weight_maps(labels, "instance", w0=12.0)[1])
+    assert all(mpimg.imread(figure).shape[0] > 300 for figure in figures)

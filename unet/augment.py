@@ -271,7 +271,7 @@ def plot_augmentation(augmenter: Augmenter, path: str | Path, *, samples: int = 
     from matplotlib import patches
     from matplotlib import pyplot as plt
 
-    from unet.io import atomic_path
+    from unet.weightmap import save_figure, show_weights
 
     parameters = augmenter.draw(samples)
     grids = deformed_grid(augmenter, parameters).cpu().numpy()
@@ -289,16 +289,8 @@ def plot_augmentation(augmenter: Augmenter, path: str | Path, *, samples: int = 
         sample_axes[1].set_title(f"input tile {augmenter.input_size} px")
         sample_axes[2].imshow(target[row], cmap="gray", vmin=0, vmax=1)
         sample_axes[2].set_title(f"target {augmenter.output_size} px")
-        shown = sample_axes[3].imshow(weight[row], cmap="jet")
-        sample_axes[3].set_title("loss weight")
-        figure.colorbar(shown, ax=sample_axes[3], fraction=0.046)
-        for axis in sample_axes:
-            axis.set_axis_off()
-    if title:
-        figure.suptitle(title)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=90)
-    plt.close(figure)
+        show_weights(figure, sample_axes[3], weight[row], "loss weight")
+    save_figure(figure, path, title=title, dpi=90)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
-from unet.io import DataError, normalize_intensity, read_split, read_stack, write_tiff
+from unet.io import DataError, atomic_path, normalize_intensity, read_split, read_stack, write_tiff
 
 TOLERANCE = 1e-6  # border terms below this are left out
 _NEIGHBOURS_8 = np.ones((3, 3), dtype=bool)
@@ -221,8 +221,6 @@ def plot_weight_map(image: np.ndarray, label: np.ndarray, kind: str, maps: Weigh
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from unet.io import atomic_path
-
     figure, axes = plt.subplots(1, 4, figsize=(17, 4.6), constrained_layout=True)
     axes[0].imshow(image, cmap="gray")
     axes[0].set_title("a: image")
@@ -236,15 +234,28 @@ def plot_weight_map(image: np.ndarray, label: np.ndarray, kind: str, maps: Weigh
     target_rgb[maps.separation] = (1.0, 0.2, 0.2)
     axes[2].imshow(target_rgb)
     axes[2].set_title(f"c: target, separation border in red ({int(maps.separation.sum())} px)")
-    shown_weights = axes[3].imshow(maps.weights, cmap="jet")
-    axes[3].set_title("d: loss weight w(x)")
-    figure.colorbar(shown_weights, ax=axes[3], fraction=0.046)
-    for axis in axes:
-        axis.set_axis_off()
+    show_weights(figure, axes[3], maps.weights, "d: loss weight w(x)")
+    save_figure(figure, path, title=title, dpi=110)
+
+
+def show_weights(figure, axis, weights: np.ndarray, title: str) -> None:
+    """A weight map panel: the paper's Fig. 3d colours, with a colour bar."""
+    shown = axis.imshow(weights, cmap="jet")
+    axis.set_title(title)
+    figure.colorbar(shown, ax=axis, fraction=0.046)
+
+
+def save_figure(figure, path: str | Path, *, title: str, dpi: int) -> None:
+    """Hide the axes, add the title, write the PNG atomically and free the figure."""
+    from matplotlib import pyplot as plt
+
+    for axis in figure.axes:
+        if axis.images:  # image panels, not colour bars
+            axis.set_axis_off()
     if title:
         figure.suptitle(title)
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110)
+        figure.savefig(tmp, dpi=dpi)
     plt.close(figure)
 
 
