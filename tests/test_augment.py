@@ -13,6 +13,7 @@ import pytest
 import tifffile
 import torch
 import yaml
+from torch.nn import functional as F
 from matplotlib import image as mpimg
 
 from conftest import REPO
@@ -113,6 +114,9 @@ def test_dense_field_passes_through_the_coarse_displacements_at_the_control_poin
         for column_index, column in ((0, 0), (2, 187)):
             torch.testing.assert_close(shift[:, row, column], drawn.displacement[:, :, row_index, column_index],
                                        atol=1e-4, rtol=0)
+    # The dense field is the paper's bicubic interpolation of the coarse grid.
+    bicubic = F.interpolate(drawn.displacement, size=(188, 188), mode="bicubic", align_corners=True)
+    torch.testing.assert_close(shift.permute(0, 3, 1, 2), bicubic, atol=1e-4, rtol=0)
     # Between the control points the field is smooth: neighbouring pixels move by well under a pixel.
     assert (shift[:, 1:] - shift[:, :-1]).abs().max() < 1.0
 
