@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tifffile
 import torch
 import yaml
+from torch.nn import functional as F
+from matplotlib import image as mpimg
 
 from conftest import REPO
-from unet.augment import Augmenter, AugmentConfig, SampleParameters
-from unet.io import normalize_intensity
+from unet.augment import Augmenter, AugmentConfig, SampleParameters, deformed_grid, plot_augmentation
+from unet.io import Split, normalize_intensity, write_split, write_tiff
 from unet.model import InvalidSizeError
 
 
@@ -110,6 +114,9 @@ def test_dense_field_passes_through_the_coarse_displacements_at_the_control_poin
         for column_index, column in ((0, 0), (2, 187)):
             torch.testing.assert_close(shift[:, row, column], drawn.displacement[:, :, row_index, column_index],
                                        atol=1e-4, rtol=0)
+    # The dense field is the paper's bicubic interpolation of the coarse grid.
+    bicubic = F.interpolate(drawn.displacement, size=(188, 188), mode="bicubic", align_corners=True)
+    torch.testing.assert_close(shift.permute(0, 3, 1, 2), bicubic, atol=1e-4, rtol=0)
     # Between the control points the field is smooth: neighbouring pixels move by well under a pixel.
     assert (shift[:, 1:] - shift[:, :-1]).abs().max() < 1.0
 
@@ -203,3 +210,43 @@ def test_cuda_samples_match_the_cpu(isbi):
     # Nearest neighbour may round a coordinate on a pixel boundary the other way, on a rare pixel.
     assert (target.cpu() != cpu_target).float().mean() < 1e-2
     assert (target.cpu() == cpu_target).logical_and(weight.cpu() != cpu_weight).sum() == 0
+
+
+def test_flips_and_angles_are_drawn_uniformly(isbi):
+    drawn = Augmenter(*isbi, input_size=188, seed=4).draw(4000)
+    assert 0.46 < drawn.flip.float().mean() < 0.54
+    assert drawn.angle.abs().max() <= math.pi and 0.46 < (drawn.angle > 0).float().mean() < 0.54
+    assert drawn.angle.abs().mean().item() == pytest.approx(math.pi / 2, rel=0.05)
+
+
+def test_deformed_grid_figure(isbi, tmp_path):
+    """The report's figure: a regular grid seen through the sample's deformation, beside the sample."""
+    images, targets, weights = isbi
+    plain = Augmenter(images, targets, weights, input_size=188, config=AugmentConfig.identity())
+    crop = parameters(plain)
+    grid = deformed_grid(plain, crop, spacing=16)[0].numpy()
+    assert grid[92 - 7:92 - 7 + 2].min() > 0.999  # image rows 0 and 1 (tile rows 85, 86) are a grid line
+    between = grid[92 - 7 + 2:92 - 7 + 16, 92 - 5 + 8]  # image rows 2..15 at image column 8: blank
+    assert between.max() < 1e-3 and grid[92 - 7 + 16].min() > 0.999
+    deforming = Augmenter(images, targets, weights, input_size=188, config=AugmentConfig(rotation=0, flip=False),
+                          seed=0)
+    warped = deformed_grid(deforming, deforming.draw(1), spacing=16)[0].numpy()
+    assert np.abs(warped - grid).mean() > 0.05  # the deformation moved the lines
+    assert 0.05 < warped.mean() < 0.4  # still a grid: lines over a blank background
+    figure = tmp_path / "augment.png"
+    plot_augmentation(deforming, figure, samples=2)
+    assert mpimg.imread(figure).shape[0] > 300
+
+
+def test_cli_draws_the_figure_from_a_prepared_split(isbi, tmp_path):
+    images, targets, weights = isbi
+    write_split(tmp_path / "data", Split("isbi2012", "train", "binary", (images * 255).astype(np.uint8), [4, 9],
+                                         targets, [4, 9]))
+    write_tiff(tmp_path / "weights" / "target.tif", targets)
+    write_tiff(tmp_path / "weights" / "weights.tif", weights)
+    figure = tmp_path / "figure.png"
+    result = subprocess.run([sys.executable, "-m", "unet.cli", "augment", tmp_path / "data", tmp_path / "weights",
+                             "--figure", figure, "--input-size", "188", "--samples", "2", "--elastic-std", "5"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert mpimg.imread(figure).shape[0] > 300

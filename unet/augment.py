@@ -251,3 +251,66 @@ def _stacks(images, targets, weights) -> tuple[torch.Tensor, torch.Tensor, torch
     if count == 0 or height < 2 or width < 2:
         raise ValueError(f"augment: need at least one image of at least 2x2 pixels, found shape {shapes['images']}")
     return stacks["images"], stacks["targets"], stacks["weights"]
+
+
+def deformed_grid(augmenter: Augmenter, parameters: SampleParameters, *, spacing: int = 32) -> torch.Tensor:
+    """(B, S, S): a grid of lines every `spacing` image pixels, seen through each sample's transformation."""
+    rows = torch.arange(augmenter.height)[:, None] % spacing < 2
+    columns = torch.arange(augmenter.width)[None, :] % spacing < 2
+    lines = (rows | columns).float().to(augmenter.device)
+    batch = len(parameters.index)
+    coordinates = augmenter.source_coordinates(parameters)
+    return sample_at(lines.expand(batch, 1, -1, -1), coordinates, mode="bilinear")[:, 0]
+
+
+def plot_augmentation(augmenter: Augmenter, path: str | Path, *, samples: int = 3, title: str = "") -> None:
+    """The report's figure: per sample, the deformed grid, the input tile with its output window, target, weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import patches
+    from matplotlib import pyplot as plt
+
+    from unet.weightmap import save_figure, show_weights
+
+    parameters = augmenter.draw(samples)
+    grids = deformed_grid(augmenter, parameters).cpu().numpy()
+    image, target, weight = (tensor.cpu().numpy() for tensor in augmenter.apply(parameters))
+    figure, axes = plt.subplots(samples, 4, figsize=(13, 3.3 * samples), squeeze=False, constrained_layout=True)
+    inner = (augmenter.margin - 0.5, augmenter.margin - 0.5)
+    for row, sample_axes in enumerate(axes):
+        angle = math.degrees(parameters.angle[row].item())
+        flip = ", flipped" if parameters.flip[row] else ""
+        sample_axes[0].imshow(grids[row], cmap="gray_r")
+        sample_axes[0].set_title(f"32 px grid: {angle:.0f} deg{flip}")
+        sample_axes[1].imshow(image[row, 0], cmap="gray")
+        sample_axes[1].add_patch(patches.Rectangle(inner, augmenter.output_size, augmenter.output_size,
+                                                   fill=False, edgecolor="yellow", linewidth=1.5))
+        sample_axes[1].set_title(f"input tile {augmenter.input_size} px")
+        sample_axes[2].imshow(target[row], cmap="gray", vmin=0, vmax=1)
+        sample_axes[2].set_title(f"target {augmenter.output_size} px")
+        show_weights(figure, sample_axes[3], weight[row], "loss weight")
+    save_figure(figure, path, title=title, dpi=90)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA_SPLIT_DIR", type=Path, help="prepared split with labels")
+    parser.add_argument("weights", metavar="WEIGHT_DIR", type=Path, help="its `unet weightmap` output")
+    parser.add_argument("--figure", metavar="PNG", type=Path, required=True, help="where the figure goes")
+    parser.add_argument("--samples", type=int, default=3, help="augmented samples shown (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument("--input-size", type=int, default=572, help="input tile side (default %(default)s)")
+    parser.add_argument("--depth", type=int, default=4, help="U-Net depth, for the output size (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+    AugmentConfig.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from unet.weightmap import load_training_set
+
+    training = load_training_set(args.data, args.weights)
+    augmenter = Augmenter(training.images, training.targets, training.weights, input_size=args.input_size,
+                          config=AugmentConfig.from_args(args), device=args.device, seed=args.seed, depth=args.depth)
+    plot_augmentation(augmenter, args.figure, samples=args.samples,
+                      title=f"{args.data}: augmented training samples (seed {args.seed})")
+    return 0

@@ -18,6 +18,7 @@ COMMANDS = {
     "prepare": ("unet.data", "convert a data set's official layout into the canonical prepared form"),
     "synthesize": ("unet.synthetic", "generate the embedded demo data sets from a seed"),
     "weightmap": ("unet.weightmap", "compute training targets and loss weight maps for a prepared split"),
+    "augment": ("unet.augment", "draw augmented training samples (the report's augmentation figure)"),
     "train": ("unet.train", "train a U-Net on prepared data with elastic augmentation"),
     "predict": ("unet.predict", "overlap-tile prediction with test-time augmentation"),
     "evaluate": ("unet.evaluate", "score predictions with the challenges' metrics"),
@@ -33,7 +34,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == command:
             module = importlib.import_module(module_name)
-            add_arguments = getattr(module, f"add_{name}_arguments", module.add_arguments)
+            # Modules with several commands (unet.data) name their functions after the command.
+            add_arguments = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
             add_arguments(subparser)
             subparser.set_defaults(run=getattr(module, f"run_{name}", getattr(module, "run", None)))
     return parser

@@ -1,0 +1,64 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from unet.io import DataError
+from unet.tables import mean_sd, write_tables
+
+
+def _isbi(warping, rand, pixel):
+    entry = lambda v: {"value": v, "threshold": 0.5, "per_threshold": {"0.5": v}}
+    return {"warping_error": entry(warping), "rand_error": entry(rand), "pixel_error": entry(pixel),
+            "vrand": entry(0.9), "vinfo": entry(0.95)}
+
+
+def _write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_tables_put_our_mean_and_sd_beside_the_papers_rows(tmp_path):
+    scores = tmp_path / "scores"
+    files = [
+        _write(scores / "isbi2012" / f"fold{k}" / "seed0.json", _isbi(0.0004 + k * 1e-4, 0.05, 0.06))
+        for k in range(3)
+    ]
+    files += [
+        _write(scores / "DIC-C2DH-HeLa" / run / "seed0.json", {"seg": {"value": seg}, "iou": {"value": seg + 0.1}})
+        for run, seg in (("01", 0.7), ("02", 0.8))
+    ]
+    write_tables(files, tmp_path / "tables", settings_note="paper profile")
+
+    t1 = pd.read_csv(tmp_path / "tables" / "table1.csv")
+    ours = t1[t1.group == "ours (isbi2012)"].iloc[0]
+    assert ours.n == 3
+    assert ours.warping_error == pytest.approx(0.0005)
+    assert ours.warping_error_sd == pytest.approx(1e-4)
+    assert (t1.group == "u-net").sum() == 1 and t1[t1.group == "u-net"].warping_error.iloc[0] == 0.000353
+    md1 = (tmp_path / "tables" / "table1.md").read_text()
+    assert "0.000500 ± 0.000100" in md1 and "held-out" in md1 and "paper profile" in md1
+
+    t2 = pd.read_csv(tmp_path / "tables" / "table2.csv")
+    ours2 = t2[t2.method == "ours"].iloc[0]
+    assert ours2["DIC-C2DH-HeLa SEG"] == pytest.approx(0.75)
+    assert ours2["DIC-C2DH-HeLa IoU"] == pytest.approx(0.85)
+    assert math.isnan(ours2["PhC-C2DH-U373 SEG"])  # not run: no number invented
+    assert t2[t2.method == "u-net (2015)"]["PhC-C2DH-U373 SEG"].iloc[0] == 0.9203
+    assert "0.7500 ± 0.0707" in (tmp_path / "tables" / "table2.md").read_text()
+
+
+def test_score_files_must_say_what_they_are(tmp_path):
+    bad_name = _write(tmp_path / "scores.json", _isbi(0, 0, 0))
+    with pytest.raises(DataError, match="named"):
+        write_tables([bad_name], tmp_path / "out")
+    unknown = _write(tmp_path / "x" / "fold0" / "seed0.json", {"accuracy": 1.0})
+    with pytest.raises(DataError, match="neither ISBI"):
+        write_tables([unknown], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_mean_sd_of_one_value_has_zero_sd():
+    assert mean_sd([0.5]) == (0.5, 0.0)

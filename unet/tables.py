@@ -1,0 +1,246 @@
+"""Table 1 and Table 2 of the paper, with our measurements beside the paper's numbers.
+
+Our numbers come from the score files of the evaluation stage,
+`results/scores/{dataset}/{run}/seed{seed}.json`: ISBI-protocol data sets
+(scores with `warping_error`) go to Table 1, CTC-protocol data sets (scores
+with `seg`) to Table 2. Each of our rows is the mean +- sample standard
+deviation over the held-out runs (cross-validation folds, or the two sequence
+directions) and seeds; `n` says how many runs it averages.
+
+The paper's numbers were computed by the challenge organisers on test data whose
+labels were never published; ours score held-out parts of the public training
+data. The tables say so next to the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from unet.io import DataError, atomic_path, read_json
+
+# Table 1 of the paper: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
+PAPER_TABLE1 = [
+    ("-", "human values", 0.000005, 0.0021, 0.0010),
+    ("1", "u-net", 0.000353, 0.0382, 0.0611),
+    ("2", "DIVE-SCI", 0.000355, 0.0305, 0.0584),
+    ("3", "IDSIA", 0.000420, 0.0504, 0.0613),
+    ("4", "DIVE", 0.000430, 0.0545, 0.0582),
+    ("10", "IDSIA-SCI", 0.000653, 0.0189, 0.1027),
+]
+# Table 2 of the paper: ISBI cell tracking challenge 2015, segmentation ("IOU" in the paper: the SEG measure).
+PAPER_TABLE2_COLUMNS = {"PhC-C2DH-U373": "PhC-U373", "DIC-C2DH-HeLa": "DIC-HeLa"}
+PAPER_TABLE2 = [
+    ("IMCB-SG (2014)", 0.2669, 0.2935),
+    ("KTH-SE (2014)", 0.7953, 0.4607),
+    ("HOUS-US (2014)", 0.5323, None),
+    ("second-best 2015", 0.83, 0.46),
+    ("u-net (2015)", 0.9203, 0.7756),
+]
+
+TABLE1_METRICS = ["warping_error", "rand_error", "pixel_error"]
+TABLE1_EXTRA = ["vrand", "vinfo", "rand_error_unrestricted"]
+TABLE2_METRICS = ["seg"]
+TABLE2_EXTRA = ["iou"]
+
+ISBI_PROTOCOL = (
+    "Ours: held-out contiguous blocks of the 30 public training slices (cross-validation), "
+    "scored with the challenge's metrics as Fiji computes them. Paper: the 30 hidden test slices, scored by the organisers."
+)
+CTC_PROTOCOL = (
+    "Ours: SEG (the challenge's measure) on the annotated frames of one public training sequence, "
+    "model trained on the other sequence (both directions). Paper: the hidden test sequences, scored by the organisers."
+)
+
+_SCORE_PATH = re.compile(r"(?P<dataset>[^/]+)/(?P<run>[^/]+)/seed(?P<seed>\d+)\.json$")
+
+
+@dataclass(frozen=True)
+class Score:
+    dataset: str
+    run: str
+    seed: int
+    values: dict[str, float]
+
+
+def read_score(path: str | Path) -> Score:
+    """One score file; the data set, run and seed come from its path `{dataset}/{run}/seed{seed}.json`."""
+    path = Path(path)
+    match = _SCORE_PATH.search(path.as_posix())
+    if not match:
+        raise DataError(f"{path}: score files must be named {{dataset}}/{{run}}/seed{{seed}}.json")
+    raw = read_json(path)
+    values = {}
+    for key, entry in raw.items():
+        value = entry.get("value") if isinstance(entry, dict) else entry
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[key] = float(value)
+    if not ({"warping_error", "seg"} & set(values)):
+        raise DataError(f"{path}: neither ISBI scores (warping_error, ...) nor CTC scores (seg, ...)")
+    return Score(match["dataset"], match["run"], int(match["seed"]), values)
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_mean_sd(mean: float, sd: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _summary(scores: list[Score], metrics: list[str]) -> dict[str, tuple[float, float]]:
+    summary = {}
+    for metric in metrics:
+        values = [s.values[metric] for s in scores if metric in s.values]
+        summary[metric] = mean_sd(values) if values else (math.nan, math.nan)
+    return summary
+
+
+def _by_dataset(scores: list[Score], key: str) -> dict[str, list[Score]]:
+    grouped: dict[str, list[Score]] = {}
+    for score in scores:
+        if key in score.values:
+            grouped.setdefault(score.dataset, []).append(score)
+    return grouped
+
+
+def table1(scores: list[Score]) -> pd.DataFrame:
+    """The paper's Table 1 rows, then ours per ISBI-protocol data set."""
+    rows = [
+        {"rank": rank, "group": group, "source": "paper (hidden test set)", "n": None,
+         "warping_error": w, "warping_error_sd": None, "rand_error": r, "rand_error_sd": None,
+         "pixel_error": p, "pixel_error_sd": None}
+        for rank, group, w, r, p in PAPER_TABLE1
+    ]
+    for dataset, group in sorted(_by_dataset(scores, "warping_error").items()):
+        summary = _summary(group, TABLE1_METRICS + TABLE1_EXTRA)
+        row = {"rank": "-", "group": f"ours ({dataset})", "source": "held-out folds of public training data",
+               "n": len(group)}
+        for metric, (mean, sd) in summary.items():
+            row[metric], row[f"{metric}_sd"] = mean, sd
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table2(scores: list[Score]) -> pd.DataFrame:
+    """The paper's Table 2 rows, then ours; one column pair (SEG, IoU) per CTC-protocol data set."""
+    grouped = _by_dataset(scores, "seg")
+    datasets = list(PAPER_TABLE2_COLUMNS) + sorted(set(grouped) - set(PAPER_TABLE2_COLUMNS))
+    rows = []
+    for method, *values in PAPER_TABLE2:
+        row = {"method": method, "source": "paper (hidden test set)"}
+        for dataset, value in zip(PAPER_TABLE2_COLUMNS, values):
+            row[f"{dataset} SEG"] = value
+        rows.append(row)
+    ours = {"method": "ours", "source": "other public training sequence"}
+    for dataset in datasets:
+        if dataset in grouped:
+            summary = _summary(grouped[dataset], TABLE2_METRICS + TABLE2_EXTRA)
+            ours[f"{dataset} SEG"], ours[f"{dataset} SEG_sd"] = summary["seg"]
+            ours[f"{dataset} IoU"], ours[f"{dataset} IoU_sd"] = summary["iou"]
+            ours[f"{dataset} n"] = len(grouped[dataset])
+    rows.append(ours)
+    columns = ["method", "source"] + [
+        f"{d} {suffix}" for d in datasets for suffix in ("SEG", "SEG_sd", "IoU", "IoU_sd", "n")
+    ]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def table1_markdown(frame: pd.DataFrame, settings_note: str) -> str:
+    lines = [
+        "# Table 1: ISBI 2012 EM segmentation",
+        "",
+        ISBI_PROTOCOL,
+        "",
+        "| rank | group | warping error | Rand error | pixel error | V_rand | V_info | n |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in frame.to_dict("records"):
+        ours = row["source"] != "paper (hidden test set)"
+        cells = [_cell(row, metric, digits, ours) for metric, digits in
+                 (("warping_error", 6), ("rand_error", 4), ("pixel_error", 4))]
+        extras = [_cell(row, metric, 4, ours) if ours else "" for metric in ("vrand", "vinfo")]
+        lines.append(f"| {row['rank']} | {row['group']} | " + " | ".join(cells + extras) +
+                     f" | {_count(row.get('n'))} |")
+    lines += ["", _differences(settings_note)]
+    return "\n".join(lines) + "\n"
+
+
+def table2_markdown(frame: pd.DataFrame, settings_note: str) -> str:
+    datasets = [c[: -len(" SEG")] for c in frame.columns if c.endswith(" SEG")]
+    names = [PAPER_TABLE2_COLUMNS.get(d, d) for d in datasets]
+    lines = [
+        "# Table 2: ISBI cell tracking challenge 2015, segmentation (SEG)",
+        "",
+        CTC_PROTOCOL,
+        "",
+        "| method | " + " | ".join(f"{name} SEG" for name in names) + " | "
+        + " | ".join(f"{name} IoU" for name in names) + " |",
+        "|---|" + "---|" * (2 * len(names)),
+    ]
+    for row in frame.to_dict("records"):
+        ours = row["source"] != "paper (hidden test set)"
+        seg = [_cell(row, f"{d} SEG", 4, ours, sd_key=f"{d} SEG_sd") for d in datasets]
+        iou = [_cell(row, f"{d} IoU", 4, ours, sd_key=f"{d} IoU_sd") if ours else "" for d in datasets]
+        lines.append(f"| {row['method']} | " + " | ".join(seg + iou) + " |")
+    counts = ", ".join(f"{PAPER_TABLE2_COLUMNS.get(d, d)}: n = {_count(frame.iloc[-1].get(f'{d} n'))}"
+                       for d in datasets)
+    lines += ["", f"Our rows average the runs and seeds ({counts}). IoU is the plain foreground IoU, "
+              "a different and usually higher number than SEG; the paper's \"IOU\" is the SEG measure.",
+              "", _differences(settings_note)]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(row: dict, key: str, digits: int, ours: bool, sd_key: str | None = None) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if not ours:
+        return f"{value:.{digits}f}"
+    return format_mean_sd(value, row.get(sd_key or f"{key}_sd") or 0.0, digits)
+
+
+def _count(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(int(value))
+
+
+def _differences(settings_note: str) -> str:
+    text = "Differences to the paper: the evaluation data (above)"
+    return text + (f"; our settings: {settings_note}." if settings_note else ".")
+
+
+def write_tables(score_files: list[str | Path], out_dir: str | Path, settings_note: str = "") -> None:
+    """Write table1.csv/.md and table2.csv/.md into `out_dir`."""
+    scores = [read_score(path) for path in score_files]
+    out_dir = Path(out_dir)
+    for name, frame, markdown in (
+        ("table1", table1(scores), table1_markdown),
+        ("table2", table2(scores), table2_markdown),
+    ):
+        with atomic_path(out_dir / f"{name}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        with atomic_path(out_dir / f"{name}.md") as tmp:
+            tmp.write_text(markdown(frame, settings_note))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scores", nargs="*", help="score files named {dataset}/{run}/seed{seed}.json")
+    parser.add_argument("--out", required=True, help="folder for table1.csv/.md and table2.csv/.md")
+    parser.add_argument("--settings-note", default="", help="how our settings differ from the paper's, for the tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    write_tables(args.scores, args.out, args.settings_note)
+    return 0
