@@ -116,7 +116,7 @@ def test_isbi_folds_hold_out_contiguous_blocks_and_ctc_runs_train_on_their_seque
     assert run_frames("isbi", "all", slices, 3) == (slices, [])
     assert run_frames("ctc", "01", [2, 5, 9], 3) == ([2, 5, 9], [])
     assert run_split("isbi", "fold1") == "train" and run_split("ctc", "02") == "02"
-    for protocol, run, message in [("isbi", "fold3", "fold must be 0 .. 2"), ("isbi", "01", "'all' or 'fold<k>'"),
+    for protocol, run, message in [("isbi", "fold3", "fold must be between 0 and 2"), ("isbi", "01", "'all' or 'fold<k>'"),
                                    ("ctc", "fold0", "sequence"), ("tiff", "all", "unknown protocol")]:
         with pytest.raises(ValueError, match=message):
             run_frames(protocol, run, slices, 3)
@@ -150,30 +150,29 @@ def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, caps
     load_data(data, weights, [0, 1], [2])  # fine
     with pytest.raises(ValueError, match="both trained on and held out"):
         load_data(data, weights, [0, 1], [1])
-    with pytest.raises(DataError, match="frames 7-8 are not labelled"):
+    with pytest.raises(DataError, match=r"frames \[7, 8\] are not labelled"):
         load_data(data, weights, [7, 8])
     poisoned = np.ones((6, 64, 64), np.float32)
     poisoned[2, 3, 4] = np.nan
     write_tiff(weights / "weights.tif", poisoned)
-    with pytest.raises(DataError, match=r"weights.tif: 1 weights are negative, NaN or infinite.*frame index 2"):
+    with pytest.raises(DataError, match=r"weights.tif: 1 weights are negative, NaN or infinite .first in frame 2 "):
         load_data(data, weights)
     write_tiff(weights / "weights.tif", np.ones((5, 64, 64), np.float32))
     assert main(["train", "--data", str(data), "--weights", str(weights), "--out", str(data.parent / "m")]) == 2
-    assert "weights.tif: shape (5, 64, 64) does not match" in capsys.readouterr().err
+    assert "weights.tif: shape (5, 64, 64) does not match the labels" in capsys.readouterr().err
 
 
 # --- training -----------------------------------------------------------------------------
 
 
 def test_a_small_network_overfits_one_synthetic_image_within_seconds(synthetic, tmp_path):
-    data = load_data(*synthetic, frames=[0], val_frames=[1])
-    data.val_images, data.val_targets = data.images, data.targets  # "held out" = the training image itself
-    data.val_frames = [0]
+    data = load_data(*synthetic, frames=[0])
+    data.held_out = data.train  # the pixel error on the training image itself
     start = time.perf_counter()
     train(data, tmp_path / "model", model_settings=ModelSettings(base_channels=16, depth=2, dropout=0.0),
           augment=AugmentConfig.identity(),
           settings=TrainSettings(iterations=150, learning_rate=0.01, lr_schedule="constant", warmup=20,
-                                 input_size=92, log_every=25, val_every=150, val_tiles=4, device="cpu"))
+                                 input_size=92, log_every=25, val_every=150, device="cpu"))
     seconds = time.perf_counter() - start
     log = read_log(tmp_path / "model" / "log.csv")
     first, last = float(log[0]["loss"]), float(log[-1]["loss"])
@@ -188,7 +187,7 @@ def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
     data, weights = synthetic
     out = tmp_path / "model"
     flags = ["--frames", "0-3", "--val-frames", "4-5", "--iterations", "12", "--checkpoint-every", "6",
-             "--val-every", "6", "--val-tiles", "3", "--seed", "3", "--device", "cpu"]
+             "--val-every", "6", "--seed", "3", "--device", "cpu"]
     args = ["train", "--data", str(data), "--weights", str(weights), "--out", str(out), *TINY, *flags]
     assert main(args) == 0
     log = read_log(out / "log.csv")
@@ -221,7 +220,8 @@ def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_final_weights(synthetic, tmp_path):
     data, weights = synthetic
-    flags = ["--iterations", "100", "--checkpoint-every", "10", "--seed", "5", "--device", "cpu"]
+    flags = ["--iterations", "100", "--checkpoint-every", "10", "--frames", "0-4", "--val-frames", "5",
+             "--val-every", "7", "--seed", "5", "--device", "cpu"]
     assert main(unet_train(data, weights, tmp_path / "straight", *flags)[3:]) == 0  # in this process
 
     out = tmp_path / "killed"
@@ -270,9 +270,9 @@ def test_an_infinite_loss_stops_with_a_clear_error_and_keeps_the_last_good_check
 
 def first_draw_of_frame(frame: int, data: Path, weights: Path) -> tuple[int, int]:
     """A seed whose augmentation first draws `frame` at an iteration > 2, and that iteration (1-based)."""
-    training = load_data(data, weights)
+    training = load_data(data, weights).train
     for seed in range(100):
-        augmenter = Augmenter(training.images, training.targets, training.weights, input_size=60, depth=2, seed=seed)
+        augmenter = Augmenter(*training[:3], input_size=60, depth=2, seed=seed)
         draws = [int(augmenter.draw(1).index) for _ in range(50)]
         if frame in draws and draws.index(frame) >= 2:
             return seed, draws.index(frame) + 1
@@ -287,8 +287,7 @@ def test_the_rule_trains_a_fold_with_its_frames_and_the_config_settings(tmp_path
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["experiments"] = ["demo-em"]
     config["model"].update(base_channels=4, depth=2)
-    config["train"].update(iterations=4, input_size=60, warmup=0, checkpoint_every=2, log_every=2, val_every=2,
-                           val_tiles=2)
+    config["train"].update(iterations=4, input_size=60, warmup=0, checkpoint_every=2, log_every=2, val_every=2)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "Snakefile").write_text(
         f'configfile: "config.yaml"\ninclude: "{REPO}/workflow/rules/common.smk"\n'

@@ -42,10 +42,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from unet.io import (DataError, atomic_path, format_frames, normalize_intensity, parse_frames, read_json, read_split,
-                     read_stack)
 from unet.augment import AugmentConfig, Augmenter
+from unet.io import DataError, atomic_path, format_frames, parse_frames, read_json
 from unet.model import UNet, save_model
+from unet.predict import held_out_frames, predict_probabilities, resolve_device
+from unet.weightmap import TrainingSet, load_training_set
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -89,7 +90,6 @@ class TrainSettings:
     checkpoint_every: int = field(default=5000, metadata=_help("iterations between checkpoints"))
     log_every: int = field(default=100, metadata=_help("iterations between rows of log.csv"))
     val_every: int = field(default=1000, metadata=_help("iterations between held-out pixel errors"))
-    val_tiles: int = field(default=16, metadata=_help("fixed random output windows of the held-out frames"))
     device: str = field(default="auto", metadata=_help("auto (cuda if available), cpu, cuda or cuda:N"))
     precision: str = field(default="bf16", metadata=_help(
         "bf16 autocast on CUDA; the CPU always computes in fp32", choices=("bf16", "fp32")))
@@ -106,7 +106,6 @@ class TrainSettings:
             "checkpoint_every": self.checkpoint_every >= 1,
             "log_every": self.log_every >= 1,
             "val_every": self.val_every >= 1,
-            "val_tiles": self.val_tiles >= 1,
         }
         for key, valid in checks.items():
             if not valid:
@@ -115,7 +114,7 @@ class TrainSettings:
 
 # Settings that change how a run is carried out or reported, not its result: a run may
 # resume from a checkpoint written with other values of these.
-RUN_CONTROL = ("checkpoint_every", "log_every", "val_every", "val_tiles", "device", "channels_last", "compile")
+RUN_CONTROL = ("checkpoint_every", "log_every", "val_every", "device", "channels_last", "compile")
 
 
 class DivergedError(ValueError):
@@ -194,24 +193,16 @@ def run_frames(protocol: str, run: str, labelled: Sequence[int], folds: int) -> 
     """(training frames, held-out frames) of a pipeline run among the split's labelled frames.
 
     isbi `fold<k>` (k = 0 .. folds-1) holds out the k-th of `folds` contiguous blocks
-    of the labelled slices (neighbouring sections are correlated, so blocks rather
-    than a random subset) and trains on the rest; `all` trains on every labelled
-    slice. A ctc run trains on every labelled frame of its sequence. Blocks differ
-    in size by at most one slice.
+    of the labelled slices (`unet.predict.held_out_frames`, the blocks the
+    evaluation scores) and trains on the rest; `all` trains on every labelled
+    slice. A ctc run trains on every labelled frame of its sequence.
     """
     run_split(protocol, run)  # validates the run name
     labelled = list(labelled)
     if protocol == "ctc" or run == "all":
         return labelled, []
-    fold = int(run[4:])
-    if not 0 <= fold < folds:
-        raise ValueError(f"isbi run {run!r}: fold must be 0 .. {folds - 1} for {folds} folds")
-    if len(labelled) < folds:
-        raise ValueError(f"{len(labelled)} labelled frames cannot make {folds} folds")
-    blocks = np.array_split(np.arange(len(labelled)), folds)
-    held_out = set(blocks[fold].tolist())
-    return ([f for i, f in enumerate(labelled) if i not in held_out],
-            [f for i, f in enumerate(labelled) if i in held_out])
+    held_out = held_out_frames(labelled, folds, int(run[4:]))
+    return [frame for frame in labelled if frame not in held_out], held_out
 
 
 def run_frame_flags(protocol: str, run: str, frames_json: str | Path, folds: int) -> str:
@@ -231,62 +222,36 @@ def run_frame_flags(protocol: str, run: str, frames_json: str | Path, folds: int
 
 @dataclass
 class TrainingData:
-    """Normalised images with their class targets and loss weights, for training and held out."""
+    """The frames to train on and those held out (None without `--val-frames`), from one prepared split."""
 
-    images: np.ndarray
-    targets: np.ndarray
-    weights: np.ndarray
-    frames: list[int]
-    val_images: np.ndarray
-    val_targets: np.ndarray
-    val_frames: list[int]
-    source: dict[str, str]
+    train: TrainingSet
+    held_out: TrainingSet | None
+    weight_dir: Path
 
 
 def load_data(data_dir: Path, weight_dir: Path, frames: list[int] | None = None,
               val_frames: list[int] | None = None) -> TrainingData:
-    """Read a prepared split and its weight maps, check them, and select the frames."""
-    split = read_split(data_dir)
-    if split.labels is None:
-        raise DataError(f"{data_dir}: the split has no labelled frames to train on")
-    targets = read_stack(Path(weight_dir) / "target.tif")
-    weights = read_stack(Path(weight_dir) / "weights.tif")
-    _check_targets_and_weights(targets, weights, split.labels.shape, Path(weight_dir))
-    frames = list(split.labelled) if frames is None else list(frames)
-    val_frames = list(val_frames or [])
-    both = sorted(set(frames) & set(val_frames))
+    """Read a prepared split and its weight maps, check the maps, select the frames."""
+    both = sorted(set(frames or []) & set(val_frames or []))
     if both:
         raise ValueError(f"frames {format_frames(both)} are both trained on and held out (--frames, --val-frames)")
-    index = {frame: i for i, frame in enumerate(split.labelled)}
-    unknown = sorted(set(frames + val_frames) - set(index))
-    if unknown:
-        raise DataError(f"{data_dir}: frames {format_frames(unknown)} are not labelled frames of the split "
-                        f"(labelled: {format_frames(sorted(index))})")
-    images = normalize_intensity(split.labelled_images())
-    train_rows = [index[f] for f in frames]
-    val_rows = [index[f] for f in val_frames]
-    return TrainingData(
-        images=images[train_rows], targets=targets[train_rows], weights=weights[train_rows], frames=frames,
-        val_images=images[val_rows], val_targets=targets[val_rows], val_frames=val_frames,
-        source={"data": str(data_dir), "weights": str(weight_dir)},
-    )
+    train = load_training_set(data_dir, weight_dir, frames)
+    held_out = load_training_set(data_dir, weight_dir, val_frames) if val_frames else None
+    _check_targets_and_weights(train, Path(weight_dir))
+    return TrainingData(train, held_out, Path(weight_dir))
 
 
-def _check_targets_and_weights(targets: np.ndarray, weights: np.ndarray, shape: tuple, weight_dir: Path) -> None:
-    target_file, weight_file = weight_dir / "target.tif", weight_dir / "weights.tif"
-    for path, array in ((target_file, targets), (weight_file, weights)):
-        if array.shape != shape:
-            raise DataError(f"{path}: shape {array.shape} does not match the split's labels.tif {shape}")
+def _check_targets_and_weights(training: TrainingSet, weight_dir: Path) -> None:
+    targets, weights = training.targets, training.weights
     if targets.dtype != np.uint8 or not set(np.unique(targets).tolist()) <= {0, 1}:
-        raise DataError(f"{target_file}: expected uint8 classes 0 and 1, found {targets.dtype} "
+        raise DataError(f"{weight_dir / 'target.tif'}: expected uint8 classes 0 and 1, found {targets.dtype} "
                         f"values {np.unique(targets)[:10].tolist()}")
-    if weights.dtype != np.float32:
-        raise DataError(f"{weight_file}: expected float32 weights, found {weights.dtype}")
     bad = ~np.isfinite(weights) | (weights < 0)
     if bad.any():
-        frame, row, col = np.argwhere(bad)[0]
-        raise DataError(f"{weight_file}: {int(bad.sum())} weights are negative, NaN or infinite "
-                        f"(first at frame index {frame}, pixel ({row}, {col}): {weights[frame, row, col]})")
+        index, row, column = np.argwhere(bad)[0]
+        raise DataError(f"{weight_dir / 'weights.tif'}: {int(bad.sum())} weights are negative, NaN or infinite "
+                        f"(first in frame {training.frames[index]} at pixel ({row}, {column}): "
+                        f"{weights[index, row, column]})")
 
 
 # --- the step -----------------------------------------------------------------------
@@ -311,15 +276,6 @@ def learning_rate_at(step: int, settings: TrainSettings) -> float:
     return rate
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 class Trainer:
     """The model, its optimiser and one training step on a device, tuned for the GPU.
 
@@ -333,8 +289,8 @@ class Trainer:
         self.model = model.to(device, memory_format=self.memory_format).train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=settings.learning_rate,
                                          momentum=settings.momentum, fused=cuda or None)
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                                       enabled=cuda and settings.precision == "bf16")
+        self.precision = "bf16" if cuda and settings.precision == "bf16" else "fp32"  # bf16 only on CUDA
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         self.forward_loss = torch.compile(_forward_loss) if settings.compile else _forward_loss
         if cuda:
             torch.backends.cudnn.benchmark = True
@@ -350,17 +306,15 @@ class Trainer:
         self.optimizer.step()
         return loss.detach()
 
-    @torch.no_grad()
-    def pixel_error(self, images: torch.Tensor, targets: torch.Tensor, chunk: int = 4) -> float:
-        """Fraction of wrong pixels (class-1 probability thresholded at 0.5, i.e. the arg-max) on held-out tiles."""
-        self.model.eval()
-        wrong = torch.zeros((), device=self.device)
-        for start in range(0, len(images), chunk):
-            with self.autocast:
-                logits = self.model(images[start:start + chunk].contiguous(memory_format=self.memory_format))
-            wrong += (logits.argmax(1) != targets[start:start + chunk]).sum()
-        self.model.train()
-        return wrong.item() / targets.numel()
+    def held_out_pixel_error(self, held_out: TrainingSet, input_size: int) -> float:
+        """Fraction of the held-out pixels whose cell probability is on the wrong side of 0.5.
+
+        Whole frames, by the overlap-tile prediction (`unet.predict`, no test-time augmentation).
+        """
+        probabilities = predict_probabilities(self.model, held_out.images, input_size=input_size, tta="none",
+                                              precision=self.precision)
+        self.model.to(memory_format=self.memory_format)  # prediction leaves it channels-last
+        return float(((probabilities > 0.5) != held_out.targets).mean())
 
     def parameters_finite(self) -> bool:
         return bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())
@@ -504,14 +458,13 @@ def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, a
         "augment": dataclasses.asdict(augment),
         "train": {k: v for k, v in dataclasses.asdict(settings).items() if k not in RUN_CONTROL},
         "seed": seed,
-        "frames": data.frames,
-        "val_frames": data.val_frames,
+        "frames": data.train.frames,
+        "val_frames": data.held_out.frames if data.held_out else [],
     }
     torch.manual_seed(seed)
     trainer = Trainer(UNet(**dataclasses.asdict(model_settings)), settings, device)
-    augmenter = Augmenter(data.images, data.targets, data.weights, input_size=settings.input_size, config=augment,
-                          device=device, seed=seed, depth=model_settings.depth)
-    val_tiles = _held_out_tiles(data, settings, model_settings.depth, device, seed) if data.val_frames else None
+    augmenter = Augmenter(*data.train[:3], input_size=settings.input_size, config=augment, device=device, seed=seed,
+                          depth=model_settings.depth)
     start, log = _resume(out_dir / CHECKPOINT, run_settings, trainer, augmenter, settings.batch_size)
     last_checkpoint = start or None
 
@@ -522,7 +475,7 @@ def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, a
         progress.update()
         final = iteration == settings.iterations
         due_checkpoint = iteration % settings.checkpoint_every == 0 or final
-        due_val = val_tiles is not None and (iteration % settings.val_every == 0 or final)
+        due_val = data.held_out is not None and (iteration % settings.val_every == 0 or final)
         if not (iteration % settings.log_every == 0 or due_checkpoint or due_val):
             continue
         try:
@@ -534,9 +487,9 @@ def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, a
             kept = (f"the last good checkpoint (iteration {last_checkpoint}) is kept in {out_dir / CHECKPOINT}"
                     if last_checkpoint else "no checkpoint had been written yet")
             raise DivergedError(f"{error}; training stopped, {kept}. Lower --learning-rate "
-                                f"or check the weight maps in {data.source['weights']}") from None
+                                f"or check the weight maps in {data.weight_dir}") from None
         if due_val:
-            row["val_pixel_error"] = trainer.pixel_error(*val_tiles)
+            row["val_pixel_error"] = trainer.held_out_pixel_error(data.held_out, settings.input_size)
         progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         if due_checkpoint:
             save_checkpoint(out_dir / CHECKPOINT, iteration=iteration, trainer=trainer, augmenter=augmenter,
@@ -550,18 +503,8 @@ def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, a
     plot_loss(out_dir / FIGURE, log.rows)
     save_model(out_dir / MODEL, trainer.model, iterations=settings.iterations, seed=seed, settings=run_settings,
                final_loss=log.rows[-1]["loss"] if log.rows else None, elapsed_s=log.elapsed(),
-               device=str(device), torch=str(torch.__version__), source=data.source)
+               device=str(device), torch=str(torch.__version__))
     return trainer.model
-
-
-def _held_out_tiles(data: TrainingData, settings: TrainSettings, depth: int, device: torch.device,
-                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`val_tiles` random windows of the held-out frames (mirrored context), drawn once, not augmented."""
-    unweighted = np.ones(data.val_targets.shape, np.float32)
-    sampler = Augmenter(data.val_images, data.val_targets, unweighted, input_size=settings.input_size,
-                        config=AugmentConfig.identity(), device=device, seed=seed + 1, depth=depth)
-    image, target, _ = sampler.sample(settings.val_tiles)
-    return image, target
 
 
 def _resume(path: Path, run_settings: dict, trainer: Trainer, augmenter: Augmenter,
