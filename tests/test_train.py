@@ -283,15 +283,27 @@ def first_draw_of_frame(frame: int, data: Path, weights: Path) -> tuple[int, int
 
 
 def test_the_rule_trains_a_fold_with_its_frames_and_the_config_settings(tmp_path):
-    write_synthetic(tmp_path / "results/data/demo-em/train", tmp_path / "results/weights/demo-em/train")
+    # The split is produced in the same run, by stand-in rules: the frames of the fold are
+    # unknown while Snakemake builds the DAG and must be read when the job runs.
+    write_synthetic(tmp_path / "staged" / "data", tmp_path / "staged" / "weights")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["experiments"] = ["demo-em"]
     config["model"].update(base_channels=4, depth=2)
     config["train"].update(iterations=4, input_size=60, warmup=0, checkpoint_every=2, log_every=2, val_every=2)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "Snakefile").write_text(
-        f'configfile: "config.yaml"\ninclude: "{REPO}/workflow/rules/common.smk"\n'
-        f'include: "{REPO}/workflow/rules/train.smk"\n')
+    (tmp_path / "Snakefile").write_text(f"""
+configfile: "config.yaml"
+include: "{REPO}/workflow/rules/common.smk"
+include: "{REPO}/workflow/rules/train.smk"
+
+rule stand_in_prepare:
+    output: "results/data/demo-em/train/frames.json"
+    shell: "cp staged/data/* results/data/demo-em/train/"
+
+rule stand_in_weightmap:
+    output: "results/weights/demo-em/train/{{name}}.tif"
+    shell: "cp staged/weights/{{wildcards.name}}.tif {{output}}"
+""")
     target = "results/models/demo-em/fold1/seed2/model.pt"
     result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", target],
                             cwd=tmp_path, capture_output=True, text=True, env=ONE_THREAD)

@@ -1,3 +1,10 @@
+# Training (unet/train.py): one model per data set, run and seed.
+#
+#   isbi run fold{k}: the training slices except the k-th contiguous block, which gives
+#                     the held-out pixel error in log.csv (and is what predict scores);
+#   isbi run all:     all training slices (the model for the test volume);
+#   ctc run 01 / 02:  the labelled frames of that sequence.
+# Settings: the `model`, `augment` and `train` sections merged with the data set's own.
 from unet.config import cli_flags
 from unet.train import run_frame_flags, run_split
 
@@ -9,13 +16,11 @@ wildcard_constraints:
 
 
 rule train:
-    """Train one U-Net (one run, one seed) on a prepared split and its weight maps.
+    """Train one U-Net on a prepared split and its weight maps.
 
-    The run picks the split and frames (unet.train.run_split / run_frames): isbi
-    fold<k> holds out the k-th contiguous block of slices, isbi all trains on all,
-    a ctc run trains on its own sequence. An interrupted job resumes from
-    checkpoint.pt when run again with the same settings; the checkpoint is
-    deliberately not an output, so that Snakemake keeps it.
+    The run picks split and frames (unet.train.run_split, run_frames). An
+    interrupted job resumes from checkpoint.pt when run again with the same
+    settings: the checkpoint is deliberately not an output, so Snakemake keeps it.
     """
     input:
         frames=lambda w: f"results/data/{w.dataset}/{run_split(PROTOCOL[w.dataset], w.run)}/frames.json",
@@ -36,9 +41,9 @@ rule train:
         mem_mb=16000,
         runtime=720,
     params:
-        data=lambda w, input: os.path.dirname(input.frames),
-        weights=lambda w, input: os.path.dirname(input.weights),
-        out=lambda w, output: os.path.dirname(output.model),
+        data=subpath(input.frames, parent=True),
+        weights=subpath(input.weights, parent=True),
+        out=subpath(output.model, parent=True),
         frames=lambda w, input: run_frame_flags(
             PROTOCOL[w.dataset],
             w.run,
