@@ -147,7 +147,8 @@ def test_every_config_key_of_model_augment_and_train_is_a_flag_with_the_config_v
 
 def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, capsys):
     data, weights = synthetic
-    load_data(data, weights, [0, 1], [2])  # fine
+    assert load_data(data, weights, [0, 1], [2]).train.frames == [0, 1]
+    assert load_data(data, weights, val_frames=[2, 3]).train.frames == [0, 1, 4, 5]  # the rest by default
     with pytest.raises(ValueError, match="both trained on and held out"):
         load_data(data, weights, [0, 1], [1])
     with pytest.raises(DataError, match=r"frames \[7, 8\] are not labelled"):
@@ -160,6 +161,8 @@ def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, caps
     write_tiff(weights / "weights.tif", np.ones((5, 64, 64), np.float32))
     assert main(["train", "--data", str(data), "--weights", str(weights), "--out", str(data.parent / "m")]) == 2
     assert "weights.tif: shape (5, 64, 64) does not match the labels" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "--weights", str(weights), "--out", "m", "--momentum", "1"]) == 2
+    assert "train: momentum = 1.0 is out of range" in capsys.readouterr().err
 
 
 # --- training -----------------------------------------------------------------------------

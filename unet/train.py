@@ -150,9 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target.tif and weights.tif of that split (unet weightmap)")
     parser.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR",
                         help="where model.pt, checkpoint.pt, log.csv and loss.png go")
-    parser.add_argument("--frames", type=parse_frames, metavar="SPEC",
-                        help="labelled frame ids to train on, e.g. 0-19 (default: all)")
-    parser.add_argument("--val-frames", type=parse_frames, metavar="SPEC",
+    parser.add_argument("--frames", metavar="SPEC",
+                        help="labelled frame ids to train on, e.g. 0-19 (default: all but --val-frames)")
+    parser.add_argument("--val-frames", metavar="SPEC",
                         help="labelled frame ids for the periodic held-out pixel error (default: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and augmentation")
     add_dataclass_arguments(parser, ModelSettings, "model (config section `model`)")
@@ -161,7 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = load_data(args.data, args.weights, args.frames, args.val_frames)
+    frames, val_frames = (parse_frames(spec) if spec else None for spec in (args.frames, args.val_frames))
+    data = load_data(args.data, args.weights, frames, val_frames)
     train(
         data,
         args.out,
@@ -231,13 +232,20 @@ class TrainingData:
 
 def load_data(data_dir: Path, weight_dir: Path, frames: list[int] | None = None,
               val_frames: list[int] | None = None) -> TrainingData:
-    """Read a prepared split and its weight maps, check the maps, select the frames."""
-    both = sorted(set(frames or []) & set(val_frames or []))
+    """Read a prepared split and its weight maps, check the maps, select the frames.
+
+    `frames` defaults to every labelled frame that is not in `val_frames`.
+    """
+    val_frames = list(val_frames or [])
+    if frames is None:
+        frames = [frame for frame in read_json(Path(data_dir) / "frames.json")["labelled"] if frame not in val_frames]
+    both = sorted(set(frames) & set(val_frames))
     if both:
         raise ValueError(f"frames {format_frames(both)} are both trained on and held out (--frames, --val-frames)")
     train = load_training_set(data_dir, weight_dir, frames)
     held_out = load_training_set(data_dir, weight_dir, val_frames) if val_frames else None
-    _check_targets_and_weights(train, Path(weight_dir))
+    for training in filter(None, (train, held_out)):
+        _check_targets_and_weights(training, Path(weight_dir))
     return TrainingData(train, held_out, Path(weight_dir))
 
 
