@@ -161,16 +161,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = {  # checked before any data is read
+        "model_settings": dataclass_from_args(ModelSettings, args),
+        "augment": AugmentConfig.from_args(args),
+        "settings": dataclass_from_args(TrainSettings, args),
+    }
     frames, val_frames = (parse_frames(spec) if spec else None for spec in (args.frames, args.val_frames))
-    data = load_data(args.data, args.weights, frames, val_frames)
-    train(
-        data,
-        args.out,
-        model_settings=dataclass_from_args(ModelSettings, args),
-        augment=AugmentConfig.from_args(args),
-        settings=dataclass_from_args(TrainSettings, args),
-        seed=args.seed,
-    )
+    train(load_data(args.data, args.weights, frames, val_frames), args.out, seed=args.seed, **settings)
     return 0
 
 
