@@ -80,7 +80,7 @@ class TrainSettings:
     """The `train` config section; config/README.md explains the defaults."""
 
     iterations: int = field(default=60000, metadata=_help("optimiser steps"))
-    learning_rate: float = field(default=0.003, metadata=_help("peak learning rate, for the mean-reduced loss"))
+    learning_rate: float = field(default=0.0003, metadata=_help("peak learning rate, for the mean-reduced loss"))
     lr_schedule: str = field(default="poly", metadata=_help(
         "constant, or poly: lr * (1 - step / iterations) ** 0.9", choices=("constant", "poly")))
     warmup: int = field(default=200, metadata=_help("iterations of linear warm-up: lr * (step + 1) / warmup"))
