@@ -239,9 +239,11 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_final_weights(synthetic, 
     interrupted_at = torch.load(out / "checkpoint.pt", weights_only=True)["iteration"]
     assert 0 < interrupted_at < 100
 
+    (out / ".checkpoint.pt.k1ll3d.pt").write_bytes(b"half a checkpoint")  # as a kill during a write leaves it
     resumed = subprocess.run(unet_train(data, weights, out, *flags), check=True, capture_output=True, text=True,
                              env=ONE_THREAD)
     assert f"resuming from {out / 'checkpoint.pt'} at iteration {interrupted_at}" in resumed.stderr
+    assert not list(out.glob(".checkpoint.pt.*"))
     straight, again = weights_of(tmp_path / "straight" / "model.pt"), weights_of(out / "model.pt")
     assert straight.keys() == again.keys()
     assert all(torch.equal(straight[k], again[k]) for k in straight), "resumed weights differ"

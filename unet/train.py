@@ -470,6 +470,7 @@ def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, a
     trainer = Trainer(UNet(**dataclasses.asdict(model_settings)), settings, device)
     augmenter = Augmenter(*data.train[:3], input_size=settings.input_size, config=augment, device=device, seed=seed,
                           depth=model_settings.depth)
+    _remove_leftovers(out_dir)
     start, log = _resume(out_dir / CHECKPOINT, run_settings, trainer, augmenter, settings.batch_size)
     last_checkpoint = start or None
 
@@ -510,6 +511,13 @@ def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, a
                final_loss=log.rows[-1]["loss"] if log.rows else None, elapsed_s=log.elapsed(),
                device=str(device), torch=str(torch.__version__))
     return trainer.model
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Delete the temporary files (`atomic_path`'s `.NAME.*`) of writes that a killed run left unfinished."""
+    for name in (CHECKPOINT, MODEL, LOG, FIGURE):
+        for leftover in out_dir.glob(f".{name}.*"):
+            leftover.unlink()
 
 
 def _resume(path: Path, run_settings: dict, trainer: Trainer, augmenter: Augmenter,
