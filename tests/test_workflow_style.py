@@ -31,6 +31,7 @@ CONDA_NAMES = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
 # Runs outside the rules' environment and activates it for each job.
 NOT_IN_RULE_ENV = {"snakemake"}
 DOWNLOAD = re.compile(r"\bunet(\.cli)?\s+fetch\b")
+GPU_COMMAND = re.compile(r"\bunet(\.cli)?\s+(train|predict)\b")
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess:
@@ -83,11 +84,37 @@ rule weightmap:
     strict=True,
     reason="the train and predict rules land with their stages; once they do, this passes: remove the mark",
 )
-def test_profiles_name_rules_of_the_workflow() -> None:
-    rules = {rule.name for rule in workflow_rules(REPO / "Snakefile", DEFAULT_CONFIG)}
-    for profile in PROFILES.glob("*/config.yaml"):
-        named = set(yaml.safe_load(profile.read_text()).get("set-resources", {}))
-        assert named <= rules, f"{profile.relative_to(REPO)} sets resources of rules that do not exist: {named - rules}"
+def test_profiles_give_a_gpu_to_training_and_prediction() -> None:
+    rules = workflow_rules(REPO / "Snakefile", DEFAULT_CONFIG)
+    assert [problem for profile in PROFILES.glob("*/config.yaml") for problem in gpu_problems(profile, rules)] == []
+
+
+def test_gpu_check_finds_mismatches(tmp_path: Path) -> None:
+    (tmp_path / "Snakefile").write_text(
+        'rule train:\n    output: "m"\n    shell: "unet train --out {output}"\n\n'
+        'rule evaluate:\n    output: "s"\n    shell: "unet evaluate isbi x y --out {output}"\n'
+    )
+    profile = tmp_path / "config.yaml"
+    profile.write_text("set-resources:\n  evaluate: {gpu: 1}\n  predict: {gpu: 1}\n")
+    assert gpu_problems(profile, workflow_rules(tmp_path / "Snakefile")) == [
+        f"{profile}: set-resources names rules that do not exist: ['predict']",
+        f"{profile}: no gpu for rules that train or predict: ['train']",
+        f"{profile}: gpu for rules that neither train nor predict: ['evaluate']",
+    ]
+
+
+def gpu_problems(profile: Path, rules: list) -> list[str]:
+    """How a profile's set-resources miss the workflow's rules, or give a GPU to other rules than training and prediction."""
+    per_rule = yaml.safe_load(profile.read_text()).get("set-resources", {})
+    with_gpu = {rule for rule, resources in per_rule.items() if resources.get("gpu")}
+    needs_gpu = {rule.name for rule in rules if rule.shellcmd and GPU_COMMAND.search(rule.shellcmd)}
+    existing = {rule.name for rule in rules}
+    problems = {
+        "set-resources names rules that do not exist": set(per_rule) - existing,
+        "no gpu for rules that train or predict": needs_gpu - with_gpu,
+        "gpu for rules that neither train nor predict": (with_gpu & existing) - needs_gpu,
+    }
+    return [f"{profile}: {problem}: {sorted(names)}" for problem, names in problems.items() if names]
 
 
 def test_rule_environment_installs_the_runtime_dependencies() -> None:
