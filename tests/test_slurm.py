@@ -20,9 +20,10 @@ pytestmark = pytest.mark.slurm
 
 @dataclass(frozen=True)
 class WorkflowRun:
-    """A workflow the test submits: its Snakefile, further snakemake arguments, what it must produce."""
+    """A workflow the test submits: its Snakefile, targets, further snakemake arguments, what it must produce."""
 
     snakefile: Path
+    targets: tuple[str, ...]  # none: the first rule's
     args: tuple[str, ...]
     outputs: tuple[str, ...]  # relative to the working directory
 
@@ -30,16 +31,26 @@ class WorkflowRun:
 # The mechanics: a local rule and two submitted rules named like GPU rules of the profile.
 MECHANICS_RUN = WorkflowRun(
     snakefile=REPO / "tests" / "slurm_workflow" / "Snakefile",
+    targets=(),
     args=(),
     outputs=("results/fetch.txt", "results/train.txt", "results/predict.txt"),
+)
+# The repository's Snakefile as far as the data stage: a synthetic data set, made and prepared.
+DATA_RUN = WorkflowRun(
+    snakefile=REPO / "Snakefile",
+    targets=("results/data/demo-em/train/frames.json",),
+    args=("--configfile", str(REPO / "config" / "config.yaml")),
+    outputs=("results/data/demo-em/train/images.tif", "results/data/demo-em/train/frames.json"),
 )
 # The product: the demo configuration from the data to both tables.
 DEMO_RUN = WorkflowRun(
     snakefile=REPO / "Snakefile",
+    targets=(),
     args=("--configfile", str(REPO / "config" / "demo.yaml")),
     outputs=("results/tables/table1.csv", "results/tables/table2.csv"),
 )
-# The run the test submits. Switch to DEMO_RUN once the demo DAG is wired on main.
+# The run the test submits. Switch to DATA_RUN once the data stage is on main, to DEMO_RUN
+# once the demo DAG is wired.
 SLURM_RUN = MECHANICS_RUN
 
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+)")
@@ -61,6 +72,7 @@ def test_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluster, tm
     result = subprocess.run(
         [
             sys.executable, "-m", "snakemake",
+            *run.targets,  # first: options such as --configfile take any number of values
             "--snakefile", str(run.snakefile),
             "--directory", str(workdir),
             "--workflow-profile", str(SLURM_PROFILE),
