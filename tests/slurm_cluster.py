@@ -153,7 +153,7 @@ def _start_munged(root: Path, stack: contextlib.ExitStack) -> Path:
         f"--pid-file={root / 'run' / 'munged.pid'}",
         f"--seed-file={root / 'munge' / 'munged.seed'}",
         f"--log-file={root / 'log' / 'munged.log'}",
-    ]  # fmt: skip
+    ]
     stack.enter_context(_daemon(root, "munged", argv))
     _wait_for(munge_socket.exists, "munged to create its socket", root)
     return munge_socket

@@ -67,30 +67,8 @@ def test_sbatch_runs_a_job(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
 
 
 def test_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    run = SLURM_RUN
-    workdir = tmp_path / "work"
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "snakemake",
-            *run.targets,  # first: options such as --configfile take any number of values
-            "--snakefile", str(run.snakefile),
-            "--directory", str(workdir),
-            "--workflow-profile", str(SLURM_PROFILE),
-            # This cluster has no accounting database: job states come from squeue, no account is guessed.
-            "--slurm-status-command", "squeue",
-            "--slurm-no-account",
-            "--slurm-init-seconds-before-status-checks", "2",
-            "--max-threads", str(slurm_cluster.cpus),
-            "--retries", "0",
-            "--latency-wait", "5",
-            *run.args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, f"{log}\n{slurm_cluster.diagnostics()}"
+    run, workdir = SLURM_RUN, tmp_path / "work"
+    log = run_with_slurm_profile(slurm_cluster, run, workdir)
 
     job_ids = SUBMITTED.findall(log)
     assert job_ids, f"no job was submitted through sbatch:\n{log}"
@@ -111,6 +89,34 @@ def test_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluster, tm
         ran_in = {name: (workdir / f"results/{name}.txt").read_text().strip() for name in ("fetch", "train", "predict")}
         assert ran_in["fetch"] == "job=local"
         assert sorted([ran_in["train"], ran_in["predict"]]) == sorted(f"job={job_id}" for job_id in job_ids)
+
+
+def run_with_slurm_profile(cluster: SlurmCluster, run: WorkflowRun, workdir: Path) -> str:
+    """Runs snakemake with profiles/slurm as a user would, plus what this small cluster needs; returns its log."""
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "snakemake",
+            *run.targets,  # first: options such as --configfile take any number of values
+            "--snakefile", str(run.snakefile),
+            "--directory", str(workdir),
+            "--workflow-profile", str(SLURM_PROFILE),
+            # No accounting database: job states come from squeue, no account is guessed.
+            "--slurm-status-command", "squeue",
+            "--slurm-no-account",
+            "--slurm-init-seconds-before-status-checks", "2",
+            # The rules ask for more threads than this node has CPUs.
+            "--max-threads", str(cluster.cpus),
+            "--retries", "0",
+            "--latency-wait", "5",
+            *run.args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, f"{log}\n{cluster.diagnostics()}"
+    return log
 
 
 def slurm_profile() -> dict:
