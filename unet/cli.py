@@ -33,7 +33,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == command:
             module = importlib.import_module(module_name)
-            add_arguments = getattr(module, f"add_{name}_arguments", module.add_arguments)
+            # Modules with several commands (unet.data) name their functions after the command.
+            add_arguments = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
             add_arguments(subparser)
             subparser.set_defaults(run=getattr(module, f"run_{name}", getattr(module, "run", None)))
     return parser

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +50,43 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     tmp = Path(tmp)
     try:
         yield tmp
+        _give_default_mode(tmp, 0o666)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; it replaces `path` (and all it held) only if the block succeeds.
+
+    For outputs that are whole folders (a downloaded data set, the synthetic data):
+    a failure leaves the previous `path`, or nothing, never a half-filled folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        _give_default_mode(tmp, 0o777)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _give_default_mode(path: Path, mode: int) -> None:
+    """Give a temporary file or folder the permissions of a normally created one (mkstemp/mkdtemp make them
+    private), so that results are as readable as the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def write_tiff(path: str | os.PathLike, array: np.ndarray, *, imagej: bool = True) -> None:
@@ -192,6 +226,8 @@ def _validate_split(split: Split, *, source: str) -> None:
         return
     if split.labels.ndim != 3 or split.labels.shape[1:] != split.images.shape[1:]:
         fail(f"labels.tif shape {split.labels.shape} does not match images.tif {split.images.shape}")
+    if len(set(split.labelled)) != len(split.labelled):
+        fail("frames.json lists a labelled frame id twice")
     if len(split.labelled) != len(split.labels):
         fail(f"frames.json lists {len(split.labelled)} labelled frames but labels.tif has {len(split.labels)}")
     unknown = sorted(set(split.labelled) - set(split.frames))
@@ -200,9 +236,8 @@ def _validate_split(split: Split, *, source: str) -> None:
     if split.kind == "binary":
         if split.labels.dtype != np.uint8:
             fail(f"binary labels.tif must be uint8, found {split.labels.dtype}")
-        values = np.unique(split.labels)
-        if not set(values.tolist()) <= {0, 1}:
-            fail(f"binary labels.tif must hold only 0 and 1, found values {values[:10].tolist()}")
+        if split.labels.max(initial=0) > 1:  # uint8: a maximum of 1 means 0/1 only, without sorting
+            fail(f"binary labels.tif must hold only 0 and 1, found values {np.unique(split.labels)[:10].tolist()}")
     elif split.labels.dtype not in (np.uint8, np.uint16):
         fail(f"instance labels.tif must be uint16 (or uint8), found {split.labels.dtype}")
 

@@ -1,0 +1,133 @@
+# Data: fetch (download, copy from a mirror, verify, unpack) or synthesize each data set into
+# results/raw/{dataset}/ in its official layout, then prepare the canonical splits that the
+# later stages read. A data set whose source is "synthetic" is made by `synthesize`; every
+# other one is fetched (from `mirror` when it is set).
+from unet.data import fetch_flags
+from unet.config import cli_flags
+from unet.synthetic import KIND_OF_PROTOCOL
+
+SYNTHETIC = [d for d in DATASETS if config["datasets"][d]["source"] == "synthetic"]
+FETCHED = [d for d in DATASETS if d not in SYNTHETIC]
+FETCHED_CTC = [d for d in FETCHED if config["datasets"][d]["protocol"] == "ctc"]
+# Wildcard constraints matching exactly these names ("(?!)", nothing, for none): the
+# `fetch` and `synthesize` rules write the same paths for disjoint data sets.
+ONE_OF = {
+    group: "|".join(map(re.escape, names)) or "(?!)"
+    for group, names in [
+        ("synthetic", SYNTHETIC),
+        ("fetched", FETCHED),
+        ("fetched_ctc", FETCHED_CTC),
+    ]
+}
+
+
+localrules:
+    fetch,
+    fetch_test,
+
+
+rule fetch:
+    output:
+        directory("results/raw/{dataset}"),
+    log:
+        "results/logs/fetch/{dataset}.log",
+    benchmark:
+        "results/benchmarks/fetch/{dataset}.tsv"
+    wildcard_constraints:
+        dataset=ONE_OF["fetched"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    params:
+        flags=lambda w: fetch_flags(config, w.dataset),
+    shell:
+        "unet fetch {wildcards.dataset} --out {output} {params.flags} > {log} 2>&1"
+
+
+# The Cell Tracking Challenge's test sequences (no labels), for the submission files.
+rule fetch_test:
+    output:
+        directory("results/raw/{dataset}-test"),
+    log:
+        "results/logs/fetch_test/{dataset}.log",
+    benchmark:
+        "results/benchmarks/fetch_test/{dataset}.tsv"
+    wildcard_constraints:
+        dataset=ONE_OF["fetched_ctc"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    params:
+        flags=lambda w: fetch_flags(config, w.dataset, part="test"),
+    shell:
+        "unet fetch {wildcards.dataset} --out {output} {params.flags} > {log} 2>&1"
+
+
+rule synthesize:
+    output:
+        directory("results/raw/{dataset}"),
+    log:
+        "results/logs/synthesize/{dataset}.log",
+    benchmark:
+        "results/benchmarks/synthesize/{dataset}.tsv"
+    wildcard_constraints:
+        dataset=ONE_OF["synthetic"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        kind=lambda w: KIND_OF_PROTOCOL[config["datasets"][w.dataset]["protocol"]],
+        flags=lambda w: cli_flags(config["datasets"][w.dataset].get("synthetic", {})),
+    shell:
+        "unet synthesize {params.kind} {output} {params.flags} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        "results/raw/{dataset}",
+    output:
+        images="results/data/{dataset}/{split}/images.tif",
+        frames="results/data/{dataset}/{split}/frames.json",
+    log:
+        "results/logs/prepare/{dataset}-{split}.log",
+    benchmark:
+        "results/benchmarks/prepare/{dataset}-{split}.tsv"
+    wildcard_constraints:
+        split="train|test|01|02",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        protocol=lambda w: config["datasets"][w.dataset]["protocol"],
+        out=lambda w: f"results/data/{w.dataset}",
+    shell:
+        "unet prepare {wildcards.dataset} --protocol {params.protocol} --raw {input}"
+        " --out {params.out} --splits {wildcards.split} > {log} 2>&1"
+
+
+rule prepare_test:
+    input:
+        "results/raw/{dataset}-test",
+    output:
+        images="results/data/{dataset}-test/{split}/images.tif",
+        frames="results/data/{dataset}-test/{split}/frames.json",
+    log:
+        "results/logs/prepare_test/{dataset}-{split}.log",
+    benchmark:
+        "results/benchmarks/prepare_test/{dataset}-{split}.tsv"
+    wildcard_constraints:
+        dataset=ONE_OF["fetched_ctc"],
+        split="01|02",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        out=lambda w: f"results/data/{w.dataset}-test",
+    shell:
+        "unet prepare {wildcards.dataset} --protocol ctc --part test --raw {input}"
+        " --out {params.out} --splits {wildcards.split} > {log} 2>&1"

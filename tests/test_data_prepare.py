@@ -1,0 +1,95 @@
+"""`unet prepare` on the real copies in ../shared/data, and its errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from unet.data import prepare
+from unet.io import DataError, read_split
+
+HELA_GT = {"01": [2, 5, 21, 31, 33, 34, 39, 54, 67], "02": [6, 7, 14, 27, 34, 38, 42, 61, 67]}
+
+
+def test_isbi2012_train_has_30_slices_with_binary_labels_and_test_has_none(shared_data, tmp_path):
+    raw = shared_data / "isbi2012"
+    prepare("isbi2012", raw, tmp_path)
+    train, test = read_split(tmp_path / "train"), read_split(tmp_path / "test")
+    assert train.kind == "binary" and train.images.shape == (30, 512, 512) and train.images.dtype == np.uint8
+    assert train.frames == train.labelled == list(range(30))
+    official = tifffile.imread(raw / "train-labels.tif")
+    np.testing.assert_array_equal(train.labels, (official == 255).astype(np.uint8))  # 1 = cell
+    assert 0.15 < 1 - train.labels.mean() < 0.3, "membranes are about a fifth of the pixels"
+    np.testing.assert_array_equal(test.images, tifffile.imread(raw / "test-volume.tif"))
+    assert test.labels is None and test.labelled == []
+
+
+def test_hela_gt_frames_are_each_matched_to_their_raw_frame(shared_data, tmp_path):
+    raw = shared_data / "ctc" / "DIC-C2DH-HeLa"
+    prepare("DIC-C2DH-HeLa", raw, tmp_path)
+    for sequence, annotated in HELA_GT.items():
+        split = read_split(tmp_path / sequence)
+        assert split.kind == "instance" and split.frames == list(range(84))
+        assert split.images.shape == (84, 512, 512) and split.labels.dtype == np.uint16
+        assert split.labelled == annotated
+        for frame, label, image in zip(split.labelled, split.labels, split.labelled_images()):
+            np.testing.assert_array_equal(label, tifffile.imread(raw / f"{sequence}_GT/SEG/man_seg{frame:03d}.tif"))
+            np.testing.assert_array_equal(image, tifffile.imread(raw / sequence / f"t{frame:03d}.tif"))
+            assert label.max() > 0, "every annotated frame shows cells"
+
+
+def test_bad_isbi_labels_are_named_with_their_values(shared_data, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    volume = tifffile.imread(shared_data / "isbi2012" / "train-volume.tif")[:2]
+    tifffile.imwrite(raw / "train-volume.tif", volume)
+    tifffile.imwrite(raw / "train-labels.tif", (volume > 128).astype(np.uint8))  # 0/1 instead of 0/255
+    with pytest.raises(DataError, match=r"train-labels.tif: expected 255 = cell and 0 = membrane, found values \[0, 1\]"):
+        prepare("isbi2012", raw, tmp_path / "data", splits=["train"])
+    tifffile.imwrite(raw / "train-labels.tif", np.zeros((3, 512, 512), np.uint8), photometric="minisblack")
+    with pytest.raises(DataError, match=r"train-labels.tif: shape \(3, 512, 512\) differs from train-volume.tif"):
+        prepare("isbi2012", raw, tmp_path / "data", splits=["train"])
+    assert not (tmp_path / "data" / "train" / "frames.json").exists()
+
+
+def test_a_ctc_gt_frame_without_its_raw_frame_or_of_another_size_is_named(tmp_path):
+    raw = tmp_path / "raw"
+    for sequence in ("01", "02"):
+        (raw / sequence).mkdir(parents=True)
+        (raw / f"{sequence}_GT" / "SEG").mkdir(parents=True)
+        for t in range(3):
+            tifffile.imwrite(raw / sequence / f"t{t:03d}.tif", np.full((16, 16), t, np.uint8))
+    tifffile.imwrite(raw / "01_GT/SEG/man_seg007.tif", np.ones((16, 16), np.uint16))
+    with pytest.raises(DataError, match=r"man_seg007.tif: frame 7 has no raw frame"):
+        prepare("cells", raw, tmp_path / "data", protocol="ctc", splits=["01"])
+    (raw / "01_GT/SEG/man_seg007.tif").unlink()
+    tifffile.imwrite(raw / "01_GT/SEG/man_seg001.tif", np.ones((8, 16), np.uint16))
+    with pytest.raises(DataError, match=r"man_seg001.tif: \(8, 16\) uint16 differs from the other frames \(\(16, 16\)"):
+        prepare("cells", raw, tmp_path / "data", protocol="ctc", splits=["01"])
+    with pytest.raises(DataError, match=r"02_GT/SEG: no annotated frames"):
+        prepare("cells", raw, tmp_path / "data", protocol="ctc", splits=["02"])
+    # The challenge's test sequences have no labels, and are prepared as such.
+    prepare("cells", raw, tmp_path / "test", protocol="ctc", part="test")
+    assert read_split(tmp_path / "test" / "02").labels is None
+
+
+def test_protocol_and_split_errors_name_the_problem(shared_data, tmp_path):
+    with pytest.raises(DataError, match="not in the catalogue.*give its protocol"):
+        prepare("mystery", shared_data / "isbi2012", tmp_path)
+    with pytest.raises(DataError, match=r"isbi2012: split '01' is not one of the isbi splits"):
+        prepare("isbi2012", shared_data / "isbi2012", tmp_path, splits=["01"])
+    with pytest.raises(DataError, match="the catalogue's protocol is 'isbi', not 'ctc'"):
+        prepare("isbi2012", shared_data / "isbi2012", tmp_path, protocol="ctc")
+
+
+def test_the_prepare_command_writes_the_requested_split(shared_data, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "unet.cli", "prepare", "isbi2012", "--raw",
+                             str(shared_data / "isbi2012"), "--out", str(tmp_path), "--splits", "test"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test"]
+    assert read_split(tmp_path / "test").images.shape == (30, 512, 512)
