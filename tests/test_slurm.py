@@ -49,9 +49,8 @@ DEMO_RUN = WorkflowRun(
     args=("--configfile", str(REPO / "config" / "demo.yaml")),
     outputs=("results/tables/table1.csv", "results/tables/table2.csv"),
 )
-# The run the test submits. Switch to DATA_RUN once the data stage is on main, to DEMO_RUN
-# once the demo DAG is wired.
-SLURM_RUN = MECHANICS_RUN
+# The runs the test submits. Replace DATA_RUN by DEMO_RUN once the demo DAG is wired.
+SLURM_RUNS = {"mechanics": MECHANICS_RUN, "data": DATA_RUN}
 
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+)")
 # The executor plugin comments each job with its rule (and wildcards).
@@ -66,8 +65,9 @@ def test_sbatch_runs_a_job(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     assert output.read_text().strip() == slurm_cluster.node
 
 
-def test_workflow_runs_through_the_slurm_profile(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    run, workdir = SLURM_RUN, tmp_path / "work"
+@pytest.mark.parametrize("run", SLURM_RUNS.values(), ids=SLURM_RUNS.keys())
+def test_workflow_runs_through_the_slurm_profile(run: WorkflowRun, slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
     log = run_with_slurm_profile(slurm_cluster, run, workdir)
 
     job_ids = SUBMITTED.findall(log)
