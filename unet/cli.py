@@ -18,6 +18,7 @@ COMMANDS = {
     "prepare": ("unet.data", "convert a data set's official layout into the canonical prepared form"),
     "synthesize": ("unet.synthetic", "generate the embedded demo data sets from a seed"),
     "weightmap": ("unet.weightmap", "compute training targets and loss weight maps for a prepared split"),
+    "augment": ("unet.augment", "draw augmented training samples (the report's augmentation figure)"),
     "train": ("unet.train", "train a U-Net on prepared data with elastic augmentation"),
     "predict": ("unet.predict", "overlap-tile prediction with test-time augmentation"),
     "evaluate": ("unet.evaluate", "score predictions with the challenges' metrics"),

@@ -1,0 +1,225 @@
+"""Weight maps: the fast implementation against a naive reference on real ISBI and HeLa labels, the
+definitions on hand-made geometry, and the `unet weightmap` command on real prepared splits."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from matplotlib import image as mpimg
+from scipy import ndimage
+from skimage.measure import label as connected_components
+
+from conftest import REPO
+from unet.io import DataError, Split, read_tiff, write_split, write_tiff
+from unet.weightmap import (TOLERANCE, border_reach, class_weights, load_training_set, separate_instances,
+                            weight_map, weight_maps)
+
+HELA_FRAMES = {"01": [2, 21], "02": [6]}
+
+
+def naive_weight_map(label: np.ndarray, kind: str, w0: float = 10.0, sigma: float = 5.0) -> tuple[np.ndarray,
+                                                                                                  np.ndarray]:
+    """The definitions computed the obvious way, independently of the package: one full-image distance
+    transform per object. Returns (target, weights)."""
+    if kind == "binary":
+        objects = connected_components(label > 0, connectivity=1)
+    else:
+        objects = label.astype(np.int64).copy()
+        for instance in np.unique(label[label > 0]):
+            others = (label > 0) & (label != instance)
+            touching = (label == instance) & ndimage.binary_dilation(others, structure=np.ones((3, 3)))
+            objects[touching] = 0
+    target = (objects > 0).astype(np.uint8)
+    nearest = np.full(label.shape, np.inf)
+    second = np.full(label.shape, np.inf)
+    for instance in np.unique(objects[objects > 0]):
+        distance = ndimage.distance_transform_edt(objects != instance)
+        second = np.minimum(second, np.maximum(nearest, distance))
+        nearest = np.minimum(nearest, distance)
+    border = np.where(target == 0, w0 * np.exp(-((nearest + second) ** 2) / (2 * sigma**2)), 0.0)
+    cells, total = target.sum(), target.size
+    balance = np.where(target == 1, total / (2 * cells), total / (2 * (total - cells)))
+    return target, balance + border
+
+
+def isbi_labels(shared_data, slices) -> np.ndarray:
+    return (tifffile.imread(shared_data / "isbi2012" / "train-labels.tif", key=slices) > 0).astype(np.uint8)
+
+
+def hela(shared_data, sequence: str, frames: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    root = shared_data / "ctc" / "DIC-C2DH-HeLa"
+    images = np.stack([tifffile.imread(root / sequence / f"t{f:03d}.tif") for f in frames])
+    labels = np.stack([tifffile.imread(root / f"{sequence}_GT" / "SEG" / f"man_seg{f:03d}.tif") for f in frames])
+    return images, labels
+
+
+# The naive reference takes about 2 s per ISBI slice, so the tests compare two slices (first and
+# last); benchmarks/bench_weightmap.py compares all 30.
+@pytest.mark.parametrize("slice_index", [0, 29])
+def test_fast_matches_the_naive_reference_on_real_isbi_labels(shared_data, slice_index):
+    label = isbi_labels(shared_data, slice_index)
+    expected_target, expected = naive_weight_map(label, "binary")
+    maps = weight_map(label, "binary")
+    np.testing.assert_array_equal(maps.target, expected_target)
+    np.testing.assert_allclose(maps.weights, expected, atol=1e-4, rtol=0)
+    assert maps.weights.max() > 10  # many membrane pixels lie between two close cells
+
+
+@pytest.mark.parametrize("sequence", ["01", "02"])
+def test_fast_matches_the_naive_reference_on_real_hela_labels(shared_data, sequence):
+    _, labels = hela(shared_data, sequence, HELA_FRAMES[sequence])
+    for label in labels:
+        expected_target, expected = naive_weight_map(label, "instance")
+        maps = weight_map(label, "instance")
+        np.testing.assert_array_equal(maps.target, expected_target)
+        np.testing.assert_allclose(maps.weights, expected, atol=1e-4, rtol=0)
+        assert maps.separation.sum() > 0  # HeLa cells touch: the separation is exercised
+
+
+def test_two_squares_with_a_gap_get_the_formula_exactly():
+    label = np.zeros((20, 30), dtype=np.uint8)
+    label[5:15, 5:12] = 1  # columns 5..11
+    label[5:15, 14:21] = 1  # columns 14..20: a 2-px gap at columns 12, 13
+    maps = weight_map(label, "binary", w0=10.0, sigma=5.0)
+    total, cells = label.size, label.sum()
+    background, cell = total / (2 * (total - cells)), total / (2 * cells)
+    # Gap pixel at column 12: 1 px from the left square, 2 px from the right one.
+    assert maps.weights[10, 12] == pytest.approx(background + 10 * math.exp(-(1 + 2) ** 2 / 50), rel=1e-6)
+    # Cell pixels carry the class weight alone; a far corner has a negligible border term.
+    assert maps.weights[10, 8] == pytest.approx(cell, rel=1e-6)
+    d1, d2 = math.hypot(5, 5), math.hypot(14, 5)  # corner (0, 0) to the squares' nearest pixels
+    assert maps.weights[0, 0] == pytest.approx(background + 10 * math.exp(-(d1 + d2) ** 2 / 50), abs=1e-6)
+
+
+def test_touching_instances_are_split_by_a_background_border():
+    instances = np.zeros((12, 16), dtype=np.uint16)
+    instances[2:10, 2:8] = 7
+    instances[2:10, 8:14] = 3  # touches 7 along a full edge
+    instances[10:12, 14:16] = 9  # touches 3 at one corner only (8-neighbourhood)
+    objects, separation = separate_instances(instances)
+    assert separation[2:10, 7].all() and separation[2:10, 8].all()  # one column on each side
+    assert separation[9, 13] and separation[10, 14]  # the diagonal contact
+    assert separation.sum() == 8 + 8 + 2
+    assert not separation[instances == 0].any() and (objects[separation] == 0).all()
+    maps = weight_map(instances, "instance")
+    assert (maps.target[separation] == 0).all()
+    assert maps.weights[5, 7] > 9  # separation pixels get the high border weight
+
+
+def test_class_weights_balance_the_classes_per_image():
+    target = np.zeros((10, 10), dtype=np.uint8)
+    target[:2] = 1  # 20 % cells
+    weights = class_weights(target)
+    assert weights[target == 1].sum() == pytest.approx(weights[target == 0].sum())
+    assert weights.mean() == pytest.approx(1.0)
+    assert (class_weights(np.ones((4, 4), dtype=np.uint8)) == 1).all()
+
+
+def test_fewer_than_two_objects_have_no_border_term():
+    single = np.zeros((16, 16), dtype=np.uint8)
+    single[4:8, 4:8] = 1
+    np.testing.assert_array_equal(weight_map(single, "binary").weights, class_weights(single))
+    empty = np.zeros((16, 16), dtype=np.uint8)
+    np.testing.assert_array_equal(weight_map(empty, "binary").weights, np.ones((16, 16), dtype=np.float32))
+
+
+def test_the_reach_bounds_the_neglected_terms():
+    reach = border_reach(10.0, 5.0)
+    assert 10.0 * math.exp(-reach**2 / 50) == pytest.approx(TOLERANCE)
+    assert border_reach(TOLERANCE / 2, 5.0) == 0
+    label = np.zeros((8, 8), dtype=np.uint8)
+    label[:, :3] = label[:, 5:] = 1
+    weights = weight_map(label, "binary", w0=TOLERANCE / 2).weights  # a border term too small to compute
+    assert weights.max() == pytest.approx(64 / (2 * 16)) and weights.min() == pytest.approx(64 / (2 * 48))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="kind"):
+        weight_map(np.zeros((4, 4), dtype=np.uint8), "semantic")
+    with pytest.raises(ValueError, match="sigma"):
+        weight_map(np.zeros((4, 4), dtype=np.uint8), "binary", sigma=0)
+
+
+def run_unet(*arguments, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "unet.cli", *map(str, arguments)], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def hela_split(shared_data, tmp_path_factory):
+    """A prepared HeLa split from the real files: three frames, two of them labelled."""
+    images, labels = hela(shared_data, "01", [2, 21])
+    extra = tifffile.imread(shared_data / "ctc" / "DIC-C2DH-HeLa" / "01" / "t003.tif")[None]
+    directory = tmp_path_factory.mktemp("data") / "DIC-C2DH-HeLa" / "01"
+    write_split(directory, Split("DIC-C2DH-HeLa", "01", "instance", np.concatenate([images[:1], extra, images[1:]]),
+                                 [2, 3, 21], labels, [2, 21]))
+    return directory, labels
+
+
+def test_cli_writes_targets_weights_and_the_figure(hela_split, tmp_path):
+    directory, labels = hela_split
+    out, figure = tmp_path / "weights", tmp_path / "weightmap.png"
+    run_unet("weightmap", directory, out, "--w0", 8, "--sigma", 4, "--figure", figure, "--figure-frame", 21)
+    target, weights = read_tiff(out / "target.tif"), read_tiff(out / "weights.tif")
+    assert target.dtype == np.uint8 and weights.dtype == np.float32 and target.shape == labels.shape
+    expected_target, expected_weights = weight_maps(labels, "instance", w0=8, sigma=4)
+    np.testing.assert_array_equal(target, expected_target)
+    np.testing.assert_array_equal(weights, expected_weights)
+    assert mpimg.imread(figure).shape[1] > 1000  # a 4-panel figure was drawn
+
+    training = load_training_set(directory, out, frames=[21])
+    assert training.frames == [21] and training.images.dtype == np.float32
+    assert training.images.min() == 0 and training.images.max() == 1
+    np.testing.assert_array_equal(training.targets[0], expected_target[1])
+
+
+def test_cli_draws_only_the_figure_without_out_dir(hela_split, tmp_path):
+    directory, _ = hela_split
+    run_unet("weightmap", directory, "--figure", tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").is_file() and not (tmp_path / "target.tif").exists()
+
+
+def test_cli_refuses_splits_without_labels_and_unlabelled_figure_frames(hela_split, tmp_path):
+    directory, _ = hela_split
+    unlabelled = tmp_path / "test"
+    write_split(unlabelled, Split("isbi2012", "test", "binary", np.zeros((2, 8, 8), dtype=np.uint8), [0, 1]))
+    result = run_unet("weightmap", unlabelled, tmp_path / "out", check=False)
+    assert result.returncode == 2 and str(unlabelled) in result.stderr and "no labelled frames" in result.stderr
+    assert not (tmp_path / "out").exists()
+    result = run_unet("weightmap", directory, "--figure", tmp_path / "f.png", "--figure-frame", 3, check=False)
+    assert result.returncode == 2 and "--figure-frame 3 is not labelled" in result.stderr
+
+
+def test_training_set_refuses_weights_of_another_split(hela_split, tmp_path):
+    directory, labels = hela_split
+    write_tiff(tmp_path / "target.tif", np.zeros((1, *labels.shape[1:]), dtype=np.uint8))
+    write_tiff(tmp_path / "weights.tif", np.ones((1, *labels.shape[1:]), dtype=np.float32))
+    with pytest.raises(DataError, match="target.tif: shape"):
+        load_training_set(directory, tmp_path)
+
+
+def test_snakemake_rules_make_the_weights_and_both_figures(hela_split, tmp_path):
+    """The rules of workflow/rules/weightmap.smk on a real prepared HeLa split, in a copy of the workflow."""
+    directory, labels = hela_split
+    for name in ("Snakefile", "workflow", "config"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, tmp_path / name)
+    shutil.copytree(directory, tmp_path / "results" / "data" / "DIC-C2DH-HeLa" / "01")
+    weights = tmp_path / "results" / "weights" / "DIC-C2DH-HeLa" / "01" / "weights.tif"
+    figures = [tmp_path / "results" / "figures" / f"{kind}-DIC-C2DH-HeLa.png" for kind in ("weightmap", "augment")]
+    (tmp_path / "override.yaml").write_text("weightmap: {w0: 12.0}\n")  # the rules pass the config on
+    targets = [path.relative_to(tmp_path) for path in [weights, *figures]]
+    result = subprocess.run(["snakemake", "--cores", "1", "--configfile", "override.yaml", "--allowed-rules",
+                             "weightmap", "weightmap_figure", "augment_figure", "--", *targets],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(read_tiff(weights), weight_maps(labels, "instance", w0=12.0)[1])
+    assert all(mpimg.imread(figure).shape[0] > 300 for figure in figures)

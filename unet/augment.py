@@ -1,0 +1,316 @@
+"""Training samples for the valid-convolution U-Net: elastic deformation, rotation, flips, shifts and
+gray-value variation, batched with torch on the training device.
+
+The paper (section 3.1) names shift, rotation, gray-value variation and, above all, elastic
+deformation: random displacement vectors on a coarse 3x3 grid, drawn from a Gaussian with 10 px
+standard deviation, turned into per-pixel displacements by bicubic interpolation. Here:
+
+- Geometry. For each sample, one sampling grid maps every pixel of the input tile to the image
+  position it is read from: tile offsets from the tile centre are mirrored (columns, if the flip is
+  drawn), rotated by the drawn angle, moved to the drawn tile centre, and displaced by the dense
+  elastic field. Affine and elastic parts are composed into this one grid, so each array is
+  interpolated exactly once.
+- Elastic field. `elastic_grid` x `elastic_grid` control points span the input tile (corners
+  included); each carries a displacement whose two components (row, column) are drawn
+  independently from N(0, elastic_std^2) pixels; the dense field is their bicubic interpolation
+  (`F.interpolate(mode="bicubic", align_corners=True)`, which passes through the control values).
+- Shift. The random crop position is the shift: the output window's top-left corner is uniform
+  over the integer positions that keep the window inside the image (or, for an image smaller than
+  the window, that keep the image inside the window).
+- Rotation. Uniform in [-rotation, rotation] degrees; the default 180 (any orientation) is our
+  choice, as the paper gives no range: neither EM sections nor cultured cells have a preferred
+  direction, and with one composed grid any angle costs the same as a multiple of 90 degrees.
+  Together with the flip, every orientation and its mirror image is drawn.
+- Mirroring. Context beyond the image border is mirrored (`padding_mode="reflection"`,
+  reflected about the border pixels like `numpy.pad(mode="reflect")`, repeatedly if needed), as
+  the overlap-tile strategy does at prediction time: no empty corners, images smaller than the
+  tile work.
+- Interpolation. The image is bicubic (thin membranes stay sharp); the target and the weight map
+  are read together, by nearest neighbour, from the same source pixel: a target never takes a new
+  label value, and every (target, weight) pair is one that exists in the precomputed maps (a
+  blended weight would mix the class-balance weights of both classes at cell borders).
+- Gray values (our choice; the paper gives no numbers): per sample, the tile's contrast around its
+  mean is scaled by a factor uniform in [1 - gray_contrast, 1 + gray_contrast] and an offset
+  uniform in [-gray_brightness, gray_brightness] is added (inputs are normalised to [0, 1]; values
+  are not clipped).
+- Randomness. Every random number comes from one CPU `torch.Generator` seeded with `seed`; the few
+  numbers per sample move to the device afterwards, so the same seed gives the same samples on any
+  device, and `state_dict()` / `load_state_dict()` resume the stream exactly. All parameters are
+  drawn even when their magnitude is zero, so changing one magnitude leaves the others' draws alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from unet.model import output_size
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The `augment` config section; field names are the config keys and the flags of `unet train`."""
+
+    elastic_grid: int = field(default=3, metadata=_help("control points per axis of the coarse displacement grid "
+                                                         "spanning the input tile (paper: 3)"))
+    elastic_std: float = field(default=10.0, metadata=_help("standard deviation in pixels of each component of a "
+                                                            "coarse displacement (paper: 10; 0 = no elastic "
+                                                            "deformation)"))
+    rotation: float = field(default=180.0, metadata=_help("rotation angle drawn uniformly from [-ROTATION, ROTATION] "
+                                                          "degrees (180 = any orientation; 0 = none)"))
+    flip: bool = field(default=True, metadata=_help("mirror the tile with probability 1/2"))
+    gray_contrast: float = field(default=0.1, metadata=_help("contrast factor drawn from [1 - C, 1 + C], applied "
+                                                             "around the tile mean (0 = none)"))
+    gray_brightness: float = field(default=0.1, metadata=_help("offset drawn from [-B, B] added to the [0, 1] "
+                                                               "normalised tile (0 = none)"))
+
+    def __post_init__(self) -> None:
+        checks = {
+            "elastic_grid": (isinstance(self.elastic_grid, int) and self.elastic_grid >= 2, "an integer >= 2"),
+            "elastic_std": (self.elastic_std >= 0, ">= 0"),
+            "rotation": (0 <= self.rotation <= 180, "in [0, 180] degrees"),
+            "gray_contrast": (0 <= self.gray_contrast < 1, "in [0, 1)"),
+            "gray_brightness": (self.gray_brightness >= 0, ">= 0"),
+        }
+        for key, (valid, requirement) in checks.items():
+            if not valid:
+                raise ValueError(f"augment: {key} must be {requirement}, found {getattr(self, key)!r}")
+
+    @classmethod
+    def identity(cls) -> AugmentConfig:
+        """Zero strength: plain random crops with mirrored context."""
+        return cls(elastic_std=0.0, rotation=0.0, flip=False, gray_contrast=0.0, gray_brightness=0.0)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one flag per field (`elastic_std` -> `--elastic-std`), the paper's values as defaults."""
+        group = parser.add_argument_group("augmentation (config section `augment`)")
+        for item in fields(cls):
+            flag = "--" + item.name.replace("_", "-")
+            if isinstance(item.default, bool):
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=item.default,
+                                   help=item.metadata["help"])
+            else:
+                group.add_argument(flag, type=type(item.default), default=item.default,
+                                   help=item.metadata["help"] + " (default: %(default)s)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AugmentConfig:
+        return cls(**{item.name: getattr(args, item.name) for item in fields(cls)})
+
+
+@dataclass(frozen=True)
+class SampleParameters:
+    """The random draws of one batch (CPU tensors from the generator; `to` moves them)."""
+
+    index: torch.Tensor  # (B,) int64: which image
+    corner: torch.Tensor  # (B, 2) int64: row, column of the output window's top-left pixel in the image
+    angle: torch.Tensor  # (B,) float32, radians
+    flip: torch.Tensor  # (B,) bool: mirror the tile's columns before rotating
+    displacement: torch.Tensor  # (B, 2, g, g) float32 pixels (row, column) at the coarse control points
+    contrast: torch.Tensor  # (B,) float32 factor
+    brightness: torch.Tensor  # (B,) float32 offset
+
+    def to(self, device: torch.device) -> SampleParameters:
+        return replace(self, **{item.name: getattr(self, item.name).to(device) for item in fields(self)})
+
+
+class Augmenter:
+    """Random augmented training pairs: input tiles with the target and weight of their output window.
+
+    `images` float32 (N, H, W) normalised to [0, 1], `targets` uint8 (N, H, W), `weights` float32
+    (N, H, W); numpy arrays or tensors. `sample(batch_size)` returns, on `device`, the image
+    (B, 1, input_size, input_size) float32, the target (B, out, out) int64 and the weight
+    (B, out, out) float32, out = `unet.model.output_size(input_size, depth)`.
+    """
+
+    def __init__(self, images, targets, weights, input_size: int = 572, config: AugmentConfig = AugmentConfig(),
+                 device: str | torch.device = "cpu", seed: int = 0, depth: int = 4):
+        images, targets, weights = _stacks(images, targets, weights)
+        self.config = config
+        self.device = torch.device(device)
+        self.input_size = input_size
+        self.output_size = output_size(input_size, depth)
+        self.margin = (input_size - self.output_size) // 2
+        self.count, self.height, self.width = images.shape
+        self._images = images[:, None].to(self.device)
+        # Target and weight are sampled together so that both come from the same source pixel.
+        self._target_weight = torch.stack([targets.float(), weights], dim=1).to(self.device)
+        self._generator = torch.Generator().manual_seed(int(seed))
+        # Offsets of the tile's rows (and columns) from the tile centre.
+        self._offsets = (torch.arange(input_size, dtype=torch.float32) - (input_size - 1) / 2).to(self.device)
+        self._bicubic = _bicubic_matrix(config.elastic_grid, input_size).to(self.device)
+
+    def sample(self, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.apply(self.draw(batch_size))
+
+    def draw(self, batch_size: int) -> SampleParameters:
+        """Draw the random parameters of `batch_size` samples (always the same draws, whatever the magnitudes)."""
+        generator, config, n = self._generator, self.config, batch_size
+
+        def symmetric(magnitude: float) -> torch.Tensor:
+            return (2 * torch.rand(n, generator=generator) - 1) * magnitude
+
+        index = torch.randint(self.count, (n,), generator=generator)
+        corner = torch.stack([self._random_corner(self.height, n), self._random_corner(self.width, n)], dim=1)
+        angle = symmetric(math.radians(config.rotation))
+        flip = (torch.rand(n, generator=generator) < 0.5) & config.flip
+        grid = config.elastic_grid
+        displacement = torch.randn(n, 2, grid, grid, generator=generator) * config.elastic_std
+        contrast = 1 + symmetric(config.gray_contrast)
+        brightness = symmetric(config.gray_brightness)
+        return SampleParameters(index, corner, angle, flip, displacement, contrast, brightness)
+
+    def apply(self, parameters: SampleParameters) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The image tiles, targets and weights for drawn parameters, on the device."""
+        parameters = parameters.to(self.device)
+        coordinates = self.source_coordinates(parameters)
+        image = sample_at(self._images[parameters.index], coordinates, mode="bicubic")
+        inner = slice(self.margin, self.margin + self.output_size)
+        target_weight = sample_at(self._target_weight[parameters.index], coordinates[:, inner, inner], mode="nearest")
+        return self._vary_gray_values(image, parameters), target_weight[:, 0].round().long(), target_weight[:, 1]
+
+    def source_coordinates(self, parameters: SampleParameters) -> torch.Tensor:
+        """(B, S, S, 2): the image position (column, row) that each input tile pixel is read from."""
+        parameters = parameters.to(self.device)
+        cos, sin = torch.cos(parameters.angle), torch.sin(parameters.angle)
+        column_sign = 1 - 2 * parameters.flip.float()
+        # Rotation after mirroring the columns, acting on (row, column) offsets from the tile centre:
+        # image = centre + [[cos, -sin * sign], [sin, cos * sign]] @ offset + elastic displacement.
+        centre = parameters.corner.float() - self.margin + (self.input_size - 1) / 2
+        rows, columns = self._offsets[None, :, None], self._offsets[None, None, :]
+
+        def per_sample(value: torch.Tensor) -> torch.Tensor:
+            return value[:, None, None]
+
+        row = per_sample(centre[:, 0]) + per_sample(cos) * rows - per_sample(sin * column_sign) * columns
+        column = per_sample(centre[:, 1]) + per_sample(sin) * rows + per_sample(cos * column_sign) * columns
+        if self.config.elastic_std > 0:
+            displacement = self.dense_displacement(parameters.displacement)
+            row, column = row + displacement[:, 0], column + displacement[:, 1]
+        return torch.stack([column, row], dim=-1)
+
+    def dense_displacement(self, coarse: torch.Tensor) -> torch.Tensor:
+        """(B, 2, S, S) per-pixel (row, column) displacements: bicubic interpolation of the (B, 2, g, g) controls."""
+        return self._bicubic @ coarse.to(self.device) @ self._bicubic.T
+
+    def state_dict(self) -> dict:
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._generator.set_state(state["generator"])
+
+    def _random_corner(self, extent: int, n: int) -> torch.Tensor:
+        # Window inside the image if it fits, otherwise the image inside the window.
+        low, high = sorted((0, extent - self.output_size))
+        return torch.randint(low, high + 1, (n,), generator=self._generator)
+
+    def _vary_gray_values(self, image: torch.Tensor, parameters: SampleParameters) -> torch.Tensor:
+        if not (self.config.gray_contrast or self.config.gray_brightness):
+            return image  # exactly the interpolated tile at zero strength
+        mean = image.mean(dim=(-2, -1), keepdim=True)
+        contrast = parameters.contrast[:, None, None, None]
+        brightness = parameters.brightness[:, None, None, None]
+        return mean + contrast * (image - mean) + brightness
+
+
+def sample_at(stack: torch.Tensor, coordinates: torch.Tensor, *, mode: str) -> torch.Tensor:
+    """Read (B, C, H, W) `stack` at (B, h, w, 2) pixel positions (column, row), mirroring beyond the border."""
+    height, width = stack.shape[-2:]
+    scale = torch.tensor([2 / (width - 1), 2 / (height - 1)], device=coordinates.device)
+    return F.grid_sample(stack, coordinates * scale - 1, mode=mode, padding_mode="reflection", align_corners=True)
+
+
+def _bicubic_matrix(points: int, size: int) -> torch.Tensor:
+    """(size, points): bicubic interpolation (torch's, corners aligned) from `points` control values to `size`.
+
+    Bicubic interpolation is separable, so the dense field is `matrix @ coarse @ matrix.T`: the same
+    values as `F.interpolate(coarse, mode="bicubic", align_corners=True)`, in a fraction of the time.
+    """
+    basis = torch.eye(points).reshape(points, 1, points, 1)
+    return F.interpolate(basis, size=(size, 1), mode="bicubic", align_corners=True)[:, 0, :, 0].T
+
+
+def _stacks(images, targets, weights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    stacks = {"images": torch.as_tensor(images).float(), "targets": torch.as_tensor(targets),
+              "weights": torch.as_tensor(weights).float()}
+    shapes = {name: tuple(stack.shape) for name, stack in stacks.items()}
+    if stacks["images"].ndim != 3 or len(set(shapes.values())) != 1:
+        raise ValueError(f"augment: images, targets and weights must be (N, H, W) stacks of one shape, found {shapes}")
+    count, height, width = shapes["images"]
+    if count == 0 or height < 2 or width < 2:
+        raise ValueError(f"augment: need at least one image of at least 2x2 pixels, found shape {shapes['images']}")
+    return stacks["images"], stacks["targets"], stacks["weights"]
+
+
+def deformed_grid(augmenter: Augmenter, parameters: SampleParameters, *, spacing: int = 32) -> torch.Tensor:
+    """(B, S, S): a grid of lines every `spacing` image pixels, seen through each sample's transformation."""
+    rows = torch.arange(augmenter.height)[:, None] % spacing < 2
+    columns = torch.arange(augmenter.width)[None, :] % spacing < 2
+    lines = (rows | columns).float().to(augmenter.device)
+    batch = len(parameters.index)
+    coordinates = augmenter.source_coordinates(parameters)
+    return sample_at(lines.expand(batch, 1, -1, -1), coordinates, mode="bilinear")[:, 0]
+
+
+def plot_augmentation(augmenter: Augmenter, path: str | Path, *, samples: int = 3, title: str = "") -> None:
+    """The report's figure: per sample, the deformed grid, the input tile with its output window, target, weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import patches
+    from matplotlib import pyplot as plt
+
+    from unet.weightmap import save_figure, show_weights
+
+    parameters = augmenter.draw(samples)
+    grids = deformed_grid(augmenter, parameters).cpu().numpy()
+    image, target, weight = (tensor.cpu().numpy() for tensor in augmenter.apply(parameters))
+    figure, axes = plt.subplots(samples, 4, figsize=(13, 3.3 * samples), squeeze=False, constrained_layout=True)
+    inner = (augmenter.margin - 0.5, augmenter.margin - 0.5)
+    for row, sample_axes in enumerate(axes):
+        angle = math.degrees(parameters.angle[row].item())
+        flip = ", flipped" if parameters.flip[row] else ""
+        sample_axes[0].imshow(grids[row], cmap="gray_r")
+        sample_axes[0].set_title(f"32 px grid: {angle:.0f} deg{flip}")
+        sample_axes[1].imshow(image[row, 0], cmap="gray")
+        sample_axes[1].add_patch(patches.Rectangle(inner, augmenter.output_size, augmenter.output_size,
+                                                   fill=False, edgecolor="yellow", linewidth=1.5))
+        sample_axes[1].set_title(f"input tile {augmenter.input_size} px")
+        sample_axes[2].imshow(target[row], cmap="gray", vmin=0, vmax=1)
+        sample_axes[2].set_title(f"target {augmenter.output_size} px")
+        show_weights(figure, sample_axes[3], weight[row], "loss weight")
+    save_figure(figure, path, title=title, dpi=90)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA_SPLIT_DIR", type=Path, help="prepared split with labels")
+    parser.add_argument("weights", metavar="WEIGHT_DIR", type=Path, help="its `unet weightmap` output")
+    parser.add_argument("--figure", metavar="PNG", type=Path, required=True, help="where the figure goes")
+    parser.add_argument("--samples", type=int, default=3, help="augmented samples shown (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument("--input-size", type=int, default=572, help="input tile side (default %(default)s)")
+    parser.add_argument("--depth", type=int, default=4, help="U-Net depth, for the output size (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+    AugmentConfig.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from unet.weightmap import load_training_set
+
+    training = load_training_set(args.data, args.weights)
+    augmenter = Augmenter(training.images, training.targets, training.weights, input_size=args.input_size,
+                          config=AugmentConfig.from_args(args), device=args.device, seed=args.seed, depth=args.depth)
+    plot_augmentation(augmenter, args.figure, samples=args.samples,
+                      title=f"{args.data}: augmented training samples (seed {args.seed})")
+    return 0

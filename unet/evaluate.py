@@ -1,0 +1,215 @@
+"""`unet evaluate`: score predictions with the challenges' own metrics.
+
+    unet evaluate isbi PROBABILITIES.tif LABELS.tif [--slices SPEC] [--json] [--out FILE]
+    unet evaluate ctc RES_DIR GT_DIR [--json] [--out FILE]
+
+`isbi` compares a float32 cell-probability stack with the matching pages of a
+binary label stack (cell > 0) and reports the ISBI 2012 metrics exactly as
+Fiji's evaluation computes them (`unet.metrics`). `ctc` compares a Cell
+Tracking Challenge result folder (`maskTTT.tif`, uint16 instances) with the
+official ground truth folder `XX_GT` on every frame annotated in `XX_GT/SEG`
+and reports SEG and the foreground IoU. Without `--json` a table is printed;
+`--out` writes the JSON atomically (also when printing the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from unet import metrics
+from unet.io import DataError, parse_frames, read_stack, read_tiff, write_json
+
+ISBI_KEYS = ("warping_error", "rand_error", "rand_error_unrestricted", "pixel_error", "vrand", "vinfo")
+ISBI_NAMES = {
+    "warping_error": "warping error (splits + mergers)",
+    "rand_error": "Rand error (foreground-restricted)",
+    "rand_error_unrestricted": "Rand error (standard index)",
+    "pixel_error": "pixel error (1 - F-score)",
+    "vrand": "V_rand after thinning",
+    "vinfo": "V_info after thinning",
+}
+RES_NAME = re.compile(r"^mask(\d{3,4})\.tif$")
+GT_SEG_NAME = re.compile(r"^man_seg(\d{3,4})\.tif$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    protocols = parser.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+
+    isbi = protocols.add_parser(
+        "isbi", help="ISBI 2012: warping, Rand and pixel error, V_rand and V_info (Fiji's definitions)",
+        description="Score a cell-probability stack against binary labels with the ISBI 2012 metrics.")
+    isbi.add_argument("probabilities", type=Path, metavar="PROBABILITIES.tif",
+                      help="float32 (N, H, W) stack, 1 = cell, values in [0, 1]")
+    isbi.add_argument("labels", type=Path, metavar="LABELS.tif", help="label stack, cell > 0 (0/1 or 0/255)")
+    isbi.add_argument("--slices", metavar="SPEC",
+                      help="pages of LABELS (0-based, e.g. 0-9) that the probability stack covers, in its order "
+                           "(default: all pages)")
+    isbi.add_argument("--rand-normalisation", choices=metrics.RAND_NORMALISATIONS, default="n2",
+                      help="Rand error pair counting: n2 = Fiji since January 2015 (sums of squares), "
+                           "pairs = Fiji before (n(n-1)/2) (default: %(default)s)")
+    isbi.add_argument("--warping-radius", type=int, default=metrics.WARPING_RADIUS, metavar="PIXELS",
+                      help="window radius for telling splits from hole deletions (default: %(default)s, the "
+                           "challenge's)")
+    _add_output_arguments(isbi)
+
+    ctc = protocols.add_parser(
+        "ctc", help="Cell Tracking Challenge: SEG and foreground IoU on the annotated frames",
+        description="Score a CTC result folder against the official ground truth (XX_GT/SEG).")
+    ctc.add_argument("res_dir", type=Path, metavar="RES_DIR", help="folder with maskTTT.tif (or maskTTTT.tif)")
+    ctc.add_argument("gt_dir", type=Path, metavar="GT_DIR", help="the official XX_GT folder (with SEG/man_segTTT.tif)")
+    _add_output_arguments(ctc)
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="also write the scores as JSON to FILE (atomically)")
+
+
+def run(args: argparse.Namespace) -> int:
+    scores, table = {"isbi": evaluate_isbi, "ctc": evaluate_ctc}[args.protocol](args)
+    if args.out is not None:
+        write_json(args.out, scores)
+    print(json.dumps(scores, indent=2) if args.json else table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ISBI 2012
+
+
+def evaluate_isbi(args: argparse.Namespace) -> tuple[dict, str]:
+    prob, labels, slices = read_isbi_pair(args.probabilities, args.labels, args.slices)
+    scores = _finite_or_null(metrics.isbi_metrics(prob, labels, rand_normalisation=args.rand_normalisation,
+                                                  radius=args.warping_radius))
+    scores["meta"] = {
+        "probabilities": str(args.probabilities), "labels": str(args.labels), "slices": slices,
+        "rand_normalisation": args.rand_normalisation, "warping_radius": args.warping_radius,
+    }
+    return scores, isbi_table(scores)
+
+
+def read_isbi_pair(prob_path: Path, labels_path: Path, spec: str | None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The probability stack and the label pages it covers; bad input raises `DataError` naming the file."""
+    prob, labels = read_stack(prob_path), read_stack(labels_path)
+    slices = parse_frames(spec) if spec else list(range(len(labels)))
+    outside = [s for s in slices if not 0 <= s < len(labels)]
+    if outside:
+        raise DataError(f"{labels_path}: has {len(labels)} pages, --slices asks for {outside}")
+    if len(prob) != len(slices):
+        raise DataError(f"{prob_path}: has {len(prob)} pages but {len(slices)} label pages are selected "
+                        f"({'--slices ' + spec if spec else 'all of ' + str(labels_path)})")
+    labels = labels[slices]
+    if prob.shape[1:] != labels.shape[1:]:
+        raise DataError(f"{prob_path}: pages are {prob.shape[1:]} but {labels_path} pages are {labels.shape[1:]}")
+    if not np.issubdtype(prob.dtype, np.floating):
+        raise DataError(f"{prob_path}: expected float cell probabilities in [0, 1], found dtype {prob.dtype}")
+    low, high = float(np.min(prob)), float(np.max(prob))
+    if not (0.0 <= low and high <= 1.0):
+        raise DataError(f"{prob_path}: probabilities must lie in [0, 1] (1 = cell), found values from {low} to {high}")
+    return prob, labels, slices
+
+
+def isbi_table(scores: dict) -> str:
+    meta = scores.get("meta", {})
+    lines = [f"ISBI 2012 metrics (Fiji's definitions), {len(meta.get('slices', []))} slices",
+             "", f"{'metric':<38} {'best':>10}  threshold"]
+    for key in ISBI_KEYS:
+        lines.append(f"{ISBI_NAMES[key]:<38} {_number(scores[key]['value']):>10}  {scores[key]['threshold']}")
+    thresholds = list(scores["rand_error"]["per_threshold"])
+    lines += ["", "per threshold:", f"{'threshold':>9} " + " ".join(f"{key:>12.12}" for key in ISBI_KEYS)]
+    for th in thresholds:
+        values = [scores[key]["per_threshold"].get(th) for key in ISBI_KEYS]
+        lines.append(f"{th:>9} " + " ".join(f"{_number(v):>12}" for v in values))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cell Tracking Challenge
+
+
+def evaluate_ctc(args: argparse.Namespace) -> tuple[dict, str]:
+    frames, res_masks, gt_masks = read_ctc_pair(args.res_dir, args.gt_dir)
+    seg, iou = metrics.ctc_seg(res_masks, gt_masks), metrics.foreground_iou(res_masks, gt_masks)
+    per_frame = [{"frame": frame, **seg_frame, "iou": iou_frame}
+                 for frame, seg_frame, iou_frame in zip(frames, seg.pop("per_frame"), iou.pop("per_frame"))]
+    scores = _finite_or_null({"seg": seg, "iou": iou, "frames": per_frame,
+                              "meta": {"res_dir": str(args.res_dir), "gt_dir": str(args.gt_dir)}})
+    return scores, ctc_table(scores)
+
+
+def read_ctc_pair(res_dir: Path, gt_dir: Path) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
+    """(annotated frame ids, result masks, ground-truth masks) for every frame annotated in GT_DIR/SEG."""
+    annotated = _numbered_files(gt_dir / "SEG", GT_SEG_NAME)
+    if not annotated:
+        raise DataError(f"{gt_dir / 'SEG'}: no annotated frames (man_segTTT.tif)")
+    results = _numbered_files(res_dir, RES_NAME)
+    missing = [frame for frame in annotated if frame not in results]
+    if missing:
+        raise DataError(f"{res_dir}: no result mask for annotated frame(s) {missing} "
+                        f"(expected e.g. {res_dir / f'mask{missing[0]:03d}.tif'})")
+    frames = sorted(annotated)
+    gt_masks = [_mask(annotated[frame]) for frame in frames]
+    res_masks = [_mask(results[frame]) for frame in frames]
+    for frame, res, gt in zip(frames, res_masks, gt_masks):
+        if res.shape != gt.shape:
+            raise DataError(f"{results[frame]}: shape {res.shape} differs from {annotated[frame]} {gt.shape}")
+    return frames, res_masks, gt_masks
+
+
+def _numbered_files(directory: Path, pattern: re.Pattern) -> dict[int, Path]:
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such folder")
+    files: dict[int, Path] = {}
+    for path in sorted(directory.iterdir()):
+        match = pattern.match(path.name)
+        if match:
+            frame = int(match.group(1))
+            if frame in files:
+                raise DataError(f"{directory}: frame {frame} twice ({files[frame].name} and {path.name})")
+            files[frame] = path
+    return files
+
+
+def _mask(path: Path) -> np.ndarray:
+    mask = read_tiff(path)
+    if mask.ndim != 2:
+        raise DataError(f"{path}: expected a 2D instance mask, found shape {mask.shape}")
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise DataError(f"{path}: expected integer instance ids (uint16), found dtype {mask.dtype}")
+    return mask
+
+
+def ctc_table(scores: dict) -> str:
+    seg, iou = scores["seg"], scores["iou"]
+    lines = [f"Cell Tracking Challenge segmentation, {len(scores['frames'])} annotated frames",
+             "", f"SEG             {_number(seg['value'])}  ({seg['matched']} of {seg['objects']} objects matched)",
+             f"foreground IoU  {_number(iou['value'])}", "",
+             f"{'frame':>5} {'objects':>7} {'matched':>7} {'SEG':>8} {'IoU':>8}"]
+    for row in scores["frames"]:
+        lines.append(f"{row['frame']:>5} {row['objects']:>7} {row['matched']:>7} "
+                     f"{_number(row['seg']):>8} {_number(row['iou']):>8}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _finite_or_null(obj):
+    """The scores as strict JSON: NaN (an undefined score) becomes null."""
+    if isinstance(obj, dict):
+        return {key: _finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_null(value) for value in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.6g}"

@@ -1,0 +1,426 @@
+"""Overlap-tile prediction with test-time augmentation (paper, sections 2 and 3).
+
+The valid-convolution U-Net predicts the centre of each input tile; the context
+it needs at the image border is filled by mirroring the image. Decisions:
+
+- Mirroring is NumPy's ``reflect`` (the edge pixel is not repeated), as in the
+  authors' release (its MATLAB tiled forward pass: ``padded(1:from-1,:) =
+  padded(from+pad:-1:from+1,:)``). Where the padding exceeds the image (tiny
+  images) the reflection repeats; the release filled zeros there.
+- Exact stitching. The network is translation-equivariant only for shifts by
+  multiples of ``2**depth`` (its max-pooling grid); a tile's output side is
+  not such a multiple (388 = 16 * 24 + 4), so tiles that abut at their output
+  side, as in the release, pool on shifted grids and leave seams. Our tiles step
+  by the output side rounded down to a multiple of ``2**depth`` (384 for 388) and
+  the few overlapping output pixels agree. The stitched result therefore equals
+  the network applied once to the whole mirrored image, and it does not depend
+  on the tile size: ``input_size`` is the largest tile (a memory and speed knob);
+  tiles shrink to the smallest valid size that covers the image with the
+  fewest tiles.
+- Test-time augmentation averages soft-max probabilities (not logits) over a set
+  of rotations and flips, each undone on the output before averaging: ``d4``,
+  the 8 rotations and reflections of the square (the paper averages "7 rotated
+  versions" of EM data, unnamed; we take the identity and the other 7), ``flips``
+  (identity, left-right, up-down, both: the release's set for the cell data),
+  or ``none``. Each variant is computed as "rotate the image, predict, rotate
+  back" (its own mirroring and tiling); the tiles are square, so the tiles of all
+  variants share the same forward passes.
+- Instances (Cell Tracking Challenge): connected components of the pixels where
+  the cell class wins (probability > 0.5, the release's arg-max), 8-connected
+  by default (MATLAB's default for ``bwlabel``/``bwareaopen``, which the release's
+  MATLAB post-processing presumably used: unverified), components smaller than
+  ``min_area`` pixels removed (the release: 500 px for PhC-U373).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from unet.io import DataError, format_frames, normalize_intensity, parse_frames, read_split, read_stack, write_tiff
+from unet.model import border, load_model, output_size, valid_input_size_at_least
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One element of the symmetry group of the square: an optional transpose, then optional flips."""
+
+    transpose: bool = False
+    flip_y: bool = False
+    flip_x: bool = False
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """Transform the last two axes."""
+        if self.transpose:
+            images = images.transpose(-2, -1)
+        return images.flip(self._flipped_axes()) if self._flipped_axes() else images
+
+    def invert(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo `apply` (every part is its own inverse; the order reverses)."""
+        if self._flipped_axes():
+            images = images.flip(self._flipped_axes())
+        return images.transpose(-2, -1) if self.transpose else images
+
+    def _flipped_axes(self) -> tuple[int, ...]:
+        return tuple(axis for axis, flip in ((-2, self.flip_y), (-1, self.flip_x)) if flip)
+
+
+_FLIPS = tuple(Transform(False, flip_y, flip_x) for flip_y in (False, True) for flip_x in (False, True))
+TTA = {
+    "none": (Transform(),),
+    "flips": _FLIPS,
+    "d4": _FLIPS + tuple(Transform(True, t.flip_y, t.flip_x) for t in _FLIPS),
+}
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Square tiles of side `tile` at offsets `stride * (i, j)` of the mirrored image; `counts` per axis."""
+
+    tile: int
+    output: int
+    stride: int
+    counts: tuple[int, int]
+    border: int
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return tuple((count - 1) * self.stride + self.tile for count in self.counts)
+
+    def padding(self, shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Mirrored pixels (before, after) per axis for an image of `shape`."""
+        return tuple((self.border, padded - size - self.border) for size, padded in zip(shape, self.padded_shape))
+
+
+def tile_layout(shape: tuple[int, int], input_size: int, depth: int) -> TileLayout:
+    """The tiles for an image of `shape`: the fewest tiles of at most `input_size`, each as small as that allows.
+
+    `InvalidSizeError` (a `ValueError`) names the nearest valid sizes when `input_size` is not a valid tile.
+    """
+    step = 2**depth
+
+    def stride(tile: int) -> int:
+        return output_size(tile, depth) // step * step
+
+    def tiles_needed(tile: int, length: int) -> float:
+        uncovered = max(0, length - output_size(tile, depth))
+        if not uncovered:
+            return 1
+        return 1 + math.ceil(uncovered / stride(tile)) if stride(tile) else math.inf
+
+    def smallest_tile(length: int) -> int:
+        count = tiles_needed(input_size, length)
+        if count == math.inf:
+            raise ValueError(f"input size {input_size} leaves an output of {output_size(input_size, depth)} px, "
+                             f"less than the {step} px step between tiles; use at least "
+                             f"{valid_input_size_at_least(input_size + 1, depth)}")
+        tile = valid_input_size_at_least(1, depth)
+        while tiles_needed(tile, length) > count or not stride(tile):
+            tile += step
+        return tile
+
+    tile = max(smallest_tile(length) for length in shape)
+    counts = tuple(tiles_needed(tile, length) for length in shape)
+    return TileLayout(tile, output_size(tile, depth), stride(tile), counts, border(depth))
+
+
+def predict_probabilities(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    *,
+    input_size: int = 572,
+    batch_size: int = 8,
+    tta: str = "d4",
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+) -> np.ndarray:
+    """The cell probability (soft-max channel 1) of each image of a (N, H, W) stack, float32 (N, H, W).
+
+    `images` are normalised already (`unet.io.normalize_intensity`). `batch_size`
+    tiles (variants of tiles included) go through the network per forward pass.
+    The model is put in eval mode for the call and moved to `device` (default:
+    where it is) in channels-last layout. `precision`: `bf16` autocast, `fp32`, or
+    `auto` (bf16 on CUDA devices that support it, fp32 elsewhere).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 3 or 0 in images.shape:
+        raise ValueError(f"images must be a non-empty (N, H, W) stack, found shape {images.shape}")
+    if tta not in TTA:
+        raise ValueError(f"tta must be one of {sorted(TTA)}, found {tta!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, found {batch_size}")
+    transforms = TTA[tta]
+    layout = tile_layout(images.shape[1:], input_size, model.depth)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device))
+    cuda = device.type == "cuda"
+    # Pinned host memory lets the copies in both directions run without stalling the device queue.
+    source = torch.from_numpy(images)
+    source = source.pin_memory() if cuda else source
+    result = torch.empty(images.shape, dtype=torch.float32, pin_memory=cuda)
+    tiler = _Tiler(layout, images.shape[1:], device)
+    images_per_chunk = max(1, batch_size // (len(transforms) * math.prod(layout.counts)))
+    was_training = model.training
+    model.eval().to(device, memory_format=torch.channels_last)
+    try:
+        with torch.inference_mode(), autocast:
+            for start in range(0, len(images), images_per_chunk):
+                chunk = source[start : start + images_per_chunk].to(device, non_blocking=True)
+                result[start : start + len(chunk)].copy_(_predict_chunk(model, chunk, tiler, transforms, batch_size),
+                                                         non_blocking=True)
+        if cuda:
+            torch.cuda.synchronize(device)
+    finally:
+        model.train(was_training)
+    return result.numpy()
+
+
+class _Tiler:
+    """Mirror-pads images of one shape (or its transpose), cuts the tiles and stitches their outputs."""
+
+    def __init__(self, layout: TileLayout, shape: tuple[int, int], device: torch.device):
+        self.layout = layout
+        # Gather indices for both orientations, made once: uploading them per chunk would wait for the device.
+        self.indices = {
+            transposed: self._mirror_indices(shape[::-1] if transposed else shape, transposed, device)
+            for transposed in (False, True)
+        }
+
+    def _mirror_indices(self, shape: tuple[int, int], transposed: bool, device: torch.device) -> list[torch.Tensor]:
+        padding = self._layout(transposed).padding(shape)
+        return [torch.as_tensor(np.pad(np.arange(size), pad, mode="reflect"), device=device)
+                for size, pad in zip(shape, padding)]
+
+    def _layout(self, transposed: bool) -> TileLayout:
+        return replace(self.layout, counts=self.layout.counts[::-1]) if transposed else self.layout
+
+    def tiles(self, images: torch.Tensor, transposed: bool) -> torch.Tensor:
+        """(k, H, W) images -> (k * tiles, tile, tile) mirrored input tiles, row by row."""
+        rows, cols = self.indices[transposed]
+        tile, stride = self.layout.tile, self.layout.stride
+        mirrored = images.index_select(1, rows).index_select(2, cols)
+        return mirrored.unfold(1, tile, stride).unfold(2, tile, stride).reshape(-1, tile, tile)
+
+    def stitch(self, outputs: torch.Tensor, shape: tuple[int, int], transposed: bool) -> torch.Tensor:
+        """(k * tiles, out, out) tile outputs -> (k, *shape) image."""
+        rows, cols = self._layout(transposed).counts
+        out, stride = self.layout.output, self.layout.stride
+        outputs = outputs.view(-1, rows, cols, out, out)
+        image = outputs.new_empty((len(outputs), (rows - 1) * stride + out, (cols - 1) * stride + out))
+        for i in range(rows):
+            for j in range(cols):  # overlapping pixels are identical: the later tile may overwrite them
+                image[:, i * stride : i * stride + out, j * stride : j * stride + out] = outputs[:, i, j]
+        return image[:, : shape[0], : shape[1]]
+
+
+def _predict_chunk(model, images: torch.Tensor, tiler: _Tiler, transforms, batch_size: int) -> torch.Tensor:
+    """Mean cell probability over `transforms` of (k, H, W) images: each variant is transformed, mirrored,
+    tiled, predicted, stitched and transformed back; the tiles of all variants share the forward passes."""
+    variants = [transform.apply(images) for transform in transforms]
+    inputs = torch.cat([tiler.tiles(v, t.transpose) for t, v in zip(transforms, variants)])
+    inputs = inputs[:, None].contiguous(memory_format=torch.channels_last)
+    out = tiler.layout.output
+    probabilities = torch.empty((len(inputs), out, out), dtype=torch.float32, device=inputs.device)
+    for start in range(0, len(inputs), batch_size):
+        logits = model(inputs[start : start + batch_size]).float()
+        probabilities[start : start + len(logits)] = torch.softmax(logits, dim=1)[:, 1]
+    mean = torch.zeros(images.shape, dtype=torch.float32, device=images.device)
+    for transform, variant, outputs in zip(transforms, variants, probabilities.chunk(len(transforms))):
+        mean += transform.invert(tiler.stitch(outputs, variant.shape[1:], transform.transpose))
+    return mean / len(transforms)
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether `precision` means bf16 autocast on `device` (`auto`: on CUDA devices that support it)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, found {precision!r}")
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def instance_masks(probabilities: np.ndarray, min_area: int = 0, *, connectivity: int = 8) -> np.ndarray:
+    """Instance labels (N, H, W) uint16: connected components of `probabilities > 0.5`, small ones removed.
+
+    Components with fewer than `min_area` pixels become background; the others
+    are numbered 1, 2, ... per image in scan order.
+    """
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 3:
+        raise ValueError(f"probabilities must be a (N, H, W) stack, found shape {probabilities.shape}")
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, found {connectivity}")
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    masks = np.zeros(probabilities.shape, dtype=np.uint16)
+    for index, probability in enumerate(probabilities):
+        labels, count = ndimage.label(probability > 0.5, structure=structure)
+        keep = np.bincount(labels.ravel(), minlength=count + 1) >= min_area
+        keep[0] = False
+        if keep.sum() > np.iinfo(np.uint16).max:
+            raise ValueError(f"image {index}: {keep.sum()} objects do not fit uint16 instance labels")
+        masks[index] = (np.cumsum(keep) * keep)[labels]
+    return masks
+
+
+def write_submission(path: str | os.PathLike, probabilities: np.ndarray) -> None:
+    """The ISBI 2012 submission: a float32 stack in [0, 1], 1 = certainly not membrane (our cell probability)."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 3 or probabilities.dtype != np.float32:
+        raise ValueError(f"a submission is a float32 (N, H, W) stack, found {probabilities.dtype} "
+                         f"{probabilities.shape}")
+    if probabilities.size and not (0.0 <= probabilities.min() and probabilities.max() <= 1.0):
+        raise ValueError(f"submission values must lie in [0, 1], found [{probabilities.min()}, {probabilities.max()}]")
+    write_tiff(path, probabilities)
+
+
+def write_ctc_masks(res_dir: str | os.PathLike, masks: np.ndarray, frames: list[int]) -> None:
+    """Write `res_dir/maskTTT.tif` (uint16) per frame, the Cell Tracking Challenge result layout.
+
+    Frame ids are zero-padded to 3 digits (4 if one reaches 1000), like the
+    challenge's `tTTT.tif`. The folder is written beside `res_dir` and renamed
+    into place when complete; an existing folder is replaced.
+    """
+    res_dir = Path(res_dir)
+    masks = np.asarray(masks)
+    if masks.ndim != 3 or masks.dtype != np.uint16:
+        raise ValueError(f"masks must be a uint16 (N, H, W) stack, found {masks.dtype} {masks.shape}")
+    if len(frames) != len(masks) or len(set(frames)) != len(frames) or min(frames, default=0) < 0:
+        raise ValueError(f"need one distinct non-negative frame id per mask: {len(masks)} masks, frames {frames}")
+    digits = 4 if max(frames, default=0) >= 1000 else 3
+    res_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{res_dir.name}.", dir=res_dir.parent))
+    try:
+        for frame, mask in zip(frames, masks):
+            write_tiff(staging / f"mask{frame:0{digits}d}.tif", mask, imagej=False)
+        if res_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{res_dir.name}.old.", dir=res_dir.parent))
+            os.replace(res_dir, old / res_dir.name)
+            shutil.rmtree(old)
+        os.replace(staging, res_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def held_out_frames(frames: list[int], folds: int, fold: int) -> list[int]:
+    """The frames held out by cross-validation fold `fold` (0-based): its block of `folds` contiguous blocks.
+
+    Blocks keep the order of `frames` and differ in size by at most one, the
+    larger ones first (30 slices, 3 folds: 0-9, 10-19, 20-29). Contiguous blocks,
+    because neighbouring EM sections are correlated.
+    """
+    if not 2 <= folds <= len(frames):
+        raise ValueError(f"folds must be between 2 and the number of frames ({len(frames)}), found {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be between 0 and {folds - 1}, found {fold}")
+    return [int(frame) for frame in np.array_split(np.asarray(frames), folds)[fold]]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA device (use auto or cpu)")
+    return device
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="DATA_SPLIT_DIR", help="a prepared split (results/data/{dataset}/{split})")
+    source.add_argument("--images", metavar="TIF", help="a plain image stack instead of a prepared split")
+    parser.add_argument("--model", required=True, metavar="MODEL_PT", help="model written by `unet train`")
+    parser.add_argument("--out", required=True, metavar="PROBABILITIES_TIF",
+                        help="float32 cell probabilities (N, H, W)")
+    selection = parser.add_mutually_exclusive_group()
+    selection.add_argument("--frames", metavar="SPEC", help="frame ids to predict, e.g. 0-9,20-29 (default: all)")
+    selection.add_argument("--fold", type=int, metavar="K",
+                           help="predict the frames held out by cross-validation fold K (0-based) of --folds "
+                                "contiguous blocks of the split's labelled frames")
+    parser.add_argument("--folds", type=int, metavar="N", help="number of cross-validation folds (with --fold)")
+    parser.add_argument("--input-size", type=int, default=572,
+                        help="largest input tile side, a valid U-Net input (paper: %(default)s); "
+                             "results do not depend on it")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="tiles per forward pass, augmented variants included (default: %(default)s)")
+    parser.add_argument("--tta", choices=sorted(TTA), default="d4",
+                        help="test-time augmentation: d4 = 8 rotations/flips (EM), flips = 4 flips (cells), none "
+                             "(default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="bf16 autocast or fp32; auto = bf16 on CUDA, fp32 on the CPU (default: %(default)s)")
+    parser.add_argument("--min-area", type=int, default=0,
+                        help="instances smaller than this many pixels are removed (default: %(default)s)")
+    parser.add_argument("--connectivity", type=int, choices=(4, 8), default=8,
+                        help="pixel connectivity of instances (default: %(default)s)")
+    parser.add_argument("--submission", metavar="FILE", help="also write the ISBI 2012 submission stack here")
+    parser.add_argument("--instances", metavar="RES_DIR",
+                        help="also write Cell Tracking Challenge instance masks RES_DIR/maskTTT.tif for every frame")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto (GPU if available), cpu, cuda, cuda:1 (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.fold is None) != (args.folds is None):
+        raise ValueError("--fold and --folds go together")
+    images, frames, every_frame = _read_images(args)
+    if args.instances and not every_frame:
+        raise ValueError("--instances writes a Cell Tracking Challenge result folder, which needs a mask for every "
+                         "frame of the sequence: do not select frames with --frames or --fold")
+    device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True  # one tile shape throughout: let cuDNN pick its fastest kernels
+    model = load_model(args.model, device)
+    start = time.perf_counter()
+    probabilities = predict_probabilities(
+        model, images, input_size=args.input_size, batch_size=args.batch_size, tta=args.tta,
+        device=device, precision=args.precision,
+    )
+    seconds = time.perf_counter() - start
+    write_tiff(args.out, probabilities)
+    if args.submission:
+        write_submission(args.submission, probabilities)
+    if args.instances:
+        write_ctc_masks(args.instances, instance_masks(probabilities, args.min_area, connectivity=args.connectivity),
+                        frames)
+    layout = tile_layout(images.shape[1:], args.input_size, model.depth)
+    print(f"unet predict: frames {format_frames(frames)} ({len(frames)} of {images.shape[1]}x{images.shape[2]}) on "
+          f"{device}, tta {args.tta} ({len(TTA[args.tta])} variants), {layout.counts[0]}x{layout.counts[1]} tiles "
+          f"of {layout.tile} px: {1000 * seconds / len(frames):.1f} ms per frame", file=sys.stderr)
+    return 0
+
+
+def _read_images(args: argparse.Namespace) -> tuple[np.ndarray, list[int], bool]:
+    """The normalised images to predict, their frame ids, and whether they are every frame of the input."""
+    if args.images:
+        if args.fold is not None:
+            raise ValueError("--fold needs a prepared split with labelled frames (--data), not --images")
+        images = read_stack(args.images)
+        source, all_frames = args.images, list(range(len(images)))
+    else:
+        split = read_split(args.data)
+        images, source, all_frames = split.images, args.data, split.frames
+    if args.fold is not None:
+        frames = held_out_frames(split.labelled, args.folds, args.fold)
+    elif args.frames:
+        frames = parse_frames(args.frames)
+    else:
+        frames = all_frames
+    index = {frame: i for i, frame in enumerate(all_frames)}
+    missing = [frame for frame in frames if frame not in index]
+    if missing:
+        raise DataError(f"{source}: frames {format_frames(sorted(missing))} are not among its frames "
+                        f"{format_frames(sorted(all_frames))}")
+    every_frame = sorted(frames) == sorted(all_frames)
+    return normalize_intensity(images[[index[frame] for frame in frames]]), frames, every_frame

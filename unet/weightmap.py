@@ -1,0 +1,292 @@
+"""Training targets and the paper's loss weight maps, precomputed once per prepared split.
+
+    w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2)),   w0 = 10, sigma = 5 px (paper)
+
+- Objects. Binary labels (ISBI): the 4-connected regions of cell pixels (the connectivity of the
+  challenge's Rand error). Instance labels (CTC): the instances after separation: a cell pixel with
+  a pixel of another cell among its 8 neighbours becomes background (a morphological separation
+  border, 2 px wide where two cells touch, as in the paper's Fig. 3c).
+- Target: 1 on object pixels, 0 on background and separation borders.
+- d1, d2: for a pixel x, d_i(x) is the Euclidean distance from x to the nearest pixel of object i
+  (`scipy.ndimage.distance_transform_edt`; 1 for a background pixel touching the object); d1 and d2
+  are the smallest and second-smallest over all objects (infinite with fewer than two objects). The
+  border term goes to background pixels only, separation borders included: in the paper's Fig. 3d
+  the cell interiors carry the class weight alone.
+- w_c, per image: w_c(x) = n / (2 n_c(x)), n the image's pixel count and n_c that of x's class in the
+  target, so that both classes carry the same total weight and w_c averages to 1; an image with a
+  single class gets w_c = 1.
+
+Fast and exact to `TOLERANCE`: the border term is below `TOLERANCE` wherever d1 + d2 exceeds
+`reach = sigma * sqrt(2 ln(w0 / TOLERANCE))` (28.4 px with the defaults), so each object's distance
+transform is needed only within `reach` of its bounding box: a small window instead of the whole
+image. Where an object's window does not reach a pixel, that object is further than `reach` from
+it; if it would have been the pixel's first or second nearest, the true term and the computed one
+are both below `TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from scipy import ndimage
+
+from unet.io import DataError, atomic_path, normalize_intensity, read_split, read_stack, write_tiff
+
+TOLERANCE = 1e-6  # border terms below this are left out
+_NEIGHBOURS_8 = np.ones((3, 3), dtype=bool)
+
+
+class WeightMap(NamedTuple):
+    target: np.ndarray  # uint8 (H, W): 1 = cell, 0 = background and separation borders
+    weights: np.ndarray  # float32 (H, W)
+    separation: np.ndarray  # bool (H, W): cell pixels turned into background to split touching cells
+
+
+def weight_map(label: np.ndarray, kind: str, *, w0: float = 10.0, sigma: float = 5.0) -> WeightMap:
+    """Target and loss weights of one labelled frame; `kind` is `binary` (cell > 0) or `instance` (ids)."""
+    objects, separation = label_objects(label, kind)
+    target = (objects > 0).astype(np.uint8)
+    weights = class_weights(target) + border_weights(objects, w0=w0, sigma=sigma)
+    return WeightMap(target, weights.astype(np.float32), separation)
+
+
+def label_objects(label: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(objects, separation): int32 object ids (0 = background) and the separation border mask."""
+    if label.ndim != 2:
+        raise ValueError(f"weightmap: expected a 2D label image, found shape {label.shape}")
+    if kind == "binary":
+        objects, _ = ndimage.label(label > 0)  # default structure: 4-connectivity
+        return objects.astype(np.int32), np.zeros(label.shape, dtype=bool)
+    if kind == "instance":
+        return separate_instances(label)
+    raise ValueError(f"weightmap: kind must be 'binary' or 'instance', found {kind!r}")
+
+
+def separate_instances(instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make background of every cell pixel that has another cell among its 8 neighbours."""
+    instances = instances.astype(np.int32)
+    larger_neighbour = ndimage.maximum_filter(instances, footprint=_NEIGHBOURS_8, mode="nearest") > instances
+    cells_only = np.where(instances > 0, instances, np.iinfo(np.int32).max)
+    smaller_neighbour = ndimage.minimum_filter(cells_only, footprint=_NEIGHBOURS_8, mode="nearest") < instances
+    separation = (instances > 0) & (larger_neighbour | smaller_neighbour)
+    return np.where(separation, 0, instances), separation
+
+
+def class_weights(target: np.ndarray) -> np.ndarray:
+    """w_c = n / (2 n_c) per pixel of class c (see the module docstring); 1 everywhere for a single class."""
+    counts = np.bincount(target.ravel(), minlength=2)[:2]
+    if counts.min() == 0:
+        return np.ones(target.shape, dtype=np.float32)
+    return (target.size / (2 * counts)).astype(np.float32)[target]
+
+
+def border_reach(w0: float, sigma: float) -> float:
+    """The d1 + d2 beyond which the border term is below `TOLERANCE`."""
+    return sigma * math.sqrt(2 * math.log(w0 / TOLERANCE)) if w0 > TOLERANCE else 0.0
+
+
+def border_weights(objects: np.ndarray, *, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+    """w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) on background pixels, 0 on objects; exact to `TOLERANCE`."""
+    if w0 < 0 or sigma <= 0:
+        raise ValueError(f"weightmap: need w0 >= 0 and sigma > 0, found w0={w0}, sigma={sigma}")
+    reach = math.ceil(border_reach(w0, sigma))
+    boxes = ndimage.find_objects(objects)
+    # (first row, end row, first column, end column) per object id - 1; an id without pixels gets an empty box.
+    bounds = np.array([(b[0].start, b[0].stop, b[1].start, b[1].stop) if b else (0, 0, 0, 0) for b in boxes],
+                      dtype=np.int64).reshape(-1, 4)
+    nearest, second = _two_nearest_squared(np.ascontiguousarray(objects, dtype=np.int32), bounds, reach)
+    border = w0 * np.exp(-((np.sqrt(nearest) + np.sqrt(second)) ** 2) / (2 * sigma**2))
+    border[objects > 0] = 0
+    return border.astype(np.float32)
+
+
+@numba.njit(cache=True)
+def _two_nearest_squared(objects, bounds, reach):  # pragma: no cover - compiled
+    """Per pixel, the two smallest squared distances to objects 1..K, each object's exact squared Euclidean
+    distance transform computed only within `reach` of its bounding box (infinity beyond).
+
+    Per object: a vertical pass gives each window pixel the squared distance to the object's nearest
+    pixel in its column; a horizontal pass takes the lower envelope of the parabolas
+    (column offset)^2 + vertical^2 (Felzenszwalb & Huttenlocher 2012), exactly as a full distance
+    transform would, since the window holds the whole object.
+    """
+    height, width = objects.shape
+    nearest = np.full((height, width), np.inf)
+    second = np.full((height, width), np.inf)
+    vertical = np.empty((height, width))
+    last = np.empty(width, dtype=np.int64)
+    sites = np.empty(width, dtype=np.int64)
+    boundaries = np.empty(width + 1)
+    for index in range(bounds.shape[0]):
+        label = index + 1
+        top, bottom = max(bounds[index, 0] - reach, 0), min(bounds[index, 1] + reach, height)
+        left, right = max(bounds[index, 2] - reach, 0), min(bounds[index, 3] + reach, width)
+        if bounds[index, 1] == 0:
+            continue
+        # Row by row (memory order), down and then up, remembering each column's last object pixel.
+        last[left:right] = -1
+        for row in range(top, bottom):
+            for column in range(left, right):
+                if objects[row, column] == label:
+                    last[column] = row
+                vertical[row, column] = np.inf if last[column] < 0 else float((row - last[column]) ** 2)
+        last[left:right] = -1
+        for row in range(bottom - 1, top - 1, -1):
+            for column in range(left, right):
+                if objects[row, column] == label:
+                    last[column] = row
+                if last[column] >= 0:
+                    vertical[row, column] = min(vertical[row, column], float((last[column] - row) ** 2))
+        for row in range(top, bottom):
+            # Lower envelope of the parabolas of the columns that have an object pixel:
+            # sites[i] is a parabola's column, boundaries[i] where it starts to be the lowest.
+            count = 0
+            for column in range(left, right):
+                f = vertical[row, column]
+                if f == np.inf:
+                    continue
+                crossing = -np.inf
+                while count > 0:
+                    previous = sites[count - 1]
+                    crossing = ((f + column * column) - (vertical[row, previous] + previous * previous)) / (
+                        2.0 * (column - previous))
+                    if crossing > boundaries[count - 1]:
+                        break
+                    count -= 1
+                if count == 0:
+                    crossing = -np.inf
+                sites[count] = column
+                boundaries[count] = crossing
+                count += 1
+            if count == 0:
+                continue
+            k = 0
+            for column in range(left, right):
+                while k + 1 < count and boundaries[k + 1] < column:
+                    k += 1
+                site = sites[k]
+                distance = (column - site) ** 2 + vertical[row, site]
+                if distance < second[row, column]:
+                    if distance < nearest[row, column]:
+                        second[row, column] = nearest[row, column]
+                        nearest[row, column] = distance
+                    else:
+                        second[row, column] = distance
+    return nearest, second
+
+
+def weight_maps(labels: np.ndarray, kind: str, *, w0: float = 10.0, sigma: float = 5.0) -> tuple[np.ndarray,
+                                                                                                np.ndarray]:
+    """(targets uint8, weights float32), (M, H, W) each, for a (M, H, W) label stack."""
+    maps = [weight_map(label, kind, w0=w0, sigma=sigma) for label in labels]
+    return np.stack([m.target for m in maps]), np.stack([m.weights for m in maps])
+
+
+class TrainingSet(NamedTuple):
+    images: np.ndarray  # float32 (M, H, W), normalised with `normalize_intensity`
+    targets: np.ndarray  # uint8 (M, H, W)
+    weights: np.ndarray  # float32 (M, H, W)
+    frames: list[int]  # frame ids
+
+
+def load_training_set(data_dir: str | Path, weight_dir: str | Path, frames: list[int] | None = None) -> TrainingSet:
+    """The labelled frames of a prepared split (all, or `frames` in that order) with their targets and weights."""
+    split = read_split(data_dir)
+    if split.labels is None:
+        raise DataError(f"{data_dir}: the split has no labelled frames")
+    targets, weights = (read_stack(Path(weight_dir) / name) for name in ("target.tif", "weights.tif"))
+    for name, stack in (("target.tif", targets), ("weights.tif", weights)):
+        if stack.shape != split.labels.shape:
+            raise DataError(f"{Path(weight_dir) / name}: shape {stack.shape} does not match the labels "
+                            f"{split.labels.shape} of {data_dir}; recompute it with `unet weightmap`")
+    chosen = split.labelled if frames is None else list(frames)
+    unknown = sorted(set(chosen) - set(split.labelled))
+    if unknown:
+        raise DataError(f"{data_dir}: frames {unknown} are not labelled (labelled: {split.labelled})")
+    rows = [split.labelled.index(frame) for frame in chosen]
+    images = normalize_intensity(split.labelled_images()[rows])
+    return TrainingSet(images, targets[rows], weights[rows].astype(np.float32), chosen)
+
+
+def plot_weight_map(image: np.ndarray, label: np.ndarray, kind: str, maps: WeightMap, path: str | Path,
+                    *, title: str = "") -> None:
+    """The report's version of the paper's Fig. 3: image, ground truth, target with separation border, weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(1, 4, figsize=(17, 4.6), constrained_layout=True)
+    axes[0].imshow(image, cmap="gray")
+    axes[0].set_title("a: image")
+    objects, _ = label_objects(label, kind)
+    shown = label if kind == "instance" else objects  # ids, for distinct colours per cell
+    colours = np.random.default_rng(0).random((int(shown.max()) + 1, 3)) * 0.8 + 0.2
+    colours[0] = 0
+    axes[1].imshow(colours[shown])
+    axes[1].set_title("b: ground truth objects")
+    target_rgb = np.repeat(maps.target[..., None].astype(np.float32), 3, axis=-1)
+    target_rgb[maps.separation] = (1.0, 0.2, 0.2)
+    axes[2].imshow(target_rgb)
+    axes[2].set_title(f"c: target, separation border in red ({int(maps.separation.sum())} px)")
+    show_weights(figure, axes[3], maps.weights, "d: loss weight w(x)")
+    save_figure(figure, path, title=title, dpi=110)
+
+
+def show_weights(figure, axis, weights: np.ndarray, title: str) -> None:
+    """A weight map panel: the paper's Fig. 3d colours, with a colour bar."""
+    shown = axis.imshow(weights, cmap="jet")
+    axis.set_title(title)
+    figure.colorbar(shown, ax=axis, fraction=0.046)
+
+
+def save_figure(figure, path: str | Path, *, title: str, dpi: int) -> None:
+    """Hide the axes, add the title, write the PNG atomically and free the figure."""
+    from matplotlib import pyplot as plt
+
+    for axis in figure.axes:
+        if axis.images:  # image panels, not colour bars
+            axis.set_axis_off()
+    if title:
+        figure.suptitle(title)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi)
+    plt.close(figure)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA_SPLIT_DIR", type=Path, help="prepared split (results/data/...)")
+    parser.add_argument("out", metavar="OUT_DIR", type=Path, nargs="?",
+                        help="where target.tif and weights.tif go; without it only --figure is drawn")
+    parser.add_argument("--w0", type=float, default=10.0, help="border term height (paper: 10; default %(default)s)")
+    parser.add_argument("--sigma", type=float, default=5.0,
+                        help="border term width in pixels (paper: about 5; default %(default)s)")
+    parser.add_argument("--figure", metavar="PNG", type=Path, help="draw the paper's Fig. 3 for one labelled frame")
+    parser.add_argument("--figure-frame", type=int, help="frame id for --figure (default: the first labelled frame)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out is None and args.figure is None:
+        raise ValueError("nothing to do: give OUT_DIR, --figure, or both")
+    split = read_split(args.data)
+    if split.labels is None:
+        raise DataError(f"{args.data}: the split has no labelled frames, so it has no weight maps")
+    if args.out is not None:
+        targets, weights = weight_maps(split.labels, split.kind, w0=args.w0, sigma=args.sigma)
+        write_tiff(args.out / "target.tif", targets)
+        write_tiff(args.out / "weights.tif", weights)
+    if args.figure is not None:
+        frame = split.labelled[0] if args.figure_frame is None else args.figure_frame
+        if frame not in split.labelled:
+            raise DataError(f"{args.data}: --figure-frame {frame} is not labelled (labelled: {split.labelled})")
+        row = split.labelled.index(frame)
+        label = split.labels[row]
+        maps = weight_map(label, split.kind, w0=args.w0, sigma=args.sigma)
+        title = f"{split.dataset} {split.split}, frame {frame}: w0 = {args.w0:g}, sigma = {args.sigma:g} px"
+        plot_weight_map(split.labelled_images()[row], label, split.kind, maps, args.figure, title=title)
+    return 0

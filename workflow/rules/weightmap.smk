@@ -1,0 +1,82 @@
+# Weight maps: the training targets and loss weight maps of each labelled split, computed once
+# (unet/weightmap.py), and the report's figures of the weight map (the paper's Fig. 3) and of
+# the augmentation that training applies to them (unet/augment.py).
+from unet.config import cli_flags
+
+# The split each data set's figures show: ISBI's training slices, the first CTC sequence.
+FIGURE_SPLIT = {
+    name: {"isbi": "train", "ctc": "01"}[dataset["protocol"]]
+    for name, dataset in config["datasets"].items()
+}
+
+
+# The ISBI test volume has no labels, hence no weight maps.
+rule weightmap:
+    input:
+        frames="results/data/{dataset}/{split}/frames.json",
+    output:
+        target="results/weights/{dataset}/{split}/target.tif",
+        weights="results/weights/{dataset}/{split}/weights.tif",
+    log:
+        "results/logs/weightmap/{dataset}-{split}.log",
+    benchmark:
+        "results/benchmarks/weightmap/{dataset}-{split}.tsv"
+    wildcard_constraints:
+        split="train|01|02",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        data=subpath(input.frames, parent=True),
+        out=subpath(output.target, parent=True),
+        flags=lambda w: cli_flags(settings("weightmap", w.dataset)),
+    shell:
+        "unet weightmap {params.data} {params.out} {params.flags} > {log} 2>&1"
+
+
+rule weightmap_figure:
+    input:
+        frames=lambda w: f"results/data/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/frames.json",
+    output:
+        "results/figures/weightmap-{dataset}.png",
+    log:
+        "results/logs/weightmap_figure/{dataset}.log",
+    benchmark:
+        "results/benchmarks/weightmap_figure/{dataset}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        data=subpath(input.frames, parent=True),
+        flags=lambda w: cli_flags(settings("weightmap", w.dataset)),
+    shell:
+        "unet weightmap {params.data} --figure {output} {params.flags} > {log} 2>&1"
+
+
+rule augment_figure:
+    input:
+        frames=lambda w: f"results/data/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/frames.json",
+        target=lambda w: f"results/weights/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/target.tif",
+        weights=lambda w: f"results/weights/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/weights.tif",
+    output:
+        "results/figures/augment-{dataset}.png",
+    log:
+        "results/logs/augment_figure/{dataset}.log",
+    benchmark:
+        "results/benchmarks/augment_figure/{dataset}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        data=subpath(input.frames, parent=True),
+        weights=subpath(input.target, parent=True),
+        seed=config["seeds"][0],
+        input_size=lambda w: settings("train", w.dataset).get("input_size", 572),
+        depth=lambda w: settings("model", w.dataset).get("depth", 4),
+        flags=lambda w: cli_flags(settings("augment", w.dataset)),
+    shell:
+        "unet augment {params.data} {params.weights} --figure {output} --seed {params.seed}"
+        " --input-size {params.input_size} --depth {params.depth} {params.flags} > {log} 2>&1"
