@@ -209,7 +209,7 @@ def test_training_set_refuses_weights_of_another_split(hela_split, tmp_path):
 def test_snakemake_rules_make_the_weights_and_both_figures(hela_split, tmp_path):
     """The rules of workflow/rules/weightmap.smk on a real prepared HeLa split, in a copy of the workflow."""
     directory, labels = hela_split
-    for name in ("Snakefile", "workflow", "config"):
+    for name in ("Snakefile", "workflow", "config", "envs"):
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
         copy(REPO / name, tmp_path / name)
     shutil.copytree(directory, tmp_path / "results" / "data" / "DIC-C2DH-HeLa" / "01")

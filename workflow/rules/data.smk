@@ -35,6 +35,8 @@ rule fetch:
         "results/benchmarks/fetch/{dataset}.tsv"
     wildcard_constraints:
         dataset=ONE_OF["fetched"],
+    conda:
+        "../../envs/unet.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -55,6 +57,8 @@ rule fetch_test:
         "results/benchmarks/fetch_test/{dataset}.tsv"
     wildcard_constraints:
         dataset=ONE_OF["fetched_ctc"],
+    conda:
+        "../../envs/unet.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -74,6 +78,8 @@ rule synthesize:
         "results/benchmarks/synthesize/{dataset}.tsv"
     wildcard_constraints:
         dataset=ONE_OF["synthetic"],
+    conda:
+        "../../envs/unet.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -97,6 +103,8 @@ rule prepare:
         "results/benchmarks/prepare/{dataset}-{split}.tsv"
     wildcard_constraints:
         split="train|test|01|02",
+    conda:
+        "../../envs/unet.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -122,6 +130,8 @@ rule prepare_test:
     wildcard_constraints:
         dataset=ONE_OF["fetched_ctc"],
         split="01|02",
+    conda:
+        "../../envs/unet.yaml"
     threads: 1
     resources:
         mem_mb=4000,

@@ -35,6 +35,8 @@ rule evaluate_isbi:
     wildcard_constraints:
         dataset=PROTOCOL_DATASETS["isbi"],
         run=r"fold\d+",
+    conda:
+        "../../envs/unet.yaml"
     threads: 1
     resources:
         mem_mb=4000,
@@ -64,6 +66,8 @@ rule evaluate_ctc:
     wildcard_constraints:
         dataset=PROTOCOL_DATASETS["ctc"],
         run="01|02",
+    conda:
+        "../../envs/unet.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -23,6 +23,8 @@ rule predict_isbi_fold:
         "results/benchmarks/predict_isbi_fold/{dataset}/fold{fold}/seed{seed}.tsv"
     wildcard_constraints:
         fold=r"\d+",
+    conda:
+        "../../envs/unet.yaml"
     threads: 8
     resources:
         mem_mb=16000,
@@ -47,6 +49,8 @@ rule predict_isbi_test:
         "results/logs/predict_isbi_test/{dataset}/seed{seed}.log",
     benchmark:
         "results/benchmarks/predict_isbi_test/{dataset}/seed{seed}.tsv"
+    conda:
+        "../../envs/unet.yaml"
     threads: 8
     resources:
         mem_mb=16000,
@@ -70,6 +74,8 @@ rule predict_ctc_01:
         "results/logs/predict_ctc_01/{dataset}/seed{seed}.log",
     benchmark:
         "results/benchmarks/predict_ctc_01/{dataset}/seed{seed}.tsv"
+    conda:
+        "../../envs/unet.yaml"
     threads: 8
     resources:
         mem_mb=16000,

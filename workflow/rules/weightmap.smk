@@ -23,6 +23,8 @@ rule weightmap:
         "results/benchmarks/weightmap/{dataset}-{split}.tsv"
     wildcard_constraints:
         split="train|01|02",
+    conda:
+        "../../envs/unet.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -44,6 +46,8 @@ rule weightmap_figure:
         "results/logs/weightmap_figure/{dataset}.log",
     benchmark:
         "results/benchmarks/weightmap_figure/{dataset}.tsv"
+    conda:
+        "../../envs/unet.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -66,6 +70,8 @@ rule augment_figure:
         "results/logs/augment_figure/{dataset}.log",
     benchmark:
         "results/benchmarks/augment_figure/{dataset}.tsv"
+    conda:
+        "../../envs/unet.yaml"
     threads: 1
     resources:
         mem_mb=4000,

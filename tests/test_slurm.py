@@ -1,0 +1,123 @@
+"""The SLURM profile on a real single-node cluster that the tests start (tests/slurm_cluster.py)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 (the fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_PROFILE = REPO / "profiles" / "slurm"
+
+pytestmark = pytest.mark.slurm
+
+
+@dataclass(frozen=True)
+class WorkflowRun:
+    """A workflow the test submits: its Snakefile, targets, further snakemake arguments, what it must produce."""
+
+    snakefile: Path
+    targets: tuple[str, ...]  # none: the first rule's
+    args: tuple[str, ...]
+    outputs: tuple[str, ...]  # relative to the working directory
+
+
+# The mechanics: a local rule and two submitted rules named like GPU rules of the profile.
+MECHANICS_RUN = WorkflowRun(
+    snakefile=REPO / "tests" / "slurm_workflow" / "Snakefile",
+    targets=(),
+    args=(),
+    outputs=("results/fetch.txt", "results/train.txt", "results/predict.txt"),
+)
+# The repository's Snakefile as far as the data stage: a synthetic data set, made and prepared.
+DATA_RUN = WorkflowRun(
+    snakefile=REPO / "Snakefile",
+    targets=("results/data/demo-em/train/frames.json",),
+    args=("--configfile", str(REPO / "config" / "config.yaml")),
+    outputs=("results/data/demo-em/train/images.tif", "results/data/demo-em/train/frames.json"),
+)
+# The product: the demo configuration from the data to both tables.
+DEMO_RUN = WorkflowRun(
+    snakefile=REPO / "Snakefile",
+    targets=(),
+    args=("--configfile", str(REPO / "config" / "demo.yaml")),
+    outputs=("results/tables/table1.csv", "results/tables/table2.csv"),
+)
+# The runs the test submits. Replace DATA_RUN by DEMO_RUN once the demo DAG is wired.
+SLURM_RUNS = {"mechanics": MECHANICS_RUN, "data": DATA_RUN}
+
+SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+)")
+# The executor plugin comments each job with its rule (and wildcards).
+RULE_OF_JOB = re.compile(r"rule_(?P<name>\w+?)(_wildcards_.*)?")
+
+
+def test_sbatch_runs_a_job(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "hostname.out"
+    job_id = slurm_cluster.command("sbatch", "--parsable", f"--output={output}", "--wrap", "hostname").strip()
+    job = slurm_cluster.wait_for_job(job_id)
+    assert job["JobState"] == "COMPLETED", slurm_cluster.diagnostics()
+    assert output.read_text().strip() == slurm_cluster.node
+
+
+@pytest.mark.parametrize("run", SLURM_RUNS.values(), ids=SLURM_RUNS.keys())
+def test_workflow_runs_through_the_slurm_profile(run: WorkflowRun, slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    log = run_with_slurm_profile(slurm_cluster, run, workdir)
+
+    job_ids = SUBMITTED.findall(log)
+    assert job_ids, f"no job was submitted through sbatch:\n{log}"
+    assert set(job_ids) <= set(slurm_cluster.submitted_job_ids()), "slurmctld did not log these submissions"
+    gpu_rules = {rule for rule, resources in slurm_profile()["set-resources"].items() if resources.get("gpu")}
+    for job_id in job_ids:
+        job = slurm_cluster.job(job_id)
+        assert job["JobState"] == "COMPLETED", f"SLURM job {job_id}: {job}"
+        rule = RULE_OF_JOB.fullmatch(job["Comment"])
+        assert rule, f"SLURM job {job_id} is not a snakemake job: {job}"
+        asks_gpu = "gpu" in job.get("TresPerJob", "")
+        assert asks_gpu == (rule["name"] in gpu_rules), f"SLURM job {job_id} of rule {rule['name']}: {job}"
+
+    missing = [name for name in run.outputs if not (workdir / name).is_file()]
+    assert not missing, f"not produced: {missing}\n{log}"
+    if run is MECHANICS_RUN:
+        # The submitted rules ran inside their allocations, the local rule where snakemake runs.
+        ran_in = {name: (workdir / f"results/{name}.txt").read_text().strip() for name in ("fetch", "train", "predict")}
+        assert ran_in["fetch"] == "job=local"
+        assert sorted([ran_in["train"], ran_in["predict"]]) == sorted(f"job={job_id}" for job_id in job_ids)
+
+
+def run_with_slurm_profile(cluster: SlurmCluster, run: WorkflowRun, workdir: Path) -> str:
+    """Runs snakemake with profiles/slurm as a user would, plus what this small cluster needs; returns its log."""
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "snakemake",
+            *run.targets,  # first: options such as --configfile take any number of values
+            "--snakefile", str(run.snakefile),
+            "--directory", str(workdir),
+            "--workflow-profile", str(SLURM_PROFILE),
+            # No accounting database: job states come from squeue, no account is guessed.
+            "--slurm-status-command", "squeue",
+            "--slurm-no-account",
+            "--slurm-init-seconds-before-status-checks", "2",
+            # The rules ask for more threads than this node has CPUs.
+            "--max-threads", str(cluster.cpus),
+            "--retries", "0",
+            "--latency-wait", "5",
+            *run.args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, f"{log}\n{cluster.diagnostics()}"
+    return log
+
+
+def slurm_profile() -> dict:
+    return yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
