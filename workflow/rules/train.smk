@@ -34,6 +34,8 @@ rule train:
         "results/logs/train/{dataset}/{run}/seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{dataset}/{run}/seed{seed}.tsv"
+    conda:
+        "../../envs/unet.yaml"
     threads: 8
     # GPU profiles add the `gpu` resource (and a partition) to this rule;
     # `--device auto` then trains on the GPU.
