@@ -62,3 +62,18 @@ def test_saved_model_loads_with_its_configuration(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(DataError, match="junk.pt"):
         load_model(tmp_path / "junk.pt")
+
+
+def test_forward_flops_counts_the_papers_convolutions():
+    from unet.model import forward_flops
+
+    assert forward_flops(UNet(), 572) == pytest.approx(301e9, rel=0.005)  # the figure the issue quotes
+    # By hand for depth 1, width 1 at the smallest valid input, 18: each convolution costs
+    # 2 * output pixels * output channels * input channels * kernel pixels (the up-convolution's
+    # stride equals its kernel, so each output pixel sees one input pixel per input channel).
+    tiny = UNet(base_channels=1, depth=1)
+    assert valid_input_size_at_least(1, 1) == 18
+    down = 16**2 * 9 * 1 + 14**2 * 9 * 1 + 5**2 * 9 * 2 + 3**2 * 9 * 4  # 18 -> 16 -> 14 -> pool 7 -> 5 -> 3
+    up = 6**2 * 2 * 1 + 4**2 * 9 * 2 + 2**2 * 9 * 1  # up 3 -> 6, concat to 2 channels, 6 -> 4 -> 2
+    head = 2**2 * 2
+    assert forward_flops(tiny, 18) == 2 * (down + up + head)

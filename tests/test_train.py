@@ -1,0 +1,322 @@
+"""Training: loss, schedule, frame selection, a real overfit, SIGKILL-resume equivalence, NaN handling, the rule."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch.nn import functional as F
+
+from unet.augment import AugmentConfig, Augmenter
+from unet.cli import build_parser, main
+from unet.io import DataError, Split, write_split, write_tiff
+from unet.model import load_model
+from unet.train import (
+    ModelSettings,
+    TrainSettings,
+    learning_rate_at,
+    load_data,
+    run_frame_flags,
+    run_frames,
+    run_split,
+    train,
+    weighted_cross_entropy,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+# One thread per training: the networks are tiny, and on a shared machine several OpenMP
+# threads per process wait on each other far longer than they compute.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+# A depth-2 network of width 4 on 60 px tiles (20 px output): a step takes milliseconds.
+TINY = ["--base-channels", "4", "--depth", "2", "--input-size", "60", "--warmup", "0", "--log-every", "5"]
+
+
+def write_synthetic(data: Path, weights: Path, frames: int = 6, size: int = 64, seed: int = 0) -> tuple[Path, Path]:
+    """A prepared binary split of bright disks on noise in `data`; targets = labels, unit weights in `weights`."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[:size, :size]
+    labels = np.zeros((frames, size, size), np.uint8)
+    for label in labels:
+        for _ in range(4):
+            row, column = rng.integers(8, size - 8, 2)
+            label[(rows - row) ** 2 + (columns - column) ** 2 < rng.integers(5, 10) ** 2] = 1
+    images = np.clip(60 + 120 * labels + rng.normal(0, 20, labels.shape), 0, 255).astype(np.uint8)
+    write_split(data, Split("demo", "train", "binary", images, list(range(frames)), labels, list(range(frames))))
+    write_tiff(weights / "target.tif", labels)
+    write_tiff(weights / "weights.tif", np.ones(labels.shape, np.float32))
+    return data, weights
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def synthetic(tmp_path) -> tuple[Path, Path]:
+    return write_synthetic(tmp_path / "data", tmp_path / "weights")
+
+
+def unet_train(data: Path, weights: Path, out: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "unet.cli", "train", "--data", str(data), "--weights", str(weights),
+            "--out", str(out), *TINY, *flags]
+
+
+def read_log(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def weights_of(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+# --- pure functions ---------------------------------------------------------------------
+
+
+def test_weighted_cross_entropy_is_the_pixel_mean_of_weight_times_cross_entropy():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 5, 5, generator=generator)
+    target = torch.randint(0, 2, (2, 5, 5), generator=generator)
+    weight = torch.rand(2, 5, 5, generator=generator) * 10
+    log_p = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
+    assert weighted_cross_entropy(logits, target, weight).item() == pytest.approx((-log_p * weight).mean().item())
+    assert weighted_cross_entropy(logits, target, torch.zeros_like(weight)).item() == 0
+    assert weighted_cross_entropy(logits.bfloat16(), target, weight).dtype == torch.float32
+
+
+def test_learning_rate_warms_up_linearly_then_decays_polynomially():
+    settings = TrainSettings(iterations=1000, learning_rate=0.01, warmup=10, lr_schedule="poly")
+    assert learning_rate_at(0, settings) == pytest.approx(0.01 * 0.1 * (1 - 0 / 1000) ** 0.9)
+    assert learning_rate_at(9, settings) == pytest.approx(0.01 * (1 - 9 / 1000) ** 0.9)
+    assert learning_rate_at(500, settings) == pytest.approx(0.01 * 0.5**0.9)
+    assert 0 < learning_rate_at(999, settings) < 1e-4
+    constant = TrainSettings(iterations=1000, learning_rate=0.01, warmup=0, lr_schedule="constant")
+    assert {learning_rate_at(step, constant) for step in (0, 500, 999)} == {0.01}
+
+
+def test_isbi_folds_hold_out_contiguous_blocks_and_ctc_runs_train_on_their_sequence():
+    slices = list(range(30))
+    assert run_frames("isbi", "fold0", slices, 3) == (list(range(10, 30)), list(range(10)))
+    assert run_frames("isbi", "fold2", slices, 3) == (list(range(20)), list(range(20, 30)))
+    train_frames, held_out = run_frames("isbi", "fold1", list(range(7)), 3)  # blocks of 3, 2, 2
+    assert (train_frames, held_out) == ([0, 1, 2, 5, 6], [3, 4])
+    assert run_frames("isbi", "all", slices, 3) == (slices, [])
+    assert run_frames("ctc", "01", [2, 5, 9], 3) == ([2, 5, 9], [])
+    assert run_split("isbi", "fold1") == "train" and run_split("ctc", "02") == "02"
+    for protocol, run, message in [("isbi", "fold3", "fold must be between 0 and 2"), ("isbi", "01", "'all' or 'fold<k>'"),
+                                   ("ctc", "fold0", "sequence"), ("tiff", "all", "unknown protocol")]:
+        with pytest.raises(ValueError, match=message):
+            run_frames(protocol, run, slices, 3)
+
+
+def test_run_frame_flags_read_the_prepared_split(synthetic, tmp_path):
+    data, _ = synthetic
+    assert run_frame_flags("isbi", "fold1", data / "frames.json", 3) == "--frames 0-1,4-5 --val-frames 2-3"
+    assert run_frame_flags("isbi", "all", data / "frames.json", 3) == "--frames 0-5"
+    assert "known once" in run_frame_flags("isbi", "all", tmp_path / "missing.json", 3)
+
+
+def test_every_config_key_of_model_augment_and_train_is_a_flag_with_the_config_value_as_default():
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    parser = build_parser("train")
+    defaults = parser.parse_args(["train", "--data", "d", "--weights", "w", "--out", "o"])
+    for section, settings_class in [("model", ModelSettings), ("augment", AugmentConfig), ("train", TrainSettings)]:
+        fields = set(settings_class.__dataclass_fields__)
+        assert set(config[section]) == fields, section
+        assert set(schema["$defs"][section]["properties"]) == fields, section
+        for key, value in config[section].items():
+            assert getattr(defaults, key) == value, f"{section}.{key}"
+
+
+# --- data checks ------------------------------------------------------------------------
+
+
+def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, capsys):
+    data, weights = synthetic
+    assert load_data(data, weights, [0, 1], [2]).train.frames == [0, 1]
+    assert load_data(data, weights, val_frames=[2, 3]).train.frames == [0, 1, 4, 5]  # the rest by default
+    with pytest.raises(ValueError, match="both trained on and held out"):
+        load_data(data, weights, [0, 1], [1])
+    with pytest.raises(DataError, match=r"frames \[7, 8\] are not labelled"):
+        load_data(data, weights, [7, 8])
+    poisoned = np.ones((6, 64, 64), np.float32)
+    poisoned[2, 3, 4] = np.nan
+    write_tiff(weights / "weights.tif", poisoned)
+    with pytest.raises(DataError, match=r"weights.tif: 1 weights are negative, NaN or infinite .first in frame 2 "):
+        load_data(data, weights)
+    write_tiff(weights / "weights.tif", np.ones((5, 64, 64), np.float32))
+    assert main(["train", "--data", str(data), "--weights", str(weights), "--out", str(data.parent / "m")]) == 2
+    assert "weights.tif: shape (5, 64, 64) does not match the labels" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "--weights", str(weights), "--out", "m", "--momentum", "1"]) == 2
+    assert "train: momentum = 1.0 is out of range" in capsys.readouterr().err
+
+
+# --- training -----------------------------------------------------------------------------
+
+
+def test_a_small_network_overfits_one_synthetic_image_within_seconds(synthetic, tmp_path):
+    data = load_data(*synthetic, frames=[0])
+    data.held_out = data.train  # the pixel error on the training image itself
+    start = time.perf_counter()
+    train(data, tmp_path / "model", model_settings=ModelSettings(base_channels=16, depth=2, dropout=0.0),
+          augment=AugmentConfig.identity(),
+          settings=TrainSettings(iterations=150, learning_rate=0.01, lr_schedule="constant", warmup=20,
+                                 input_size=92, log_every=25, val_every=150, device="cpu"))
+    seconds = time.perf_counter() - start
+    log = read_log(tmp_path / "model" / "log.csv")
+    first, last = float(log[0]["loss"]), float(log[-1]["loss"])
+    # The weighted loss starts near ln 2 = 0.69 and must fall below 0.05 (about 95 % of pixels
+    # confidently right); the pixel error on the image itself must be under 2 %.
+    assert first > 0.3 and last < 0.05, (first, last)
+    assert float(log[-1]["val_pixel_error"]) < 0.02
+    assert seconds < 60
+
+
+def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
+    data, weights = synthetic
+    out = tmp_path / "model"
+    flags = ["--frames", "0-3", "--val-frames", "4-5", "--iterations", "12", "--checkpoint-every", "6",
+             "--val-every", "6", "--seed", "3", "--device", "cpu"]
+    args = ["train", "--data", str(data), "--weights", str(weights), "--out", str(out), *TINY, *flags]
+    assert main(args) == 0
+    log = read_log(out / "log.csv")
+    assert list(log[0]) == ["iteration", "loss", "learning_rate", "elapsed_s", "samples_per_s", "val_pixel_error"]
+    assert [row["iteration"] for row in log] == ["5", "6", "10", "12"]
+    assert [row["val_pixel_error"] != "" for row in log] == [False, True, False, True]
+    assert all(0 <= float(row["val_pixel_error"]) <= 1 for row in log if row["val_pixel_error"])
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = load_model(out / "model.pt")
+    assert model.config["base_channels"] == 4 and model.config["depth"] == 2
+    metadata = torch.load(out / "model.pt", weights_only=True)["metadata"]
+    assert metadata["iterations"] == 12 and metadata["seed"] == 3
+    assert metadata["settings"]["frames"] == [0, 1, 2, 3] and metadata["settings"]["val_frames"] == [4, 5]
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["iteration"] == 12
+    before = weights_of(out / "model.pt")
+
+    # A finished run invoked again trains no further and rewrites the same model.
+    assert main(args) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(before.values(), weights_of(out / "model.pt").values()))
+    assert read_log(out / "log.csv") == log
+
+    # Other settings do not resume a checkpoint that is not theirs: the run starts over.
+    assert main([*args, "--iterations", "6"]) == 0
+    err = capsys.readouterr().err
+    assert "other settings (train.iterations: 12 -> 6); starting over" in err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 6
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_final_weights(synthetic, tmp_path):
+    data, weights = synthetic
+    flags = ["--iterations", "100", "--checkpoint-every", "10", "--frames", "0-4", "--val-frames", "5",
+             "--val-every", "7", "--seed", "5", "--device", "cpu"]
+    assert main(unet_train(data, weights, tmp_path / "straight", *flags)[3:]) == 0  # in this process
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(unet_train(data, weights, out, *flags), stderr=subprocess.DEVNULL, env=ONE_THREAD)
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "model.pt").exists()
+    interrupted_at = torch.load(out / "checkpoint.pt", weights_only=True)["iteration"]
+    assert 0 < interrupted_at < 100
+
+    (out / ".checkpoint.pt.k1ll3d.pt").write_bytes(b"half a checkpoint")  # as a kill during a write leaves it
+    resumed = subprocess.run(unet_train(data, weights, out, *flags), check=True, capture_output=True, text=True,
+                             env=ONE_THREAD)
+    assert f"resuming from {out / 'checkpoint.pt'} at iteration {interrupted_at}" in resumed.stderr
+    assert not list(out.glob(".checkpoint.pt.*"))
+    straight, again = weights_of(tmp_path / "straight" / "model.pt"), weights_of(out / "model.pt")
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[k], again[k]) for k in straight), "resumed weights differ"
+    losses = [[row["loss"] for row in read_log(run / "log.csv")] for run in (tmp_path / "straight", out)]
+    assert losses[0] == losses[1]
+
+
+def test_an_infinite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    data, weights = write_synthetic(tmp_path / "data", tmp_path / "weights")
+    # Poison frame 4's weight map with a finite but huge value: the mean loss over a window of it overflows.
+    poisoned = np.ones((6, 64, 64), np.float32)
+    poisoned[4] = 3e38
+    write_tiff(weights / "weights.tif", poisoned)
+    seed, first_poisoned = first_draw_of_frame(4, data, weights)
+    out = tmp_path / "model"
+    result = subprocess.run(unet_train(data, weights, out, "--iterations", "100", "--checkpoint-every", "1",
+                                       "--log-every", "1", "--seed", str(seed), "--device", "cpu"),
+                            capture_output=True, text=True, env=ONE_THREAD)
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"unet train: error: the loss became inf at iteration {first_poisoned} ")
+    assert f"last good checkpoint (iteration {first_poisoned - 1}) is kept in {out / 'checkpoint.pt'}" in message
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["iteration"] == first_poisoned - 1
+    assert all(tensor.isfinite().all() for tensor in checkpoint["state_dict"].values())
+    load_model(out / "checkpoint.pt")  # the checkpoint is a loadable model too
+    assert not (out / "model.pt").exists()
+
+
+def first_draw_of_frame(frame: int, data: Path, weights: Path) -> tuple[int, int]:
+    """A seed whose augmentation first draws `frame` at an iteration > 2, and that iteration (1-based)."""
+    training = load_data(data, weights).train
+    for seed in range(100):
+        augmenter = Augmenter(*training[:3], input_size=60, depth=2, seed=seed)
+        draws = [int(augmenter.draw(1).index) for _ in range(50)]
+        if frame in draws and draws.index(frame) >= 2:
+            return seed, draws.index(frame) + 1
+    raise AssertionError("no suitable seed")
+
+
+# --- the Snakemake rule -----------------------------------------------------------------
+
+
+def test_the_rule_trains_a_fold_with_its_frames_and_the_config_settings(tmp_path):
+    # The split is produced in the same run, by stand-in rules: the frames of the fold are
+    # unknown while Snakemake builds the DAG and must be read when the job runs.
+    write_synthetic(tmp_path / "staged" / "data", tmp_path / "staged" / "weights")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["experiments"] = ["demo-em"]
+    config["model"].update(base_channels=4, depth=2)
+    config["train"].update(iterations=4, input_size=60, warmup=0, checkpoint_every=2, log_every=2, val_every=2)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "Snakefile").write_text(f"""
+configfile: "config.yaml"
+include: "{REPO}/workflow/rules/common.smk"
+include: "{REPO}/workflow/rules/train.smk"
+
+rule stand_in_prepare:
+    output: "results/data/demo-em/train/frames.json"
+    shell: "cp staged/data/* results/data/demo-em/train/"
+
+rule stand_in_weightmap:
+    output: "results/weights/demo-em/train/{{name}}.tif"
+    shell: "cp staged/weights/{{wildcards.name}}.tif {{output}}"
+""")
+    target = "results/models/demo-em/fold1/seed2/model.pt"
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", target],
+                            cwd=tmp_path, capture_output=True, text=True, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = torch.load(tmp_path / target, weights_only=True)["metadata"]
+    assert metadata["seed"] == 2 and metadata["iterations"] == 4
+    assert metadata["settings"]["frames"] == [0, 1, 4, 5] and metadata["settings"]["val_frames"] == [2, 3]
+    assert metadata["settings"]["augment"] == config["augment"]
+    for name in ("log.csv", "loss.png", "checkpoint.pt"):
+        assert (tmp_path / "results/models/demo-em/fold1/seed2" / name).is_file()
+    assert (tmp_path / "results/logs/train/demo-em/fold1/seed2.log").is_file()

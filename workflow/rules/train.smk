@@ -1,0 +1,61 @@
+# Training (unet/train.py): one model per data set, run and seed.
+#
+#   isbi run fold{k}: the training slices except the k-th contiguous block, which gives
+#                     the held-out pixel error in log.csv (and is what predict scores);
+#   isbi run all:     all training slices (the model for the test volume);
+#   ctc run 01 / 02:  the labelled frames of that sequence.
+# Settings: the `model`, `augment` and `train` sections merged with the data set's own.
+from unet.config import cli_flags
+from unet.train import run_frame_flags, run_split
+
+PROTOCOL = {name: dataset["protocol"] for name, dataset in config["datasets"].items()}
+
+
+wildcard_constraints:
+    run=r"fold\d+|all|\d\d",
+
+
+rule train:
+    """Train one U-Net on a prepared split and its weight maps.
+
+    The run picks split and frames (unet.train.run_split, run_frames). An
+    interrupted job resumes from checkpoint.pt when run again with the same
+    settings: the checkpoint is deliberately not an output, so Snakemake keeps it.
+    """
+    input:
+        frames=lambda w: f"results/data/{w.dataset}/{run_split(PROTOCOL[w.dataset], w.run)}/frames.json",
+        target=lambda w: f"results/weights/{w.dataset}/{run_split(PROTOCOL[w.dataset], w.run)}/target.tif",
+        weights=lambda w: f"results/weights/{w.dataset}/{run_split(PROTOCOL[w.dataset], w.run)}/weights.tif",
+    output:
+        model="results/models/{dataset}/{run}/seed{seed}/model.pt",
+        log_csv="results/models/{dataset}/{run}/seed{seed}/log.csv",
+        figure="results/models/{dataset}/{run}/seed{seed}/loss.png",
+    log:
+        "results/logs/train/{dataset}/{run}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{dataset}/{run}/seed{seed}.tsv"
+    conda:
+        "../../envs/unet.yaml"
+    threads: 8
+    # GPU profiles add the `gpu` resource (and a partition) to this rule;
+    # `--device auto` then trains on the GPU.
+    resources:
+        mem_mb=16000,
+        runtime=720,
+    params:
+        data=subpath(input.frames, parent=True),
+        weights=subpath(input.weights, parent=True),
+        out=subpath(output.model, parent=True),
+        frames=lambda w, input: run_frame_flags(
+            PROTOCOL[w.dataset],
+            w.run,
+            input.frames,
+            config["isbi"]["folds"],
+        ),
+        settings=lambda w: " ".join(
+            cli_flags(settings(stage, w.dataset))
+            for stage in ("model", "augment", "train")
+        ),
+    shell:
+        "unet train --data {params.data} --weights {params.weights} --out {params.out}"
+        " {params.frames} --seed {wildcards.seed} {params.settings} > {log} 2>&1"
