@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from unet.config import cli_flags, stage_settings
-from unet.io import DataError, Split, atomic_path, format_frames, parse_frames, read_split, write_split
+from unet.config import cli_flags, paper_deviations, stage_settings
+from unet.io import DataError, Split, atomic_path, format_frames, held_out_frames, parse_frames, read_split, write_split
 
 
 def test_frame_specs_round_trip_and_reject_nonsense():
@@ -47,3 +47,24 @@ def test_dataset_overrides_merge_into_the_stage_section():
 
 def test_settings_become_cli_flags():
     assert cli_flags({"input_size": 572, "compile": False, "tta": "d4", "w": None}) == "--input-size 572 --no-compile --tta d4"
+
+
+def test_held_out_frames_are_contiguous_blocks():
+    assert [held_out_frames(list(range(30)), 3, k) for k in range(3)] == [
+        list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    assert [len(held_out_frames(list(range(10)), 3, k)) for k in range(3)] == [4, 3, 3]
+    with pytest.raises(ValueError, match="fold must be between 0 and 2"):
+        held_out_frames(list(range(30)), 3, 3)
+    with pytest.raises(ValueError, match="folds must be between 2"):
+        held_out_frames([4], 2, 0)
+
+
+def test_paper_deviations_name_each_changed_value_and_the_schedule():
+    config = {
+        "model": {"base_channels": 8, "depth": 4, "dropout": 0.5},
+        "train": {"iterations": 300, "learning_rate": 0.01, "lr_schedule": "poly", "momentum": 0.99},
+        "datasets": {"demo": {"model": {"depth": 3}}, "paper": {"model": {"base_channels": 64}}},
+    }
+    note = paper_deviations(config, "demo")
+    assert note.startswith("base_channels 8 (paper 64), depth 3 (paper 4), 300 iterations")
+    assert paper_deviations(config, "paper").startswith("the paper's settings, 300 iterations")

@@ -17,7 +17,6 @@ from unet.io import Split, normalize_intensity, read_stack, write_split
 from unet.model import InvalidSizeError, UNet, border, save_model, valid_input_size_at_least
 from unet.predict import (
     TTA,
-    held_out_frames,
     instance_masks,
     predict_probabilities,
     tile_layout,
@@ -210,16 +209,6 @@ def test_submission_stack_properties(tmp_path):
     with pytest.raises(ValueError, match="float32"):
         write_submission(tmp_path / "bad.tif", probabilities.astype(np.float64))
     assert not (tmp_path / "bad.tif").exists()
-
-
-def test_held_out_frames_are_contiguous_blocks():
-    assert [held_out_frames(list(range(30)), 3, k) for k in range(3)] == [
-        list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
-    assert [len(held_out_frames(list(range(10)), 3, k)) for k in range(3)] == [4, 3, 3]
-    with pytest.raises(ValueError, match="fold must be between 0 and 2"):
-        held_out_frames(list(range(30)), 3, 3)
-    with pytest.raises(ValueError, match="folds must be between 2"):
-        held_out_frames([4], 2, 0)
 
 
 @pytest.fixture(scope="module")

@@ -62,3 +62,20 @@ def test_score_files_must_say_what_they_are(tmp_path):
 
 def test_mean_sd_of_one_value_has_zero_sd():
     assert mean_sd([0.5]) == (0.5, 0.0)
+
+
+def test_rule_times_sum_the_jobs_of_each_rule(tmp_path):
+    from unet.tables import write_rule_times
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rule, job, seconds, rss in [("train", "a", 10.0, 500), ("train", "b", 30.0, 700), ("prepare", "x", 1.5, 90)]:
+        path = tmp_path / "benchmarks" / rule / f"{job}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:10\t{rss}\t0\t0\t0\t0\t0\t0\t0\n")
+    write_rule_times(tmp_path / "benchmarks", tmp_path / "out")
+    summary = pd.read_csv(tmp_path / "out" / "rule_times.csv")
+    assert summary.rule.tolist() == ["train", "prepare"]
+    assert summary.iloc[0].jobs == 2 and summary.iloc[0].total_s == 40 and summary.iloc[0].max_rss_mb == 700
+    assert (tmp_path / "out" / "rule_times.png").stat().st_size > 0
+    with pytest.raises(DataError, match="no benchmark files"):
+        write_rule_times(tmp_path / "empty", tmp_path / "out")

@@ -25,8 +25,7 @@ from unet.train import (
     TrainSettings,
     learning_rate_at,
     load_data,
-    run_frame_flags,
-    run_frames,
+    run_fold_flags,
     run_split,
     train,
     weighted_cross_entropy,
@@ -108,25 +107,24 @@ def test_learning_rate_warms_up_linearly_then_decays_polynomially():
 
 
 def test_isbi_folds_hold_out_contiguous_blocks_and_ctc_runs_train_on_their_sequence():
-    slices = list(range(30))
-    assert run_frames("isbi", "fold0", slices, 3) == (list(range(10, 30)), list(range(10)))
-    assert run_frames("isbi", "fold2", slices, 3) == (list(range(20)), list(range(20, 30)))
-    train_frames, held_out = run_frames("isbi", "fold1", list(range(7)), 3)  # blocks of 3, 2, 2
-    assert (train_frames, held_out) == ([0, 1, 2, 5, 6], [3, 4])
-    assert run_frames("isbi", "all", slices, 3) == (slices, [])
-    assert run_frames("ctc", "01", [2, 5, 9], 3) == ([2, 5, 9], [])
+    assert run_fold_flags("isbi", "fold2", 3) == "--fold 2 --folds 3"
+    assert run_fold_flags("isbi", "all", 3) == "" and run_fold_flags("ctc", "01", 3) == ""
     assert run_split("isbi", "fold1") == "train" and run_split("ctc", "02") == "02"
     for protocol, run, message in [("isbi", "fold3", "fold must be between 0 and 2"), ("isbi", "01", "'all' or 'fold<k>'"),
                                    ("ctc", "fold0", "sequence"), ("tiff", "all", "unknown protocol")]:
         with pytest.raises(ValueError, match=message):
-            run_frames(protocol, run, slices, 3)
+            run_fold_flags(protocol, run, 3)
 
 
-def test_run_frame_flags_read_the_prepared_split(synthetic, tmp_path):
-    data, _ = synthetic
-    assert run_frame_flags("isbi", "fold1", data / "frames.json", 3) == "--frames 0-1,4-5 --val-frames 2-3"
-    assert run_frame_flags("isbi", "all", data / "frames.json", 3) == "--frames 0-5"
-    assert "known once" in run_frame_flags("isbi", "all", tmp_path / "missing.json", 3)
+def test_fold_flags_train_on_the_other_blocks_and_validate_on_the_held_out_one(synthetic, tmp_path):
+    data, weights = synthetic  # six labelled frames: fold 1 of 3 holds out frames 2 and 3
+    subprocess.run(unet_train(data, weights, tmp_path / "fold1", "--fold", "1", "--folds", "3", "--iterations", "2",
+                              "--val-every", "2"), check=True, capture_output=True)
+    settings = torch.load(tmp_path / "fold1" / "model.pt", weights_only=True)["metadata"]["settings"]
+    assert settings["frames"] == [0, 1, 4, 5] and settings["val_frames"] == [2, 3]
+    both = subprocess.run(unet_train(data, weights, tmp_path / "both", "--fold", "1", "--folds", "3", "--frames", "0-1"),
+                          capture_output=True, text=True)
+    assert both.returncode == 2 and "not both" in both.stderr
 
 
 def test_every_config_key_of_model_augment_and_train_is_a_flag_with_the_config_value_as_default():

@@ -47,3 +47,26 @@ def cli_flags(settings: Mapping[str, Any]) -> str:
         else:
             flags.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(flags)
+
+
+# The values the paper states (sections 2 and 3); everything else is our choice.
+PAPER = {
+    "model": {"base_channels": 64, "depth": 4, "dropout": 0.5},
+    "augment": {"elastic_grid": 3, "elastic_std": 10.0},
+    "train": {"momentum": 0.99, "batch_size": 1, "input_size": 572},
+    "weightmap": {"w0": 10.0, "sigma": 5.0},
+}
+
+
+def paper_deviations(config: Mapping[str, Any], dataset: str) -> str:
+    """A short account of how `dataset`'s settings differ from the paper's, with the schedule we chose."""
+    differences = [
+        f"{key} {value} (paper {PAPER[stage][key]})"
+        for stage in PAPER
+        for key, value in stage_settings(config, stage, dataset).items()
+        if key in PAPER[stage] and value != PAPER[stage][key]
+    ]
+    train = stage_settings(config, "train", dataset)
+    schedule = (f"{train.get('iterations')} iterations, learning rate {train.get('learning_rate')} "
+                f"({train.get('lr_schedule')}; not published)")
+    return ", ".join(differences + [schedule]) if differences else f"the paper's settings, {schedule}"

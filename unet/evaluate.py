@@ -15,6 +15,7 @@ and reports SEG and the foreground IoU. Without `--json` a table is printed;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from unet import metrics
-from unet.io import DataError, parse_frames, read_stack, read_tiff, write_json
+from unet.io import (DataError, add_fold_arguments, atomic_path, fold_of, format_frames, held_out_frames, parse_frames,
+                     read_stack, read_tiff, write_json)
 
 ISBI_KEYS = ("warping_error", "rand_error", "rand_error_unrestricted", "pixel_error", "vrand", "vinfo")
 ISBI_NAMES = {
@@ -50,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     isbi.add_argument("--slices", metavar="SPEC",
                       help="pages of LABELS (0-based, e.g. 0-9) that the probability stack covers, in its order "
                            "(default: all pages)")
+    add_fold_arguments(isbi, "score the label pages of")
     isbi.add_argument("--rand-normalisation", choices=metrics.RAND_NORMALISATIONS, default="n2",
                       help="Rand error pair counting: n2 = Fiji since January 2015 (sums of squares), "
                            "pairs = Fiji before (n(n-1)/2) (default: %(default)s)")
@@ -67,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--figure", type=Path, metavar="PNG",
+                        help="also draw the prediction against the ground truth for the first scored frames")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
     parser.add_argument("--out", type=Path, metavar="FILE", help="also write the scores as JSON to FILE (atomically)")
 
@@ -84,19 +89,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate_isbi(args: argparse.Namespace) -> tuple[dict, str]:
-    prob, labels, slices = read_isbi_pair(args.probabilities, args.labels, args.slices)
+    prob, labels, slices = read_isbi_pair(args.probabilities, args.labels, args.slices, fold_of(args))
     scores = _finite_or_null(metrics.isbi_metrics(prob, labels, rand_normalisation=args.rand_normalisation,
                                                   radius=args.warping_radius))
     scores["meta"] = {
         "probabilities": str(args.probabilities), "labels": str(args.labels), "slices": slices,
         "rand_normalisation": args.rand_normalisation, "warping_radius": args.warping_radius,
     }
+    if args.figure:
+        plot_isbi_overlay(args.figure, prob, labels, slices)
     return scores, isbi_table(scores)
 
 
-def read_isbi_pair(prob_path: Path, labels_path: Path, spec: str | None) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """The probability stack and the label pages it covers; bad input raises `DataError` naming the file."""
+def read_isbi_pair(prob_path: Path, labels_path: Path, spec: str | None = None,
+                   fold: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The probability stack and the label pages it covers (`spec`, or the pages held out by `fold` =
+    (fold, folds)); bad input raises `DataError` naming the file."""
+    if spec and fold:
+        raise ValueError("select label pages with --slices or with --fold, not both")
     prob, labels = read_stack(prob_path), read_stack(labels_path)
+    if fold:
+        spec = format_frames(held_out_frames(list(range(len(labels))), fold[1], fold[0]))
     slices = parse_frames(spec) if spec else list(range(len(labels)))
     outside = [s for s in slices if not 0 <= s < len(labels)]
     if outside:
@@ -140,6 +153,8 @@ def evaluate_ctc(args: argparse.Namespace) -> tuple[dict, str]:
                  for frame, seg_frame, iou_frame in zip(frames, seg.pop("per_frame"), iou.pop("per_frame"))]
     scores = _finite_or_null({"seg": seg, "iou": iou, "frames": per_frame,
                               "meta": {"res_dir": str(args.res_dir), "gt_dir": str(args.gt_dir)}})
+    if args.figure:
+        plot_ctc_overlay(args.figure, frames, res_masks, gt_masks)
     return scores, ctc_table(scores)
 
 
@@ -195,6 +210,61 @@ def ctc_table(scores: dict) -> str:
         lines.append(f"{row['frame']:>5} {row['objects']:>7} {row['matched']:>7} "
                      f"{_number(row['seg']):>8} {_number(row['iou']):>8}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Figures for the report
+
+
+def plot_isbi_overlay(path: Path, prob: np.ndarray, labels: np.ndarray, slices: list[int], count: int = 2) -> None:
+    """Per slice: the cell probability, and the errors at p > 0.5: membrane predicted inside a cell (red),
+    membrane missed (cyan)."""
+    rows = min(count, len(prob))
+    with _figure(path, rows, 2) as axes:
+        for row, (p, truth, page) in enumerate(zip(prob[:rows], labels[:rows] > 0, slices)):
+            axes[row, 0].imshow(p, cmap="gray", vmin=0, vmax=1)
+            axes[row, 0].set_title(f"label page {page}: cell probability")
+            predicted = p > 0.5
+            errors = np.zeros(p.shape + (3,))
+            errors[truth & predicted] = 0.6
+            errors[truth & ~predicted] = (1.0, 0.0, 0.0)
+            errors[~truth & predicted] = (0.0, 1.0, 1.0)
+            axes[row, 1].imshow(errors)
+            axes[row, 1].set_title("cells (gray), false membrane (red), missed membrane (cyan)")
+
+
+def plot_ctc_overlay(path: Path, frames: list[int], res_masks: list[np.ndarray], gt_masks: list[np.ndarray],
+                     count: int = 2) -> None:
+    """Per annotated frame: the result instances in colour with the ground-truth outlines in white."""
+    from skimage.color import label2rgb
+    from skimage.segmentation import find_boundaries
+
+    rows = min(count, len(frames))
+    with _figure(path, rows, 1) as axes:
+        for row, (frame, res, gt) in enumerate(zip(frames[:rows], res_masks[:rows], gt_masks[:rows])):
+            picture = label2rgb(res, bg_label=0)
+            picture[find_boundaries(gt, mode="inner")] = 1.0
+            axes[row, 0].imshow(picture)
+            axes[row, 0].set_title(f"frame {frame}: result instances, ground-truth outlines (white)")
+
+
+@contextlib.contextmanager
+def _figure(path: Path, rows: int, columns: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 5 * rows), squeeze=False)
+    try:
+        yield axes
+        for axis in axes.flat:
+            axis.axis("off")
+        figure.tight_layout()
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=100)
+    finally:
+        plt.close(figure)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

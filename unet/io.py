@@ -269,3 +269,32 @@ def format_frames(frames: list[int]) -> str:
             parts.append(f"{start}-{frame}" if frame != start else f"{frame}")
             start = None
     return ",".join(parts)
+
+
+def held_out_frames(frames: list[int], folds: int, fold: int) -> list[int]:
+    """The frames held out by cross-validation fold `fold` (0-based): its block of `folds` contiguous blocks.
+
+    Blocks keep the order of `frames` and differ in size by at most one, the
+    larger ones first (30 slices, 3 folds: 0-9, 10-19, 20-29). Contiguous blocks,
+    because neighbouring EM sections are correlated.
+    """
+    if not 2 <= folds <= len(frames):
+        raise ValueError(f"folds must be between 2 and the number of frames ({len(frames)}), found {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be between 0 and {folds - 1}, found {fold}")
+    return [int(frame) for frame in np.array_split(np.asarray(frames), folds)[fold]]
+
+
+def add_fold_arguments(parser, selected: str) -> None:
+    """`--fold K --folds N`: select the frames held out by cross-validation fold K (`held_out_frames`)."""
+    parser.add_argument("--fold", type=int, metavar="K",
+                        help=f"{selected} the labelled frames held out by cross-validation fold K (0-based) "
+                             "of --folds contiguous blocks")
+    parser.add_argument("--folds", type=int, metavar="N", help="number of cross-validation folds (with --fold)")
+
+
+def fold_of(args) -> tuple[int, int] | None:
+    """(fold, folds) from `add_fold_arguments`' flags, or None when no fold is selected."""
+    if (args.fold is None) != (args.folds is None):
+        raise ValueError("--fold and --folds go together")
+    return None if args.fold is None else (args.fold, args.folds)

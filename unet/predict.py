@@ -48,7 +48,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from unet.io import DataError, format_frames, normalize_intensity, parse_frames, read_split, read_stack, write_tiff
+from unet.io import (DataError, add_fold_arguments, fold_of, format_frames, held_out_frames, normalize_intensity,
+                     parse_frames, read_split, read_stack, write_tiff)
 from unet.model import border, load_model, output_size, valid_input_size_at_least
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -314,20 +315,6 @@ def write_ctc_masks(res_dir: str | os.PathLike, masks: np.ndarray, frames: list[
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def held_out_frames(frames: list[int], folds: int, fold: int) -> list[int]:
-    """The frames held out by cross-validation fold `fold` (0-based): its block of `folds` contiguous blocks.
-
-    Blocks keep the order of `frames` and differ in size by at most one, the
-    larger ones first (30 slices, 3 folds: 0-9, 10-19, 20-29). Contiguous blocks,
-    because neighbouring EM sections are correlated.
-    """
-    if not 2 <= folds <= len(frames):
-        raise ValueError(f"folds must be between 2 and the number of frames ({len(frames)}), found {folds}")
-    if not 0 <= fold < folds:
-        raise ValueError(f"fold must be between 0 and {folds - 1}, found {fold}")
-    return [int(frame) for frame in np.array_split(np.asarray(frames), folds)[fold]]
-
-
 def resolve_device(name: str) -> torch.device:
     """`auto`: the GPU when there is one, else the CPU."""
     if name == "auto":
@@ -345,12 +332,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="MODEL_PT", help="model written by `unet train`")
     parser.add_argument("--out", required=True, metavar="PROBABILITIES_TIF",
                         help="float32 cell probabilities (N, H, W)")
-    selection = parser.add_mutually_exclusive_group()
-    selection.add_argument("--frames", metavar="SPEC", help="frame ids to predict, e.g. 0-9,20-29 (default: all)")
-    selection.add_argument("--fold", type=int, metavar="K",
-                           help="predict the frames held out by cross-validation fold K (0-based) of --folds "
-                                "contiguous blocks of the split's labelled frames")
-    parser.add_argument("--folds", type=int, metavar="N", help="number of cross-validation folds (with --fold)")
+    parser.add_argument("--frames", metavar="SPEC", help="frame ids to predict, e.g. 0-9,20-29 (default: all)")
+    add_fold_arguments(parser, "predict")
     parser.add_argument("--input-size", type=int, default=572,
                         help="largest input tile side, a valid U-Net input (paper: %(default)s); "
                              "results do not depend on it")
@@ -373,8 +356,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.fold is None) != (args.folds is None):
-        raise ValueError("--fold and --folds go together")
     images, frames, every_frame = _read_images(args)
     if args.instances and not every_frame:
         raise ValueError("--instances writes a Cell Tracking Challenge result folder, which needs a mask for every "
@@ -403,16 +384,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _read_images(args: argparse.Namespace) -> tuple[np.ndarray, list[int], bool]:
     """The normalised images to predict, their frame ids, and whether they are every frame of the input."""
+    fold = fold_of(args)
+    if fold and args.frames:
+        raise ValueError("select frames with --frames or with --fold, not both")
     if args.images:
-        if args.fold is not None:
+        if fold:
             raise ValueError("--fold needs a prepared split with labelled frames (--data), not --images")
         images = read_stack(args.images)
         source, all_frames = args.images, list(range(len(images)))
     else:
         split = read_split(args.data)
         images, source, all_frames = split.images, args.data, split.frames
-    if args.fold is not None:
-        frames = held_out_frames(split.labelled, args.folds, args.fold)
+    if fold:
+        frames = held_out_frames(split.labelled, fold[1], fold[0])
     elif args.frames:
         frames = parse_frames(args.frames)
     else:

@@ -235,12 +235,58 @@ def write_tables(score_files: list[str | Path], out_dir: str | Path, settings_no
             tmp.write_text(markdown(frame, settings_note))
 
 
+def rule_times(benchmark_dir: str | Path) -> pd.DataFrame:
+    """Per rule: jobs, total, mean and longest wall time, and peak memory, from Snakemake's benchmark files
+    (`{benchmark_dir}/{rule}/...tsv`)."""
+    benchmark_dir = Path(benchmark_dir)
+    rows = []
+    for path in sorted(benchmark_dir.rglob("*.tsv")):
+        frame = pd.read_csv(path, sep="\t")
+        if "s" not in frame:
+            raise DataError(f"{path}: not a Snakemake benchmark file (no column 's')")
+        rule = path.relative_to(benchmark_dir).parts[0]
+        rows += [{"rule": rule, "s": s, "max_rss": rss} for s, rss in zip(frame["s"], frame.get("max_rss", math.nan))]
+    if not rows:
+        raise DataError(f"{benchmark_dir}: no benchmark files")
+    jobs = pd.DataFrame(rows)
+    summary = jobs.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), mean_s=("s", "mean"),
+                                       max_s=("s", "max"), max_rss_mb=("max_rss", "max"))
+    return summary.sort_values("total_s", ascending=False).reset_index()
+
+
+def write_rule_times(benchmark_dir: str | Path, out_dir: str | Path) -> None:
+    """`rule_times.csv` and a bar chart `rule_times.png` of the total time per rule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = rule_times(benchmark_dir)
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "rule_times.csv") as tmp:
+        summary.to_csv(tmp, index=False, float_format="%.3f")
+    figure, axis = plt.subplots(figsize=(7, 0.4 * len(summary) + 1))
+    axis.barh(summary["rule"], summary["total_s"])
+    axis.invert_yaxis()
+    axis.set_xlabel("wall time summed over jobs (s)")
+    figure.tight_layout()
+    with atomic_path(out_dir / "rule_times.png") as tmp:
+        figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", nargs="*", help="score files named {dataset}/{run}/seed{seed}.json")
     parser.add_argument("--out", required=True, help="folder for table1.csv/.md and table2.csv/.md")
     parser.add_argument("--settings-note", default="", help="how our settings differ from the paper's, for the tables")
+    parser.add_argument("--rule-times", metavar="BENCHMARK_DIR",
+                        help="instead of the tables, summarise Snakemake's per-job benchmark files into "
+                             "rule_times.csv and rule_times.png")
 
 
 def run(args: argparse.Namespace) -> int:
-    write_tables(args.scores, args.out, args.settings_note)
+    if args.rule_times:
+        write_rule_times(args.rule_times, args.out)
+    else:
+        write_tables(args.scores, args.out, args.settings_note)
     return 0

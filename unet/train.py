@@ -43,9 +43,10 @@ import torch
 from torch.nn import functional as F
 
 from unet.augment import AugmentConfig, Augmenter
-from unet.io import DataError, atomic_path, format_frames, parse_frames, read_json
+from unet.io import (DataError, add_fold_arguments, atomic_path, fold_of, format_frames, held_out_frames, parse_frames,
+                     read_json)
 from unet.model import UNet, save_model
-from unet.predict import held_out_frames, predict_probabilities, resolve_device
+from unet.predict import predict_probabilities, resolve_device
 from unet.weightmap import TrainingSet, load_training_set
 
 CHECKPOINT = "checkpoint.pt"
@@ -154,6 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labelled frame ids to train on, e.g. 0-19 (default: all but --val-frames)")
     parser.add_argument("--val-frames", metavar="SPEC",
                         help="labelled frame ids for the periodic held-out pixel error (default: none)")
+    add_fold_arguments(parser, "hold out (and validate on)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and augmentation")
     add_dataclass_arguments(parser, ModelSettings, "model (config section `model`)")
     AugmentConfig.add_arguments(parser)
@@ -167,6 +169,13 @@ def run(args: argparse.Namespace) -> int:
         "settings": dataclass_from_args(TrainSettings, args),
     }
     frames, val_frames = (parse_frames(spec) if spec else None for spec in (args.frames, args.val_frames))
+    fold = fold_of(args)
+    if fold:
+        if frames or val_frames:
+            raise ValueError("select frames with --frames/--val-frames or with --fold, not both")
+        labelled = read_json(Path(args.data) / "frames.json")["labelled"]
+        val_frames = held_out_frames(labelled, fold[1], fold[0])
+        frames = [frame for frame in labelled if frame not in val_frames]
     train(load_data(args.data, args.weights, frames, val_frames), args.out, seed=args.seed, **settings)
     return 0
 
@@ -187,32 +196,16 @@ def run_split(protocol: str, run: str) -> str:
     raise ValueError(f"unknown protocol {protocol!r}; expected 'isbi' or 'ctc'")
 
 
-def run_frames(protocol: str, run: str, labelled: Sequence[int], folds: int) -> tuple[list[int], list[int]]:
-    """(training frames, held-out frames) of a pipeline run among the split's labelled frames.
-
-    isbi `fold<k>` (k = 0 .. folds-1) holds out the k-th of `folds` contiguous blocks
-    of the labelled slices (`unet.predict.held_out_frames`, the blocks the
-    evaluation scores) and trains on the rest; `all` trains on every labelled
-    slice. A ctc run trains on every labelled frame of its sequence.
-    """
+def run_fold_flags(protocol: str, run: str, folds: int) -> str:
+    """The fold flags of a pipeline run: isbi `fold<k>` holds out block k of `folds` (`--fold k --folds N`,
+    which the prediction and evaluation of that run use too); `all` and ctc runs train on every labelled frame."""
     run_split(protocol, run)  # validates the run name
-    labelled = list(labelled)
-    if protocol == "ctc" or run == "all":
-        return labelled, []
-    held_out = held_out_frames(labelled, folds, int(run[4:]))
-    return [frame for frame in labelled if frame not in held_out], held_out
-
-
-def run_frame_flags(protocol: str, run: str, frames_json: str | Path, folds: int) -> str:
-    """`--frames SPEC [--val-frames SPEC]` of a pipeline run, from its split's frames.json.
-
-    Before the split is prepared (Snakemake may ask while it builds the DAG) it
-    returns a placeholder: Snakemake evaluates params again just before the job runs.
-    """
-    if not Path(frames_json).is_file():
-        return "--frames <known once the split is prepared>"
-    frames, val_frames = run_frames(protocol, run, read_json(frames_json)["labelled"], folds)
-    return f"--frames {format_frames(frames)}" + (f" --val-frames {format_frames(val_frames)}" if val_frames else "")
+    if protocol == "isbi" and run != "all":
+        fold = int(run[4:])
+        if not 0 <= fold < folds:
+            raise ValueError(f"isbi run {run!r}: fold must be between 0 and {folds - 1}")
+        return f"--fold {fold} --folds {folds}"
+    return ""
 
 
 # --- data ---------------------------------------------------------------------------

@@ -1,24 +1,14 @@
-# Scores: the challenges' own metrics on held-out predictions (`unet evaluate`).
+# Scores: the challenges' own metrics on held-out predictions (`unet evaluate`), and a
+# figure of each scored prediction against its ground truth for the report.
 #
-# ISBI runs (fold{k}) score their probability stack against the label pages they
-# held out; the page selection comes from `heldout_slices(dataset, run)`, the
-# fold split that common.smk shares with the training and prediction rules.
-# CTC runs (01, 02: the training sequence) score the other sequence's result
-# masks against its official ground truth.
+# ISBI runs (fold{k}) score their probability stack against the label pages they held
+# out (`--fold k --folds N`, the blocks training held out and prediction predicted).
+# CTC runs (01, 02: the training sequence) score the other sequence's result masks
+# against its official ground truth.
+
+import os
 
 from unet.config import cli_flags
-
-# Wildcard constraints for the data sets of each protocol ("(?!)", nothing, for none).
-PROTOCOL_DATASETS = {
-    protocol: "|".join(
-        re.escape(name)
-        for name, spec in config["datasets"].items()
-        if spec["protocol"] == protocol
-    )
-    or "(?!)"
-    for protocol in ("isbi", "ctc")
-}
-CTC_TEST_SEQUENCE = {"01": "02", "02": "01"}
 
 
 rule evaluate_isbi:
@@ -27,7 +17,14 @@ rule evaluate_isbi:
         # written last by `prepare`, after labels.tif
         split="results/data/{dataset}/train/frames.json",
     output:
-        "results/scores/{dataset}/{run}/seed{seed}.json",
+        scores="results/scores/{dataset}/{run}/seed{seed}.json",
+        figure=report(
+            "results/figures/overlay-{dataset}-{run}-seed{seed}.png",
+            caption="../report/overlay.rst",
+            category="Predictions",
+            subcategory="{dataset}",
+            labels={"run": "{run}", "seed": "{seed}"},
+        ),
     log:
         "results/logs/evaluate_isbi/{dataset}/{run}/seed{seed}.log",
     benchmark:
@@ -42,23 +39,34 @@ rule evaluate_isbi:
         mem_mb=4000,
         runtime=30,
     params:
-        labels="results/data/{dataset}/train/labels.tif",
-        slices=lambda wildcards: heldout_slices(wildcards.dataset, wildcards.run),
+        labels=lambda wildcards, input: os.path.join(
+            os.path.dirname(input.split), "labels.tif"
+        ),
+        fold=lambda wildcards: wildcards.run[len("fold") :],
+        folds=FOLDS,
         settings=lambda wildcards: cli_flags(settings("evaluate", wildcards.dataset)),
     shell:
-        "unet evaluate isbi {input.probabilities:q} {params.labels:q} --slices {params.slices}"
-        " {params.settings} --out {output:q} > {log:q} 2>&1"
+        "unet evaluate isbi {input.probabilities:q} {params.labels:q}"
+        " --fold {params.fold} --folds {params.folds} {params.settings}"
+        " --out {output.scores:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
 rule evaluate_ctc:
     input:
         results=lambda wildcards: (
             f"results/predictions/{wildcards.dataset}/{wildcards.run}/seed{wildcards.seed}/"
-            f"{CTC_TEST_SEQUENCE[wildcards.run]}_RES"
+            f"{OTHER_SEQUENCE[wildcards.run]}_RES"
         ),
         raw="results/raw/{dataset}",
     output:
-        "results/scores/{dataset}/{run}/seed{seed}.json",
+        scores="results/scores/{dataset}/{run}/seed{seed}.json",
+        figure=report(
+            "results/figures/overlay-{dataset}-{run}-seed{seed}.png",
+            caption="../report/overlay.rst",
+            category="Predictions",
+            subcategory="{dataset}",
+            labels={"run": "{run}", "seed": "{seed}"},
+        ),
     log:
         "results/logs/evaluate_ctc/{dataset}/{run}/seed{seed}.log",
     benchmark:
@@ -73,6 +81,7 @@ rule evaluate_ctc:
         mem_mb=2000,
         runtime=10,
     params:
-        ground_truth=lambda wildcards, input: f"{input.raw}/{CTC_TEST_SEQUENCE[wildcards.run]}_GT",
+        ground_truth=lambda wildcards, input: f"{input.raw}/{OTHER_SEQUENCE[wildcards.run]}_GT",
     shell:
-        "unet evaluate ctc {input.results:q} {params.ground_truth:q} --out {output:q} > {log:q} 2>&1"
+        "unet evaluate ctc {input.results:q} {params.ground_truth:q}"
+        " --out {output.scores:q} --figure {output.figure:q} > {log:q} 2>&1"

@@ -31,7 +31,7 @@ rule predict_isbi_fold:
         runtime=120,
     params:
         data=lambda wildcards, input: os.path.dirname(input.split),
-        folds=config["isbi"]["folds"],
+        folds=FOLDS,
         flags=lambda wildcards: cli_flags(settings("predict", wildcards.dataset)),
     shell:
         "unet predict --model {input.model} --data {params.data} --out {output} "

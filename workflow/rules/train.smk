@@ -6,19 +6,13 @@
 #   ctc run 01 / 02:  the labelled frames of that sequence.
 # Settings: the `model`, `augment` and `train` sections merged with the data set's own.
 from unet.config import cli_flags
-from unet.train import run_frame_flags, run_split
-
-PROTOCOL = {name: dataset["protocol"] for name, dataset in config["datasets"].items()}
-
-
-wildcard_constraints:
-    run=r"fold\d+|all|\d\d",
+from unet.train import run_fold_flags, run_split
 
 
 rule train:
     """Train one U-Net on a prepared split and its weight maps.
 
-    The run picks split and frames (unet.train.run_split, run_frames). An
+    The run picks split and held-out fold (unet.train.run_split, run_fold_flags). An
     interrupted job resumes from checkpoint.pt when run again with the same
     settings: the checkpoint is deliberately not an output, so Snakemake keeps it.
     """
@@ -29,7 +23,13 @@ rule train:
     output:
         model="results/models/{dataset}/{run}/seed{seed}/model.pt",
         log_csv="results/models/{dataset}/{run}/seed{seed}/log.csv",
-        figure="results/models/{dataset}/{run}/seed{seed}/loss.png",
+        figure=report(
+            "results/models/{dataset}/{run}/seed{seed}/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+            subcategory="{dataset}",
+            labels={"run": "{run}", "seed": "{seed}"},
+        ),
     log:
         "results/logs/train/{dataset}/{run}/seed{seed}.log",
     benchmark:
@@ -46,16 +46,11 @@ rule train:
         data=subpath(input.frames, parent=True),
         weights=subpath(input.weights, parent=True),
         out=subpath(output.model, parent=True),
-        frames=lambda w, input: run_frame_flags(
-            PROTOCOL[w.dataset],
-            w.run,
-            input.frames,
-            config["isbi"]["folds"],
-        ),
+        fold=lambda w: run_fold_flags(PROTOCOL[w.dataset], w.run, FOLDS),
         settings=lambda w: " ".join(
             cli_flags(settings(stage, w.dataset))
             for stage in ("model", "augment", "train")
         ),
     shell:
         "unet train --data {params.data} --weights {params.weights} --out {params.out}"
-        " {params.frames} --seed {wildcards.seed} {params.settings} > {log} 2>&1"
+        " {params.fold} --seed {wildcards.seed} {params.settings} > {log} 2>&1"

@@ -3,12 +3,6 @@
 # the augmentation that training applies to them (unet/augment.py).
 from unet.config import cli_flags
 
-# The split each data set's figures show: ISBI's training slices, the first CTC sequence.
-FIGURE_SPLIT = {
-    name: {"isbi": "train", "ctc": "01"}[dataset["protocol"]]
-    for name, dataset in config["datasets"].items()
-}
-
 
 # The ISBI test volume has no labels, hence no weight maps.
 rule weightmap:
@@ -41,7 +35,12 @@ rule weightmap_figure:
     input:
         frames=lambda w: f"results/data/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/frames.json",
     output:
-        "results/figures/weightmap-{dataset}.png",
+        report(
+            "results/figures/weightmap-{dataset}.png",
+            caption="../report/weightmap.rst",
+            category="Weight maps and augmentation",
+            labels={"data set": "{dataset}", "figure": "weight map"},
+        ),
     log:
         "results/logs/weightmap_figure/{dataset}.log",
     benchmark:
@@ -65,7 +64,12 @@ rule augment_figure:
         target=lambda w: f"results/weights/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/target.tif",
         weights=lambda w: f"results/weights/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/weights.tif",
     output:
-        "results/figures/augment-{dataset}.png",
+        report(
+            "results/figures/augment-{dataset}.png",
+            caption="../report/augment.rst",
+            category="Weight maps and augmentation",
+            labels={"data set": "{dataset}", "figure": "augmentation"},
+        ),
     log:
         "results/logs/augment_figure/{dataset}.log",
     benchmark:
