@@ -41,10 +41,16 @@ MECHANICS_RUN = WorkflowRun(
 # The product: the demo configuration from the data to both tables. The Snakefile's own
 # `configfile: config/config.yaml` is relative to the working directory, a temporary one
 # here: the defaults are given with the demo's overrides, as from the repository's root.
+# Training is cut to 40 iterations: this test is about every job going through sbatch
+# (tests/test_pipeline.py checks what the demo learns), and the 12 training and
+# prediction jobs run one after the other on the node's one GPU.
 DEMO_RUN = WorkflowRun(
     snakefile=REPO / "Snakefile",
     targets=(),
-    args=("--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "demo.yaml")),
+    args=(
+        "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "demo.yaml"),
+        "--config", "train={iterations: 40}", "datasets={demo-cells: {train: {iterations: 40}}}",
+    ),
     outputs=("results/tables/table1.csv", "results/tables/table2.csv"),
     configfile=REPO / "config" / "demo.yaml",
 )
