@@ -192,7 +192,6 @@ def test_rules_pass_the_evaluate_settings_as_flags(tmp_path):
     snakefile.write_text(
         f'configfile: "{REPO}/config/config.yaml"\n\n\n'
         f'include: "{REPO}/workflow/rules/common.smk"\n\n\n'
-        "def heldout_slices(dataset, run):\n    return '10-19'\n\n\n"
         f'include: "{REPO}/workflow/rules/evaluate.smk"\n'
     )
     overrides = tmp_path / "overrides.yaml"
@@ -210,7 +209,7 @@ def test_rules_pass_the_evaluate_settings_as_flags(tmp_path):
         capture_output=True, text=True)
     assert done.returncode == 0, done.stderr + done.stdout
     assert ("unet evaluate isbi results/predictions/isbi2012/fold1/seed0/probabilities.tif "
-            "results/data/isbi2012/train/labels.tif --slices 10-19 --rand-normalisation pairs --warping-radius 12"
+            "results/data/isbi2012/train/labels.tif --fold 1 --folds 3 --rand-normalisation pairs --warping-radius 12"
             ) in done.stdout
     assert ("unet evaluate ctc results/predictions/DIC-C2DH-HeLa/02/seed0/01_RES results/raw/DIC-C2DH-HeLa/01_GT"
             ) in done.stdout

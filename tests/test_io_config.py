@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from unet.config import cli_flags, paper_deviations, stage_settings
+from unet.config import cli_flags, paper_deviations, stage_settings, typed_command_line_values
 from unet.io import DataError, Split, atomic_path, format_frames, held_out_frames, parse_frames, read_split, write_split
 
 
@@ -68,3 +68,15 @@ def test_paper_deviations_name_each_changed_value_and_the_schedule():
     note = paper_deviations(config, "demo")
     assert note.startswith("base_channels 8 (paper 64), depth 3 (paper 4), 300 iterations")
     assert paper_deviations(config, "paper").startswith("the paper's settings, 300 iterations")
+
+
+def test_command_line_values_are_typed_as_a_config_file_would_type_them():
+    # What Snakemake's --config hands over for: model={depth: 3, dropout: 0.5} seeds=[0,1] mirror=null ...
+    given = {"model": {"depth": "3", "dropout": "0.5"}, "seeds": ["0", "1"], "mirror": "null",
+             "train": {"compile": "true", "device": "cuda:0"}, "experiments": ["isbi2012", "DIC-C2DH-HeLa"],
+             "datasets": {"x": {"source": "http://host/a: b", "checksums": {"f.tif": "md5:0e10"}}}}
+    assert typed_command_line_values(given) == {
+        "model": {"depth": 3, "dropout": 0.5}, "seeds": [0, 1], "mirror": None,
+        "train": {"compile": True, "device": "cuda:0"}, "experiments": ["isbi2012", "DIC-C2DH-HeLa"],
+        "datasets": {"x": {"source": "http://host/a: b", "checksums": {"f.tif": "md5:0e10"}}},
+    }

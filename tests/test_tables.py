@@ -47,7 +47,9 @@ def test_tables_put_our_mean_and_sd_beside_the_papers_rows(tmp_path):
     assert ours2["DIC-C2DH-HeLa IoU"] == pytest.approx(0.85)
     assert math.isnan(ours2["PhC-C2DH-U373 SEG"])  # not run: no number invented
     assert t2[t2.method == "u-net (2015)"]["PhC-C2DH-U373 SEG"].iloc[0] == 0.9203
-    assert "0.7500 ± 0.0707" in (tmp_path / "tables" / "table2.md").read_text()
+    md2 = (tmp_path / "tables" / "table2.md").read_text()
+    assert "0.7500 ± 0.0707" in md2
+    assert "(DIC-HeLa: n = 2)" in md2  # the data sets we ran, not PhC-U373
 
 
 def test_score_files_must_say_what_they_are(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from workflow_rules import workflow_rules
 
 REPO = Path(__file__).resolve().parents[1]
 RULE_FILES = [
@@ -80,10 +81,6 @@ rule weightmap:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the train and predict rules land with their stages; once they do, this passes: remove the mark",
-)
 def test_profiles_give_a_gpu_to_training_and_prediction() -> None:
     rules = workflow_rules(REPO / "Snakefile", DEFAULT_CONFIG)
     assert [problem for profile in PROFILES.glob("*/config.yaml") for problem in gpu_problems(profile, rules)] == []
@@ -167,24 +164,3 @@ def rule_violations(snakefile: Path, configfile: Path | None = None) -> list[str
         if rule.shellcmd and DOWNLOAD.search(rule.shellcmd) and not rule.is_local:
             problems.append(f"{where}: downloads but is not a localrule")
     return problems
-
-
-def workflow_rules(snakefile: Path, configfile: Path | None = None) -> list:
-    """The parsed rules of a workflow, each with `is_local`: declared in `localrules`."""
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
-
-    configfiles = [configfile] if configfile else []
-    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
-        workflow_api = api.workflow(
-            resource_settings=ResourceSettings(),
-            config_settings=ConfigSettings(configfiles=configfiles),
-            storage_settings=StorageSettings(),
-            snakefile=snakefile,
-        )
-        # The API has no public accessor for the parsed rules and the declared localrules.
-        workflow = workflow_api._workflow
-        rules = list(workflow.rules)
-        for rule in rules:
-            rule.is_local = rule.name in workflow._localrules
-    return rules

@@ -6,6 +6,8 @@ import copy
 import shlex
 from typing import Any, Mapping
 
+import yaml
+
 STAGES = ("weightmap", "model", "augment", "train", "predict", "evaluate")
 
 
@@ -18,6 +20,28 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def typed_command_line_values(value: Any) -> Any:
+    """`value` (a `--config` override) with its strings that YAML reads as a number, boolean or null typed so.
+
+    Snakemake reads a nested `--config` value such as `model={depth: 3}` or `seeds=[0,1]`
+    with YAML's BaseLoader, which keeps every scalar a string ("3"), and a top-level
+    `mirror=null` as the string "null"; a config file would have given 3 and None.
+    Other strings (names, paths, URLs) are left as they are.
+    """
+    if isinstance(value, Mapping):
+        return {key: typed_command_line_values(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed_command_line_values(item) for item in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if parsed is None or isinstance(parsed, (bool, int, float)):
+            return parsed
+    return value
 
 
 def stage_settings(config: Mapping[str, Any], stage: str, dataset: str) -> dict[str, Any]:

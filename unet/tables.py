@@ -50,7 +50,7 @@ TABLE2_METRICS = ["seg"]
 TABLE2_EXTRA = ["iou"]
 
 ISBI_PROTOCOL = (
-    "Ours: held-out contiguous blocks of the 30 public training slices (cross-validation), "
+    "Ours: held-out contiguous blocks of the public training slices (30 for ISBI 2012; cross-validation), "
     "scored with the challenge's metrics as Fiji computes them. Paper: the 30 hidden test slices, scored by the organisers."
 )
 CTC_PROTOCOL = (
@@ -193,8 +193,9 @@ def table2_markdown(frame: pd.DataFrame, settings_note: str) -> str:
         seg = [_cell(row, f"{d} SEG", 4, ours, sd_key=f"{d} SEG_sd") for d in datasets]
         iou = [_cell(row, f"{d} IoU", 4, ours, sd_key=f"{d} IoU_sd") if ours else "" for d in datasets]
         lines.append(f"| {row['method']} | " + " | ".join(seg + iou) + " |")
-    counts = ", ".join(f"{PAPER_TABLE2_COLUMNS.get(d, d)}: n = {_count(frame.iloc[-1].get(f'{d} n'))}"
-                       for d in datasets)
+    ours = frame.iloc[-1]
+    counts = ", ".join(f"{PAPER_TABLE2_COLUMNS.get(d, d)}: n = {_count(ours.get(f'{d} n'))}"
+                       for d in datasets if _count(ours.get(f"{d} n")))
     lines += ["", f"Our rows average the runs and seeds ({counts}). IoU is the plain foreground IoU, "
               "a different and usually higher number than SEG; the paper's \"IOU\" is the SEG measure.",
               "", _differences(settings_note)]

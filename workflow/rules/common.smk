@@ -1,10 +1,13 @@
 # Configuration checks, the experiments' runs and the final targets, shared by every rule file.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version, update_config, validate
 
-from unet.config import paper_deviations, stage_settings
+from unet.config import paper_deviations, stage_settings, typed_command_line_values
 
 min_version("9.0")
 
+# `--config model={depth: 3}` gives the string "3": read the command line's values as a
+# config file would have, so that they pass the schema (and its bounds are what is checked).
+update_config(config, typed_command_line_values(dict(workflow.config_settings.config)))
 
 validate(config, "../schemas/config.schema.yaml")
 
