@@ -70,11 +70,13 @@ def test_rule_times_sum_the_jobs_of_each_rule(tmp_path):
     from unet.tables import write_rule_times
 
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    for rule, job, seconds, rss in [("train", "a", 10.0, 500), ("train", "b", 30.0, 700), ("prepare", "x", 1.5, 90)]:
+    jobs = [("train", "a", 10.0, 500), ("train", "b", 30.0, 700), ("prepare", "x", 1.5, 90),
+            ("train", "demo/fold0/seed0", 99.0, 1), ("prepare", "demo-train", 99.0, 1)]  # an earlier run's
+    for rule, job, seconds, rss in jobs:
         path = tmp_path / "benchmarks" / rule / f"{job}.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + f"{seconds}\t0:00:10\t{rss}\t0\t0\t0\t0\t0\t0\t0\n")
-    write_rule_times(tmp_path / "benchmarks", tmp_path / "out")
+    write_rule_times(tmp_path / "benchmarks", tmp_path / "out", exclude_datasets=["demo"])
     summary = pd.read_csv(tmp_path / "out" / "rule_times.csv")
     assert summary.rule.tolist() == ["train", "prepare"]
     assert summary.iloc[0].jobs == 2 and summary.iloc[0].total_s == 40 and summary.iloc[0].max_rss_mb == 700

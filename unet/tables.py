@@ -20,6 +20,7 @@ import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -236,12 +237,19 @@ def write_tables(score_files: list[str | Path], out_dir: str | Path, settings_no
             tmp.write_text(markdown(frame, settings_note))
 
 
-def rule_times(benchmark_dir: str | Path) -> pd.DataFrame:
+def rule_times(benchmark_dir: str | Path, exclude_datasets: Sequence[str] = ()) -> pd.DataFrame:
     """Per rule: jobs, total, mean and longest wall time, and peak memory, from Snakemake's benchmark files
-    (`{benchmark_dir}/{rule}/...tsv`)."""
+    (`{benchmark_dir}/{rule}/...tsv`).
+
+    Files of `exclude_datasets` (named `{dataset}/...`, `{dataset}-...` or `{dataset}.tsv` below their
+    rule's folder), such as an earlier run's demo data sets, are left out.
+    """
     benchmark_dir = Path(benchmark_dir)
     rows = []
     for path in sorted(benchmark_dir.rglob("*.tsv")):
+        name = path.relative_to(benchmark_dir).as_posix().split("/", 1)[-1]
+        if any(name.startswith((f"{d}/", f"{d}-", f"{d}.tsv")) for d in exclude_datasets):
+            continue
         frame = pd.read_csv(path, sep="\t")
         if "s" not in frame:
             raise DataError(f"{path}: not a Snakemake benchmark file (no column 's')")
@@ -255,14 +263,14 @@ def rule_times(benchmark_dir: str | Path) -> pd.DataFrame:
     return summary.sort_values("total_s", ascending=False).reset_index()
 
 
-def write_rule_times(benchmark_dir: str | Path, out_dir: str | Path) -> None:
+def write_rule_times(benchmark_dir: str | Path, out_dir: str | Path, exclude_datasets: Sequence[str] = ()) -> None:
     """`rule_times.csv` and a bar chart `rule_times.png` of the total time per rule."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = rule_times(benchmark_dir)
+    summary = rule_times(benchmark_dir, exclude_datasets)
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "rule_times.csv") as tmp:
         summary.to_csv(tmp, index=False, float_format="%.3f")
@@ -283,11 +291,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rule-times", metavar="BENCHMARK_DIR",
                         help="instead of the tables, summarise Snakemake's per-job benchmark files into "
                              "rule_times.csv and rule_times.png")
+    parser.add_argument("--exclude-datasets", nargs="*", default=[], metavar="DATASET",
+                        help="with --rule-times: leave out the benchmark files of these data sets")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.rule_times:
-        write_rule_times(args.rule_times, args.out)
+        write_rule_times(args.rule_times, args.out, args.exclude_datasets)
     else:
         write_tables(args.scores, args.out, args.settings_note)
     return 0
