@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from unet.config import cli_flags, paper_deviations, stage_settings, typed_command_line_values
-from unet.io import DataError, Split, atomic_path, format_frames, held_out_frames, parse_frames, read_split, write_split
+from unet.io import (DataError, Split, atomic_path, format_frames, held_out_frames, normalize_intensity, parse_frames,
+                     read_split, write_split)
 
 
 def test_frame_specs_round_trip_and_reject_nonsense():
@@ -22,6 +23,26 @@ def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "finished earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_intensities_are_scaled_by_each_images_percentiles_so_outliers_do_not_squeeze_them():
+    rng = np.random.default_rng(0)
+    image = rng.normal(120, 10, (64, 64)).astype(np.float32)
+    image[0, :5] = 255  # a few bright pixels, as in a DIC frame
+    stack = np.stack([image, image * 0.5 + 7])
+    scaled = normalize_intensity(stack)
+    for plane in scaled:  # per image: a gain and an offset of the raw values change nothing
+        np.testing.assert_allclose(np.percentile(plane, (1, 99)), (0, 1), atol=1e-5)
+        assert 0.15 < plane.std() < 0.3  # min-max would leave about 0.07
+    np.testing.assert_allclose(scaled[0], scaled[1], atol=1e-5)
+
+
+def test_intensities_of_an_image_of_mostly_one_value_fall_back_to_its_range():
+    sparse = np.zeros((50, 50), np.uint8)
+    sparse[10, 10:15] = [50, 100, 150, 200, 250]  # 5 of 2,500 pixels: the percentiles coincide
+    scaled = normalize_intensity(sparse)
+    assert (scaled.min(), scaled.max()) == (0, 1) and scaled[10, 11] == pytest.approx(100 / 250)
+    assert not normalize_intensity(np.full((8, 8), 7, np.uint8)).any()
 
 
 def test_split_round_trip_and_validation(tmp_path):

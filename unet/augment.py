@@ -31,8 +31,8 @@ standard deviation, turned into per-pixel displacements by bicubic interpolation
   blended weight would mix the class-balance weights of both classes at cell borders).
 - Gray values (our choice; the paper gives no numbers): per sample, the tile's contrast around its
   mean is scaled by a factor uniform in [1 - gray_contrast, 1 + gray_contrast] and an offset
-  uniform in [-gray_brightness, gray_brightness] is added (inputs are normalised to [0, 1]; values
-  are not clipped).
+  uniform in [-gray_brightness, gray_brightness] is added (inputs are normalised so that each
+  image's 1st and 99th percentiles are 0 and 1, `unet.io.normalize_intensity`; values are not clipped).
 - Randomness. Every random number comes from one CPU `torch.Generator` seeded with `seed`; the few
   numbers per sample move to the device afterwards, so the same seed gives the same samples on any
   device, and `state_dict()` / `load_state_dict()` resume the stream exactly. All parameters are
@@ -71,8 +71,8 @@ class AugmentConfig:
     flip: bool = field(default=True, metadata=_help("mirror the tile with probability 1/2"))
     gray_contrast: float = field(default=0.1, metadata=_help("contrast factor drawn from [1 - C, 1 + C], applied "
                                                              "around the tile mean (0 = none)"))
-    gray_brightness: float = field(default=0.1, metadata=_help("offset drawn from [-B, B] added to the [0, 1] "
-                                                               "normalised tile (0 = none)"))
+    gray_brightness: float = field(default=0.1, metadata=_help("offset drawn from [-B, B] added to the normalised "
+                                                               "tile (0 = none)"))
 
     def __post_init__(self) -> None:
         checks = {
@@ -128,7 +128,7 @@ class SampleParameters:
 class Augmenter:
     """Random augmented training pairs: input tiles with the target and weight of their output window.
 
-    `images` float32 (N, H, W) normalised to [0, 1], `targets` uint8 (N, H, W), `weights` float32
+    `images` float32 (N, H, W) normalised (`unet.io.normalize_intensity`), `targets` uint8 (N, H, W), `weights` float32
     (N, H, W); numpy arrays or tensors. `sample(batch_size)` returns, on `device`, the image
     (B, 1, input_size, input_size) float32, the target (B, out, out) int64 and the weight
     (B, out, out) float32, out = `unet.model.output_size(input_size, depth)`.

@@ -134,16 +134,28 @@ def read_json(path: str | os.PathLike):
         raise DataError(f"{path}: not valid JSON ({error})") from error
 
 
-def normalize_intensity(images: np.ndarray) -> np.ndarray:
-    """Scale each image of a (N, H, W) stack (or one image) to [0, 1] by its own minimum and maximum.
+# The intensity percentiles of an image that the network sees as 0 and 1 (`normalize_intensity`).
+NORMALIZATION_PERCENTILES = (1.0, 99.0)
 
-    Per image, so that a frame gets the same input whether it is predicted alone
-    or within its sequence. A constant image maps to zeros.
+
+def normalize_intensity(images: np.ndarray) -> np.ndarray:
+    """Scale each image of a (N, H, W) stack (or one image) so that its 1st and 99th percentiles map to 0 and 1.
+
+    Percentiles, not the minimum and maximum: a DIC-HeLa frame spans 29-255 through a few
+    bright pixels while 98 % of it lies within 90-149, so min-max scaling would squeeze the
+    cells into a quarter of the range, below the +-0.1 gray-value augmentation (with it, the
+    quick profile's HeLa models did not learn in 1,500 iterations). Values beyond the
+    percentiles are kept, not clipped. Per image, so that a frame gets the same input whether
+    it is predicted alone or within its sequence. An image whose percentiles coincide (mostly
+    one value) falls back to its minimum and maximum; a constant image maps to zeros.
     """
     images = np.asarray(images, dtype=np.float32)
     axes = (-2, -1)
-    low = images.min(axis=axes, keepdims=True)
-    span = images.max(axis=axes, keepdims=True) - low
+    low, high = np.percentile(images, NORMALIZATION_PERCENTILES, axis=axes, keepdims=True).astype(np.float32)
+    span = high - low
+    mostly_one_value = span <= 0
+    low = np.where(mostly_one_value, images.min(axis=axes, keepdims=True), low)
+    span = np.where(mostly_one_value, images.max(axis=axes, keepdims=True) - low, span)
     return (images - low) / np.where(span > 0, span, 1.0)
 
 
