@@ -195,6 +195,23 @@ def test_paper_dry_run_resolves_every_job_of_the_three_experiments(tmp_path: Pat
     assert job_stats(result.stdout + result.stderr) == PAPER_JOBS
 
 
+def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data: Path, tmp_path: Path) -> None:
+    """config/quick.yaml as the README runs it offline: ISBI folds and both HeLa directions, a smaller network."""
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "--dry-run", "--printshellcmds", "--configfile", "config/quick.yaml", "--config",
+                       f"mirror={shared_data}", "experiments=[isbi2012,DIC-C2DH-HeLa]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    jobs = job_stats(log)
+    assert (jobs["train"], jobs["predict_isbi_fold"], jobs["evaluate_ctc"]) == (3 + 2, 3, 2)
+    assert "predict_isbi_test" not in jobs  # isbi.predict_test is off: no fourth ISBI model
+    commands = [line.removeprefix("Shell command: ") for line in log.splitlines()]
+    train_commands = [command for command in commands if command.startswith("unet train ")]
+    assert len(train_commands) == 5 and all("--base-channels 16 " in command for command in train_commands)
+    fetch_commands = [command for command in commands if command.startswith("unet fetch ")]
+    assert len(fetch_commands) == 2 and all(f"--mirror {shared_data}" in command for command in fetch_commands)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
