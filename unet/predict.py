@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,8 +46,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from unet.io import (DataError, add_fold_arguments, fold_of, format_frames, held_out_frames, normalize_intensity,
-                     parse_frames, read_split, read_stack, write_tiff)
+from unet.io import (DataError, add_fold_arguments, atomic_directory, fold_of, format_frames, held_out_frames,
+                     normalize_intensity, parse_frames, read_split, read_stack, write_tiff)
 from unet.model import border, load_model, output_size, valid_input_size_at_least
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -301,18 +299,9 @@ def write_ctc_masks(res_dir: str | os.PathLike, masks: np.ndarray, frames: list[
     if len(frames) != len(masks) or len(set(frames)) != len(frames) or min(frames, default=0) < 0:
         raise ValueError(f"need one distinct non-negative frame id per mask: {len(masks)} masks, frames {frames}")
     digits = 4 if max(frames, default=0) >= 1000 else 3
-    res_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{res_dir.name}.", dir=res_dir.parent))
-    try:
+    with atomic_directory(res_dir) as staging:
         for frame, mask in zip(frames, masks):
             write_tiff(staging / f"mask{frame:0{digits}d}.tif", mask, imagej=False)
-        if res_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{res_dir.name}.old.", dir=res_dir.parent))
-            os.replace(res_dir, old / res_dir.name)
-            shutil.rmtree(old)
-        os.replace(staging, res_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve_device(name: str) -> torch.device:
