@@ -17,7 +17,8 @@ from torch.nn import functional as F
 from matplotlib import image as mpimg
 
 from conftest import REPO
-from unet.augment import Augmenter, AugmentConfig, SampleParameters, deformed_grid, plot_augmentation
+from unet.augment import AUGMENT_ARGUMENTS, Augmenter, AugmentConfig, SampleParameters, deformed_grid, plot_augmentation
+from unet.config import add_dataclass_arguments, dataclass_from_args
 from unet.io import Split, normalize_intensity, write_split, write_tiff
 from unet.model import InvalidSizeError
 
@@ -172,9 +173,10 @@ def test_same_seed_same_samples_and_exact_resume(isbi):
 
 def test_config_flags_round_trip_with_the_paper_defaults():
     parser = argparse.ArgumentParser()
-    AugmentConfig.add_arguments(parser)
-    assert AugmentConfig.from_args(parser.parse_args([])) == AugmentConfig()
-    config = AugmentConfig.from_args(parser.parse_args(["--elastic-std", "4.5", "--no-flip", "--elastic-grid", "5"]))
+    add_dataclass_arguments(parser, AugmentConfig, AUGMENT_ARGUMENTS)
+    assert dataclass_from_args(AugmentConfig, parser.parse_args([])) == AugmentConfig()
+    flags = ["--elastic-std", "4.5", "--no-flip", "--elastic-grid", "5"]
+    config = dataclass_from_args(AugmentConfig, parser.parse_args(flags))
     assert (config.elastic_std, config.flip, config.elastic_grid) == (4.5, False, 5)
     assert AugmentConfig().elastic_grid == 3 and AugmentConfig().elastic_std == 10.0  # the paper's values
 

@@ -50,29 +50,29 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from unet.config import add_dataclass_arguments, dataclass_from_args, field_help
 from unet.model import output_size
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
+AUGMENT_ARGUMENTS = "augmentation (config section `augment`)"  # the title of its flags in `--help`
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """The `augment` config section; field names are the config keys and the flags of `unet train`."""
 
-    elastic_grid: int = field(default=3, metadata=_help("control points per axis of the coarse displacement grid "
-                                                         "spanning the input tile (paper: 3)"))
-    elastic_std: float = field(default=10.0, metadata=_help("standard deviation in pixels of each component of a "
-                                                            "coarse displacement (paper: 10; 0 = no elastic "
-                                                            "deformation)"))
-    rotation: float = field(default=180.0, metadata=_help("rotation angle drawn uniformly from [-ROTATION, ROTATION] "
-                                                          "degrees (180 = any orientation; 0 = none)"))
-    flip: bool = field(default=True, metadata=_help("mirror the tile with probability 1/2"))
-    gray_contrast: float = field(default=0.1, metadata=_help("contrast factor drawn from [1 - C, 1 + C], applied "
-                                                             "around the tile mean (0 = none)"))
-    gray_brightness: float = field(default=0.1, metadata=_help("offset drawn from [-B, B] added to the normalised "
-                                                               "tile (0 = none)"))
+    elastic_grid: int = field(default=3, metadata=field_help(
+        "control points per axis of the coarse displacement grid spanning the input tile (paper: 3)"))
+    elastic_std: float = field(default=10.0, metadata=field_help(
+        "standard deviation in pixels of each component of a coarse displacement (paper: 10; 0 = no elastic "
+        "deformation)"))
+    rotation: float = field(default=180.0, metadata=field_help(
+        "rotation angle drawn uniformly from [-ROTATION, ROTATION] degrees (180 = any orientation; 0 = none)"))
+    flip: bool = field(default=True, metadata=field_help("mirror the tile with probability 1/2"))
+    gray_contrast: float = field(default=0.1, metadata=field_help(
+        "contrast factor drawn from [1 - C, 1 + C], applied around the tile mean (0 = none)"))
+    gray_brightness: float = field(default=0.1, metadata=field_help(
+        "offset drawn from [-B, B] added to the normalised tile (0 = none)"))
 
     def __post_init__(self) -> None:
         checks = {
@@ -90,23 +90,6 @@ class AugmentConfig:
     def identity(cls) -> AugmentConfig:
         """Zero strength: plain random crops with mirrored context."""
         return cls(elastic_std=0.0, rotation=0.0, flip=False, gray_contrast=0.0, gray_brightness=0.0)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add one flag per field (`elastic_std` -> `--elastic-std`), the paper's values as defaults."""
-        group = parser.add_argument_group("augmentation (config section `augment`)")
-        for item in fields(cls):
-            flag = "--" + item.name.replace("_", "-")
-            if isinstance(item.default, bool):
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=item.default,
-                                   help=item.metadata["help"])
-            else:
-                group.add_argument(flag, type=type(item.default), default=item.default,
-                                   help=item.metadata["help"] + " (default: %(default)s)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> AugmentConfig:
-        return cls(**{item.name: getattr(args, item.name) for item in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -302,7 +285,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=572, help="input tile side (default %(default)s)")
     parser.add_argument("--depth", type=int, default=4, help="U-Net depth, for the output size (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
-    AugmentConfig.add_arguments(parser)
+    add_dataclass_arguments(parser, AugmentConfig, AUGMENT_ARGUMENTS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -310,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
 
     training = load_training_set(args.data, args.weights)
     augmenter = Augmenter(training.images, training.targets, training.weights, input_size=args.input_size,
-                          config=AugmentConfig.from_args(args), device=args.device, seed=args.seed, depth=args.depth)
+                          config=dataclass_from_args(AugmentConfig, args), device=args.device, seed=args.seed,
+                          depth=args.depth)
     plot_augmentation(augmenter, args.figure, samples=args.samples,
                       title=f"{args.data}: augmented training samples (seed {args.seed})")
     return 0

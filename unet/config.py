@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
+import dataclasses
 import shlex
 from typing import Any, Mapping
 
@@ -51,6 +53,34 @@ def stage_settings(config: Mapping[str, Any], stage: str, dataset: str) -> dict[
     if dataset not in config["datasets"]:
         raise KeyError(f"experiment {dataset!r} is not a key of `datasets` (known: {sorted(config['datasets'])})")
     return deep_merge(config.get(stage, {}), config["datasets"][dataset].get(stage, {}))
+
+
+def field_help(text: str, **extra) -> dict:
+    """The metadata of a settings dataclass field: its flag's help text (and e.g. `choices`)."""
+    return {"help": text, **extra}
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, settings_class: type, title: str) -> None:
+    """One flag per field of a settings dataclass (`input_size` -> `--input-size`), the field's default as default.
+
+    The inverse of `cli_flags`: a stage's config section becomes these flags in a rule.
+    """
+    group = parser.add_argument_group(title)
+    defaults = settings_class()
+    for spec in dataclasses.fields(settings_class):
+        default = getattr(defaults, spec.name)
+        flag = "--" + spec.name.replace("_", "-")
+        text = spec.metadata.get("help", "") + " (default: %(default)s)"
+        if isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            group.add_argument(flag, type=type(default), default=default, help=text,
+                               choices=spec.metadata.get("choices"))
+
+
+def dataclass_from_args(settings_class: type, args: argparse.Namespace):
+    """The settings dataclass that `add_dataclass_arguments` flags describe, from the parsed `args`."""
+    return settings_class(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(settings_class)})
 
 
 def cli_flags(settings: Mapping[str, Any]) -> str:

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from unet.augment import AugmentConfig, Augmenter
+from unet.augment import AUGMENT_ARGUMENTS, AugmentConfig, Augmenter
+from unet.config import add_dataclass_arguments, dataclass_from_args, field_help
 from unet.io import (DataError, add_fold_arguments, atomic_path, fold_of, format_frames, held_out_frames, parse_frames,
                      read_json)
 from unet.model import UNet, save_model
@@ -57,10 +58,6 @@ LOG_COLUMNS = ("iteration", "loss", "learning_rate", "elapsed_s", "samples_per_s
 POLY_EXPONENT = 0.9  # nnU-Net's polynomial decay
 
 
-def _help(text: str, **extra) -> dict:
-    return {"help": text, **extra}
-
-
 def _unet_default(name: str):
     return inspect.signature(UNet).parameters[name].default
 
@@ -70,32 +67,32 @@ class ModelSettings:
     """The `model` config section: the network's size (the paper's network by default)."""
 
     base_channels: int = field(default=_unet_default("base_channels"),
-                               metadata=_help("feature channels of the first level, doubled per level"))
-    depth: int = field(default=_unet_default("depth"), metadata=_help("number of 2x2 poolings"))
+                               metadata=field_help("feature channels of the first level, doubled per level"))
+    depth: int = field(default=_unet_default("depth"), metadata=field_help("number of 2x2 poolings"))
     dropout: float = field(default=_unet_default("dropout"),
-                           metadata=_help("dropout probability after the last two contracting levels"))
+                           metadata=field_help("dropout probability after the last two contracting levels"))
 
 
 @dataclass
 class TrainSettings:
     """The `train` config section; config/README.md explains the defaults."""
 
-    iterations: int = field(default=60000, metadata=_help("optimiser steps"))
-    learning_rate: float = field(default=0.0003, metadata=_help("peak learning rate, for the mean-reduced loss"))
-    lr_schedule: str = field(default="poly", metadata=_help(
+    iterations: int = field(default=60000, metadata=field_help("optimiser steps"))
+    learning_rate: float = field(default=0.0003, metadata=field_help("peak learning rate, for the mean-reduced loss"))
+    lr_schedule: str = field(default="poly", metadata=field_help(
         "constant, or poly: lr * (1 - step / iterations) ** 0.9", choices=("constant", "poly")))
-    warmup: int = field(default=200, metadata=_help("iterations of linear warm-up: lr * (step + 1) / warmup"))
-    momentum: float = field(default=0.99, metadata=_help("SGD momentum (paper: 0.99)"))
-    batch_size: int = field(default=1, metadata=_help("tiles per step (paper: 1)"))
-    input_size: int = field(default=572, metadata=_help("side of the input tile (paper: 572)"))
-    checkpoint_every: int = field(default=5000, metadata=_help("iterations between checkpoints"))
-    log_every: int = field(default=100, metadata=_help("iterations between rows of log.csv"))
-    val_every: int = field(default=1000, metadata=_help("iterations between held-out pixel errors"))
-    device: str = field(default="auto", metadata=_help("auto (cuda if available), cpu, cuda or cuda:N"))
-    precision: str = field(default="bf16", metadata=_help(
+    warmup: int = field(default=200, metadata=field_help("iterations of linear warm-up: lr * (step + 1) / warmup"))
+    momentum: float = field(default=0.99, metadata=field_help("SGD momentum (paper: 0.99)"))
+    batch_size: int = field(default=1, metadata=field_help("tiles per step (paper: 1)"))
+    input_size: int = field(default=572, metadata=field_help("side of the input tile (paper: 572)"))
+    checkpoint_every: int = field(default=5000, metadata=field_help("iterations between checkpoints"))
+    log_every: int = field(default=100, metadata=field_help("iterations between rows of log.csv"))
+    val_every: int = field(default=1000, metadata=field_help("iterations between held-out pixel errors"))
+    device: str = field(default="auto", metadata=field_help("auto (cuda if available), cpu, cuda or cuda:N"))
+    precision: str = field(default="bf16", metadata=field_help(
         "bf16 autocast on CUDA; the CPU always computes in fp32", choices=("bf16", "fp32")))
-    channels_last: bool = field(default=True, metadata=_help("channels_last memory format on CUDA"))
-    compile: bool = field(default=False, metadata=_help("torch.compile the forward pass and loss"))
+    channels_last: bool = field(default=True, metadata=field_help("channels_last memory format on CUDA"))
+    compile: bool = field(default=False, metadata=field_help("torch.compile the forward pass and loss"))
 
     def __post_init__(self) -> None:
         checks = {
@@ -125,25 +122,6 @@ class DivergedError(ValueError):
 # --- settings and the command line -------------------------------------------------
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, settings_class: type, title: str) -> None:
-    """One flag per field of a settings dataclass (`input_size` -> `--input-size`), the field's default as default."""
-    group = parser.add_argument_group(title)
-    defaults = settings_class()
-    for spec in dataclasses.fields(settings_class):
-        default = getattr(defaults, spec.name)
-        flag = "--" + spec.name.replace("_", "-")
-        text = spec.metadata.get("help", "") + " (default: %(default)s)"
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
-        else:
-            group.add_argument(flag, type=type(default), default=default, help=text,
-                               choices=spec.metadata.get("choices"))
-
-
-def dataclass_from_args(settings_class: type, args: argparse.Namespace):
-    return settings_class(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(settings_class)})
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="DATA_SPLIT_DIR",
                         help="prepared split (images.tif, labels.tif, frames.json)")
@@ -158,14 +136,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_fold_arguments(parser, "hold out (and validate on)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and augmentation")
     add_dataclass_arguments(parser, ModelSettings, "model (config section `model`)")
-    AugmentConfig.add_arguments(parser)
+    add_dataclass_arguments(parser, AugmentConfig, AUGMENT_ARGUMENTS)
     add_dataclass_arguments(parser, TrainSettings, "training (config section `train`)")
 
 
 def run(args: argparse.Namespace) -> int:
     settings = {  # checked before any data is read
         "model_settings": dataclass_from_args(ModelSettings, args),
-        "augment": AugmentConfig.from_args(args),
+        "augment": dataclass_from_args(AugmentConfig, args),
         "settings": dataclass_from_args(TrainSettings, args),
     }
     frames, val_frames = (parse_frames(spec) if spec else None for spec in (args.frames, args.val_frames))
