@@ -12,7 +12,6 @@ of the whole prediction puts the figure next to the hardware's limit.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import sys
@@ -24,30 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import median_seconds, parser, report  # noqa: E402
-from unet.model import UNet  # noqa: E402
+from unet.model import UNet, forward_flops  # noqa: E402
 from unet.predict import TTA, PRECISIONS, uses_bf16, predict_probabilities, tile_layout  # noqa: E402
 
 SIDE = 512
-
-
-def forward_flops(model: UNet, tile: int) -> float:
-    """Multiply-adds x 2 of one forward pass over one tile, counted on the meta device (no computation)."""
-    total = 0
-
-    def count(module, inputs, output):
-        nonlocal total
-        if isinstance(module, torch.nn.ConvTranspose2d):
-            total += 2 * inputs[0].numel() * module.out_channels * math.prod(module.kernel_size)
-        else:
-            total += 2 * output.numel() * module.in_channels * math.prod(module.kernel_size)
-
-    meta = copy.deepcopy(model).to("meta")
-    for module in meta.modules():
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-            module.register_forward_hook(count)
-    with torch.no_grad():
-        meta(torch.empty(1, 1, tile, tile, device="meta"))
-    return float(total)
 
 
 def bare_forward(model: UNet, tiles: int, tile: int, batch_size: int, device: torch.device, bf16: bool):
