@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from benchmarks.common import median_seconds, parser, report  # noqa: E402
+from conftest import SHARED_DATA as SHARED  # noqa: E402
 from unet.data import Remote, download, prepare, required_files  # noqa: E402
-
-SHARED = Path(os.environ.get("UNET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def free_port() -> int:

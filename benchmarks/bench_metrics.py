@@ -25,13 +25,11 @@ from scipy import ndimage
 import common
 import reference_metrics as reference
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's package; the tests' data location
+from conftest import SHARED_DATA  # noqa: E402
 from unet import metrics  # noqa: E402
 from unet.io import read_stack  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-# The real data copies, as tests/conftest.py finds them.
-SHARED_DATA = Path(os.environ.get("UNET_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def realistic_probabilities(labels: np.ndarray, seed: int = 0) -> np.ndarray:
