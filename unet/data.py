@@ -56,10 +56,8 @@ from unet.io import DataError, Split, atomic_directory, atomic_path, read_stack,
 PROTOCOLS = ("isbi", "ctc")
 PARTS = ("train", "test")
 SPLITS = {"isbi": ("train", "test"), "ctc": ("01", "02")}
-KIND = {"isbi": "binary", "ctc": "instance"}
 ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
 CTC_SEQUENCES = SPLITS["ctc"]
-CHECKSUM_ALGORITHMS = ("md5", "sha256")
 MIRROR_LISTING = "SHA256SUMS"
 
 
