@@ -23,10 +23,16 @@ DATASETS = list(config["datasets"])
 SEEDS = list(config["seeds"])
 FOLDS = config["isbi"]["folds"]
 PROTOCOL = {name: spec["protocol"] for name, spec in config["datasets"].items()}
-# Regular expressions matching the data sets of each protocol ("(?!)" matches nothing).
+
+
+def one_of(names):
+    """A regular expression (a wildcard constraint) matching exactly `names`; "(?!)" matches nothing."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+# The data sets of each protocol, as wildcard constraints.
 PROTOCOL_DATASETS = {
-    protocol: "|".join(re.escape(n) for n, p in PROTOCOL.items() if p == protocol)
-    or "(?!)"
+    protocol: one_of(n for n, p in PROTOCOL.items() if p == protocol)
     for protocol in ("isbi", "ctc")
 }
 # A CTC run is named after its training sequence and is tested on the other one.
@@ -36,7 +42,7 @@ FIGURE_SPLIT = {name: {"isbi": "train", "ctc": "01"}[p] for name, p in PROTOCOL.
 
 
 wildcard_constraints:
-    dataset="|".join(map(re.escape, DATASETS)),
+    dataset=one_of(DATASETS),
     seed=r"\d+",
     run=r"fold\d+|all|\d\d",
 

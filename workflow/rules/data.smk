@@ -8,16 +8,12 @@ from unet.synthetic import KIND_OF_PROTOCOL
 
 SYNTHETIC = [d for d in DATASETS if config["datasets"][d]["source"] == "synthetic"]
 FETCHED = [d for d in DATASETS if d not in SYNTHETIC]
-FETCHED_CTC = [d for d in FETCHED if config["datasets"][d]["protocol"] == "ctc"]
-# Wildcard constraints matching exactly these names ("(?!)", nothing, for none): the
-# `fetch` and `synthesize` rules write the same paths for disjoint data sets.
+FETCHED_CTC = [d for d in FETCHED if PROTOCOL[d] == "ctc"]
+# The `fetch` and `synthesize` rules write the same paths for disjoint data sets.
 ONE_OF = {
-    group: "|".join(map(re.escape, names)) or "(?!)"
-    for group, names in [
-        ("synthetic", SYNTHETIC),
-        ("fetched", FETCHED),
-        ("fetched_ctc", FETCHED_CTC),
-    ]
+    "synthetic": one_of(SYNTHETIC),
+    "fetched": one_of(FETCHED),
+    "fetched_ctc": one_of(FETCHED_CTC),
 }
 
 
@@ -85,7 +81,7 @@ rule synthesize:
         mem_mb=2000,
         runtime=10,
     params:
-        kind=lambda w: KIND_OF_PROTOCOL[config["datasets"][w.dataset]["protocol"]],
+        kind=lambda w: KIND_OF_PROTOCOL[PROTOCOL[w.dataset]],
         flags=lambda w: cli_flags(config["datasets"][w.dataset].get("synthetic", {})),
     shell:
         "unet synthesize {params.kind} {output} {params.flags} > {log} 2>&1"
@@ -110,7 +106,7 @@ rule prepare:
         mem_mb=4000,
         runtime=20,
     params:
-        protocol=lambda w: config["datasets"][w.dataset]["protocol"],
+        protocol=lambda w: PROTOCOL[w.dataset],
         out=lambda w: f"results/data/{w.dataset}",
     shell:
         "unet prepare {wildcards.dataset} --protocol {params.protocol} --raw {input}"
