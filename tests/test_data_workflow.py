@@ -26,9 +26,3 @@ def test_fetch_synthesize_and_prepare_rules_write_the_canonical_splits(shared_da
     for rule, name in [("fetch", "isbi2012"), ("synthesize", "demo-cells"), ("prepare", "DIC-C2DH-HeLa-02")]:
         assert (tmp_path / f"results/logs/{rule}/{name}.log").is_file()
         assert (tmp_path / f"results/benchmarks/{rule}/{name}.tsv").is_file()
-
-
-def test_the_rule_file_is_snakefmt_clean():
-    result = subprocess.run(["snakefmt", "--check", str(REPO / "workflow/rules/data.smk")], capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stderr
