@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import common  # noqa: E402
-from conftest import SHARED_DATA  # noqa: E402
+from helpers import SHARED_DATA  # noqa: E402
 from unet.augment import Augmenter, SampleParameters  # noqa: E402
 from unet.io import normalize_intensity  # noqa: E402
 from unet.weightmap import weight_maps  # noqa: E402

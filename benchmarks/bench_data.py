@@ -1,9 +1,9 @@
 """Data stage: download throughput and preparation time, each beside the I/O limit measured in the same run.
 
-- fetch: `unet.data.download` (HTTP from a server on 127.0.0.1 in another process,
+- fetch: `unet.fetch.download` (HTTP from a server on 127.0.0.1 in another process,
   SHA-256 on the fly, write, rename) against reading and hashing the same bytes
   straight from the (cached) file: the most a verified download could reach.
-- prepare: `unet.data.prepare` of the real ISBI 2012 and DIC-C2DH-HeLa copies
+- prepare: `unet.prepare.prepare` of the real ISBI 2012 and DIC-C2DH-HeLa copies
   against copying the files it reads (read + write of the same bytes).
 
     python benchmarks/bench_data.py [--megabytes 256] [--repeats 5] [--record]
@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from benchmarks.common import median_seconds, parser, report  # noqa: E402
-from conftest import SHARED_DATA as SHARED  # noqa: E402
-from unet.data import Remote, download, prepare, required_files  # noqa: E402
+from helpers import SHARED_DATA as SHARED  # noqa: E402
+from unet.fetch import Remote, download, required_files  # noqa: E402
+from unet.prepare import prepare  # noqa: E402
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ import reference_metrics as reference
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's package; the tests' data location
-from conftest import SHARED_DATA  # noqa: E402
+from helpers import SHARED_DATA  # noqa: E402
 from unet import metrics  # noqa: E402
 from unet.io import read_stack  # noqa: E402
 

@@ -26,8 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
-from unet.augment import AugmentConfig, Augmenter  # noqa: E402
-from unet.model import UNet, forward_flops, output_size  # noqa: E402
+from unet.augment import Augmenter  # noqa: E402
+from unet.settings import AugmentSettings  # noqa: E402
+from unet.model import UNet, forward_flops  # noqa: E402
+from unet.sizes import output_size  # noqa: E402
 from unet.train import Trainer, TrainSettings  # noqa: E402
 
 GOAL = "goal on one H100: at least 250 steps/s at full width, 572 px, batch 1"
@@ -66,7 +68,7 @@ def augmenter(input_size: int, depth: int, device: str) -> Augmenter:
     images = rng.random((30, 512, 512), dtype=np.float32)
     targets = (rng.random((30, 512, 512)) < 0.8).astype(np.uint8)
     weights = (1 + 9 * rng.random((30, 512, 512))).astype(np.float32)
-    return Augmenter(images, targets, weights, input_size=input_size, config=AugmentConfig(), device=device,
+    return Augmenter(images, targets, weights, input_size=input_size, config=AugmentSettings(), device=device,
                      depth=depth)
 
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import common  # noqa: E402
-from conftest import SHARED_DATA  # noqa: E402
+from helpers import SHARED_DATA  # noqa: E402
 from test_weightmap import naive_weight_map  # noqa: E402
 from unet.weightmap import weight_map  # noqa: E402
 

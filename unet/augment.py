@@ -43,53 +43,17 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
-from unet.config import add_dataclass_arguments, dataclass_from_args, field_help
-from unet.model import output_size
-
-
-AUGMENT_ARGUMENTS = "augmentation (config section `augment`)"  # the title of its flags in `--help`
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The `augment` config section; field names are the config keys and the flags of `unet train`."""
-
-    elastic_grid: int = field(default=3, metadata=field_help(
-        "control points per axis of the coarse displacement grid spanning the input tile (paper: 3)"))
-    elastic_std: float = field(default=10.0, metadata=field_help(
-        "standard deviation in pixels of each component of a coarse displacement (paper: 10; 0 = no elastic "
-        "deformation)"))
-    rotation: float = field(default=180.0, metadata=field_help(
-        "rotation angle drawn uniformly from [-ROTATION, ROTATION] degrees (180 = any orientation; 0 = none)"))
-    flip: bool = field(default=True, metadata=field_help("mirror the tile with probability 1/2"))
-    gray_contrast: float = field(default=0.1, metadata=field_help(
-        "contrast factor drawn from [1 - C, 1 + C], applied around the tile mean (0 = none)"))
-    gray_brightness: float = field(default=0.1, metadata=field_help(
-        "offset drawn from [-B, B] added to the normalised tile (0 = none)"))
-
-    def __post_init__(self) -> None:
-        checks = {
-            "elastic_grid": (isinstance(self.elastic_grid, int) and self.elastic_grid >= 2, "an integer >= 2"),
-            "elastic_std": (self.elastic_std >= 0, ">= 0"),
-            "rotation": (0 <= self.rotation <= 180, "in [0, 180] degrees"),
-            "gray_contrast": (0 <= self.gray_contrast < 1, "in [0, 1)"),
-            "gray_brightness": (self.gray_brightness >= 0, ">= 0"),
-        }
-        for key, (valid, requirement) in checks.items():
-            if not valid:
-                raise ValueError(f"augment: {key} must be {requirement}, found {getattr(self, key)!r}")
-
-    @classmethod
-    def identity(cls) -> AugmentConfig:
-        """Zero strength: plain random crops with mirrored context."""
-        return cls(elastic_std=0.0, rotation=0.0, flip=False, gray_contrast=0.0, gray_brightness=0.0)
+from unet.figures import figure, show_weights
+from unet.io import load_training_set
+from unet.settings import (AugmentSettings, ModelSettings, TrainSettings, add_arguments as add_settings_arguments,
+                           from_arguments)
+from unet.sizes import output_size
 
 
 @dataclass(frozen=True)
@@ -114,11 +78,12 @@ class Augmenter:
     `images` float32 (N, H, W) normalised (`unet.io.normalize_intensity`), `targets` uint8 (N, H, W), `weights` float32
     (N, H, W); numpy arrays or tensors. `sample(batch_size)` returns, on `device`, the image
     (B, 1, input_size, input_size) float32, the target (B, out, out) int64 and the weight
-    (B, out, out) float32, out = `unet.model.output_size(input_size, depth)`.
+    (B, out, out) float32, out = `unet.sizes.output_size(input_size, depth)`.
     """
 
-    def __init__(self, images, targets, weights, input_size: int = 572, config: AugmentConfig = AugmentConfig(),
-                 device: str | torch.device = "cpu", seed: int = 0, depth: int = 4):
+    def __init__(self, images, targets, weights, input_size: int = TrainSettings.input_size,
+                 config: AugmentSettings = AugmentSettings(), device: str | torch.device = "cpu", seed: int = 0,
+                 depth: int = ModelSettings.depth):
         images, targets, weights = _stacks(images, targets, weights)
         self.config = config
         self.device = torch.device(device)
@@ -248,32 +213,31 @@ def deformed_grid(augmenter: Augmenter, parameters: SampleParameters, *, spacing
 
 def plot_augmentation(augmenter: Augmenter, path: str | Path, *, samples: int = 3, title: str = "") -> None:
     """The report's figure: per sample, the deformed grid, the input tile with its output window, target, weight."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import patches
-    from matplotlib import pyplot as plt
-
-    from unet.weightmap import save_figure, show_weights
-
     parameters = augmenter.draw(samples)
     grids = deformed_grid(augmenter, parameters).cpu().numpy()
     image, target, weight = (tensor.cpu().numpy() for tensor in augmenter.apply(parameters))
-    figure, axes = plt.subplots(samples, 4, figsize=(13, 3.3 * samples), squeeze=False, constrained_layout=True)
+    with figure(path, samples, 4, size=(13, 3.3 * samples), title=title, dpi=90) as (drawing, axes):
+        for row, sample_axes in enumerate(axes):
+            _draw_sample(drawing, sample_axes, augmenter, parameters, row, grids[row], image[row, 0], target[row],
+                         weight[row])
+
+
+def _draw_sample(drawing, axes, augmenter: Augmenter, parameters: SampleParameters, row: int, grid, image, target,
+                 weight) -> None:
+    from matplotlib import patches
+
+    angle = math.degrees(parameters.angle[row].item())
+    flip = ", flipped" if parameters.flip[row] else ""
+    axes[0].imshow(grid, cmap="gray_r")
+    axes[0].set_title(f"32 px grid: {angle:.0f} deg{flip}")
+    axes[1].imshow(image, cmap="gray")
     inner = (augmenter.margin - 0.5, augmenter.margin - 0.5)
-    for row, sample_axes in enumerate(axes):
-        angle = math.degrees(parameters.angle[row].item())
-        flip = ", flipped" if parameters.flip[row] else ""
-        sample_axes[0].imshow(grids[row], cmap="gray_r")
-        sample_axes[0].set_title(f"32 px grid: {angle:.0f} deg{flip}")
-        sample_axes[1].imshow(image[row, 0], cmap="gray")
-        sample_axes[1].add_patch(patches.Rectangle(inner, augmenter.output_size, augmenter.output_size,
-                                                   fill=False, edgecolor="yellow", linewidth=1.5))
-        sample_axes[1].set_title(f"input tile {augmenter.input_size} px")
-        sample_axes[2].imshow(target[row], cmap="gray", vmin=0, vmax=1)
-        sample_axes[2].set_title(f"target {augmenter.output_size} px")
-        show_weights(figure, sample_axes[3], weight[row], "loss weight")
-    save_figure(figure, path, title=title, dpi=90)
+    axes[1].add_patch(patches.Rectangle(inner, augmenter.output_size, augmenter.output_size, fill=False,
+                                        edgecolor="yellow", linewidth=1.5))
+    axes[1].set_title(f"input tile {augmenter.input_size} px")
+    axes[2].imshow(target, cmap="gray", vmin=0, vmax=1)
+    axes[2].set_title(f"target {augmenter.output_size} px")
+    show_weights(drawing, axes[3], weight, "loss weight")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -282,18 +246,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figure", metavar="PNG", type=Path, required=True, help="where the figure goes")
     parser.add_argument("--samples", type=int, default=3, help="augmented samples shown (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    parser.add_argument("--input-size", type=int, default=572, help="input tile side (default %(default)s)")
-    parser.add_argument("--depth", type=int, default=4, help="U-Net depth, for the output size (default %(default)s)")
+    parser.add_argument("--input-size", type=int, default=TrainSettings.input_size,
+                        help="input tile side, as `train.input_size` (default %(default)s)")
+    parser.add_argument("--depth", type=int, default=ModelSettings.depth,
+                        help="U-Net depth, for the output size, as `model.depth` (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
-    add_dataclass_arguments(parser, AugmentConfig, AUGMENT_ARGUMENTS)
+    add_settings_arguments(parser, AugmentSettings)
 
 
 def run(args: argparse.Namespace) -> int:
-    from unet.weightmap import load_training_set
-
     training = load_training_set(args.data, args.weights)
     augmenter = Augmenter(training.images, training.targets, training.weights, input_size=args.input_size,
-                          config=dataclass_from_args(AugmentConfig, args), device=args.device, seed=args.seed,
+                          config=from_arguments(AugmentSettings, args), device=args.device, seed=args.seed,
                           depth=args.depth)
     plot_augmentation(augmenter, args.figure, samples=args.samples,
                       title=f"{args.data}: augmented training samples (seed {args.seed})")

@@ -1,8 +1,8 @@
 """The `unet` command: one subcommand per pipeline stage.
 
-Each stage module defines `add_arguments(parser)` and `run(args) -> int`; only
-the module of the chosen subcommand is imported, so `unet evaluate` does not
-pay for importing torch.
+Each command is a module that defines `add_arguments(parser)` and `run(args) -> int`;
+only the module of the chosen command is imported, so `unet evaluate` does not pay
+for importing torch.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import sys
 from unet.io import DataError
 
 COMMANDS = {
-    "fetch": ("unet.data", "download or copy a data set, verify its checksum and unpack it"),
-    "prepare": ("unet.data", "convert a data set's official layout into the canonical prepared form"),
+    "fetch": ("unet.fetch", "download or copy a data set, verify its checksum and unpack it"),
+    "prepare": ("unet.prepare", "convert a data set's official layout into the canonical prepared form"),
     "synthesize": ("unet.synthetic", "generate the embedded demo data sets from a seed"),
     "weightmap": ("unet.weightmap", "compute training targets and loss weight maps for a prepared split"),
     "augment": ("unet.augment", "draw augmented training samples (the report's augmentation figure)"),
@@ -34,10 +34,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == command:
             module = importlib.import_module(module_name)
-            # Modules with several commands (unet.data) name their functions after the command.
-            add_arguments = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
-            add_arguments(subparser)
-            subparser.set_defaults(run=getattr(module, f"run_{name}", getattr(module, "run", None)))
+            module.add_arguments(subparser)
+            subparser.set_defaults(run=module.run)
     return parser
 
 

@@ -15,17 +15,17 @@ and reports SEG and the foreground IoU. Without `--json` a table is printed;
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 
 from unet import metrics
-from unet.io import (DataError, add_fold_arguments, atomic_path, fold_of, format_frames, held_out_frames, parse_frames,
+from unet.figures import figure
+from unet.io import (DataError, add_fold_arguments, fold_of, format_frames, held_out_frames, numbered_files, parse_frames,
                      read_stack, read_tiff, write_json)
+from unet.settings import EvaluateSettings, add_arguments as add_settings_arguments, from_arguments
 
 ISBI_KEYS = ("warping_error", "rand_error", "rand_error_unrestricted", "pixel_error", "vrand", "vinfo")
 ISBI_NAMES = {
@@ -36,8 +36,6 @@ ISBI_NAMES = {
     "vrand": "V_rand after thinning",
     "vinfo": "V_info after thinning",
 }
-RES_NAME = re.compile(r"^mask(\d{3,4})\.tif$")
-GT_SEG_NAME = re.compile(r"^man_seg(\d{3,4})\.tif$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,12 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="pages of LABELS (0-based, e.g. 0-9) that the probability stack covers, in its order "
                            "(default: all pages)")
     add_fold_arguments(isbi, "score the label pages of")
-    isbi.add_argument("--rand-normalisation", choices=metrics.RAND_NORMALISATIONS, default="n2",
-                      help="Rand error pair counting: n2 = Fiji since January 2015 (sums of squares), "
-                           "pairs = Fiji before (n(n-1)/2) (default: %(default)s)")
-    isbi.add_argument("--warping-radius", type=int, default=metrics.WARPING_RADIUS, metavar="PIXELS",
-                      help="window radius for telling splits from hole deletions (default: %(default)s, the "
-                           "challenge's)")
+    add_settings_arguments(isbi, EvaluateSettings)
     _add_output_arguments(isbi)
 
     ctc = protocols.add_parser(
@@ -89,12 +82,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate_isbi(args: argparse.Namespace) -> tuple[dict, str]:
+    settings = from_arguments(EvaluateSettings, args)
     prob, labels, slices = read_isbi_pair(args.probabilities, args.labels, args.slices, fold_of(args))
-    scores = _finite_or_null(metrics.isbi_metrics(prob, labels, rand_normalisation=args.rand_normalisation,
-                                                  radius=args.warping_radius))
+    scores = _finite_or_null(metrics.isbi_metrics(prob, labels, rand_normalisation=settings.rand_normalisation,
+                                                  radius=settings.warping_radius))
     scores["meta"] = {
         "probabilities": str(args.probabilities), "labels": str(args.labels), "slices": slices,
-        "rand_normalisation": args.rand_normalisation, "warping_radius": args.warping_radius,
+        "rand_normalisation": settings.rand_normalisation, "warping_radius": settings.warping_radius,
     }
     if args.figure:
         plot_isbi_overlay(args.figure, prob, labels, slices)
@@ -160,10 +154,14 @@ def evaluate_ctc(args: argparse.Namespace) -> tuple[dict, str]:
 
 def read_ctc_pair(res_dir: Path, gt_dir: Path) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
     """(annotated frame ids, result masks, ground-truth masks) for every frame annotated in GT_DIR/SEG."""
-    annotated = _numbered_files(gt_dir / "SEG", GT_SEG_NAME)
+    if not Path(gt_dir, "SEG").is_dir():
+        raise DataError(f"{gt_dir / 'SEG'}: no such folder")
+    if not Path(res_dir).is_dir():
+        raise DataError(f"{res_dir}: no such folder")
+    annotated = numbered_files(gt_dir / "SEG", "man_seg")
     if not annotated:
         raise DataError(f"{gt_dir / 'SEG'}: no annotated frames (man_segTTT.tif)")
-    results = _numbered_files(res_dir, RES_NAME)
+    results = numbered_files(res_dir, "mask")
     missing = [frame for frame in annotated if frame not in results]
     if missing:
         raise DataError(f"{res_dir}: no result mask for annotated frame(s) {missing} "
@@ -175,20 +173,6 @@ def read_ctc_pair(res_dir: Path, gt_dir: Path) -> tuple[list[int], list[np.ndarr
         if res.shape != gt.shape:
             raise DataError(f"{results[frame]}: shape {res.shape} differs from {annotated[frame]} {gt.shape}")
     return frames, res_masks, gt_masks
-
-
-def _numbered_files(directory: Path, pattern: re.Pattern) -> dict[int, Path]:
-    if not directory.is_dir():
-        raise DataError(f"{directory}: no such folder")
-    files: dict[int, Path] = {}
-    for path in sorted(directory.iterdir()):
-        match = pattern.match(path.name)
-        if match:
-            frame = int(match.group(1))
-            if frame in files:
-                raise DataError(f"{directory}: frame {frame} twice ({files[frame].name} and {path.name})")
-            files[frame] = path
-    return files
 
 
 def _mask(path: Path) -> np.ndarray:
@@ -220,7 +204,7 @@ def plot_isbi_overlay(path: Path, prob: np.ndarray, labels: np.ndarray, slices: 
     """Per slice: the cell probability, and the errors at p > 0.5: membrane predicted inside a cell (red),
     membrane missed (cyan)."""
     rows = min(count, len(prob))
-    with _figure(path, rows, 2) as axes:
+    with figure(path, rows, 2, size=(10, 5 * rows), layout="tight") as (_, axes):
         for row, (p, truth, page) in enumerate(zip(prob[:rows], labels[:rows] > 0, slices)):
             axes[row, 0].imshow(p, cmap="gray", vmin=0, vmax=1)
             axes[row, 0].set_title(f"label page {page}: cell probability")
@@ -240,31 +224,12 @@ def plot_ctc_overlay(path: Path, frames: list[int], res_masks: list[np.ndarray],
     from skimage.segmentation import find_boundaries
 
     rows = min(count, len(frames))
-    with _figure(path, rows, 1) as axes:
+    with figure(path, rows, 1, size=(5, 5 * rows), layout="tight") as (_, axes):
         for row, (frame, res, gt) in enumerate(zip(frames[:rows], res_masks[:rows], gt_masks[:rows])):
             picture = label2rgb(res, bg_label=0)
             picture[find_boundaries(gt, mode="inner")] = 1.0
             axes[row, 0].imshow(picture)
             axes[row, 0].set_title(f"frame {frame}: result instances, ground-truth outlines (white)")
-
-
-@contextlib.contextmanager
-def _figure(path: Path, rows: int, columns: int):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 5 * rows), squeeze=False)
-    try:
-        yield axes
-        for axis in axes.flat:
-            axis.axis("off")
-        figure.tight_layout()
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, dpi=100)
-    finally:
-        plt.close(figure)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import tifffile
@@ -117,6 +118,23 @@ def read_stack(path: str | os.PathLike) -> np.ndarray:
     if array.ndim != 3:
         raise DataError(f"{path}: expected a 2D image or a (N, H, W) stack, found shape {array.shape}")
     return array
+
+
+def numbered_files(folder: str | os.PathLike, prefix: str) -> dict[int, Path]:
+    """Frame number -> file, in frame order, for the `<prefix>TTT.tif` files of a Cell Tracking Challenge folder
+    (`tTTT.tif`, `man_segTTT.tif`, `maskTTT.tif`; any number of digits). A missing folder has none; a frame
+    numbered twice (`mask001.tif` and `mask0001.tif`) is a `DataError`."""
+    folder = Path(folder)
+    pattern = re.compile(rf"{re.escape(prefix)}(\d+)\.tif")
+    found: dict[int, Path] = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        match = pattern.fullmatch(path.name)
+        if match:
+            frame = int(match.group(1))
+            if frame in found:
+                raise DataError(f"{folder}: frame {frame} twice ({found[frame].name} and {path.name})")
+            found[frame] = path
+    return dict(sorted(found.items()))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -310,3 +328,32 @@ def fold_of(args) -> tuple[int, int] | None:
     if (args.fold is None) != (args.folds is None):
         raise ValueError("--fold and --folds go together")
     return None if args.fold is None else (args.fold, args.folds)
+
+
+# --- training data: a prepared split with its weight maps (`unet weightmap`) -----------------------------
+
+
+class TrainingSet(NamedTuple):
+    images: np.ndarray  # float32 (M, H, W), normalised with `normalize_intensity`
+    targets: np.ndarray  # uint8 (M, H, W)
+    weights: np.ndarray  # float32 (M, H, W)
+    frames: list[int]  # frame ids
+
+
+def load_training_set(data_dir: str | Path, weight_dir: str | Path, frames: list[int] | None = None) -> TrainingSet:
+    """The labelled frames of a prepared split (all, or `frames` in that order) with their targets and weights."""
+    split = read_split(data_dir)
+    if split.labels is None:
+        raise DataError(f"{data_dir}: the split has no labelled frames")
+    targets, weights = (read_stack(Path(weight_dir) / name) for name in ("target.tif", "weights.tif"))
+    for name, stack in (("target.tif", targets), ("weights.tif", weights)):
+        if stack.shape != split.labels.shape:
+            raise DataError(f"{Path(weight_dir) / name}: shape {stack.shape} does not match the labels "
+                            f"{split.labels.shape} of {data_dir}; recompute it with `unet weightmap`")
+    chosen = split.labelled if frames is None else list(frames)
+    unknown = sorted(set(chosen) - set(split.labelled))
+    if unknown:
+        raise DataError(f"{data_dir}: frames {unknown} are not labelled (labelled: {split.labelled})")
+    rows = [split.labelled.index(frame) for frame in chosen]
+    images = normalize_intensity(split.labelled_images()[rows])
+    return TrainingSet(images, targets[rows], weights[rows].astype(np.float32), chosen)

@@ -24,74 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-class InvalidSizeError(ValueError):
-    """A tile size the valid-convolution network cannot take or produce."""
-
-
-def output_size(input_size: int, depth: int = 4) -> int:
-    """Output side for an input tile side; `InvalidSizeError` names the nearest valid inputs."""
-    size = input_size
-    for level in range(depth):
-        size -= 4
-        if size <= 0 or size % 2:
-            raise InvalidSizeError(_invalid_input(input_size, depth, f"level {level + 1} would pool an odd or empty map"))
-        size //= 2
-    size -= 4
-    for _ in range(depth):
-        size = 2 * size - 4
-    if size <= 0:
-        raise InvalidSizeError(_invalid_input(input_size, depth, "the output would be empty"))
-    return size
-
-
-def input_size(output_size: int, depth: int = 4) -> int:
-    """Input tile side that produces exactly `output_size`; `InvalidSizeError` otherwise."""
-    step = 2**depth
-    if output_size > 0 and (output_size + border(depth) * 2) % step == _input_offset(depth) % step:
-        return output_size + 2 * border(depth)
-    lower = max(_smallest_output(depth), output_size - (output_size - _smallest_output(depth)) % step)
-    raise InvalidSizeError(
-        f"output size {output_size} is not produced by a depth-{depth} U-Net: valid outputs are "
-        f"{_smallest_output(depth)} + {step}k, e.g. {lower} or {lower + step}"
-    )
-
-
-def valid_input_size_at_least(size: int, depth: int = 4) -> int:
-    """The smallest valid input tile side that is at least `size`."""
-    step = 2**depth
-    smallest = _smallest_input(depth)
-    if size <= smallest:
-        return smallest
-    return smallest + -(-(size - smallest) // step) * step
-
-
-def border(depth: int = 4) -> int:
-    """Pixels lost per side between input and output: 6 * 2**depth - 4 (92 for the paper's network)."""
-    return 6 * 2**depth - 4
-
-
-def _input_offset(depth: int) -> int:
-    # Valid inputs are 2**depth * x + 4 * (2**depth - 1), x the side entering the bottom level.
-    return 4 * (2**depth - 1)
-
-
-def _smallest_input(depth: int) -> int:
-    # The bottom map after its two convolutions, b, must leave a positive output: 2**d * b > 4 * (2**d - 1).
-    step = 2**depth
-    bottom = 4 * (step - 1) // step + 1
-    return step * (bottom + 4) + _input_offset(depth)
-
-
-def _smallest_output(depth: int) -> int:
-    return _smallest_input(depth) - 2 * border(depth)
-
-
-def _invalid_input(size: int, depth: int, why: str) -> str:
-    above = valid_input_size_at_least(size, depth)
-    below = above - 2**depth
-    options = f"{below} or {above}" if below >= _smallest_input(depth) else f"{above}"
-    return f"input size {size} is invalid for a depth-{depth} U-Net ({why}); nearest valid sizes: {options}"
+from unet.settings import ModelSettings
+from unet.sizes import output_size
 
 
 class _DoubleConv(nn.Sequential):
@@ -117,9 +51,9 @@ class UNet(nn.Module):
         self,
         in_channels: int = 1,
         num_classes: int = 2,
-        base_channels: int = 64,
-        depth: int = 4,
-        dropout: float = 0.5,
+        base_channels: int = ModelSettings.base_channels,
+        depth: int = ModelSettings.depth,
+        dropout: float = ModelSettings.dropout,
     ):
         super().__init__()
         if depth < 1 or base_channels < 1:

@@ -48,10 +48,10 @@ from scipy import ndimage
 
 from unet.io import (DataError, add_fold_arguments, atomic_directory, fold_of, format_frames, held_out_frames,
                      normalize_intensity, parse_frames, read_split, read_stack, write_tiff)
-from unet.model import border, load_model, output_size, valid_input_size_at_least
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
+from unet.device import resolve_device, uses_bf16
+from unet.model import load_model
+from unet.settings import PredictSettings, add_arguments as add_settings_arguments, from_arguments
+from unet.sizes import border, check_prediction_tile, output_size, valid_input_size_at_least
 
 @dataclass(frozen=True)
 class Transform:
@@ -122,10 +122,8 @@ def tile_layout(shape: tuple[int, int], input_size: int, depth: int) -> TileLayo
 
     def smallest_tile(length: int) -> int:
         count = tiles_needed(input_size, length)
-        if count == math.inf:
-            raise ValueError(f"input size {input_size} leaves an output of {output_size(input_size, depth)} px, "
-                             f"less than the {step} px step between tiles; use at least "
-                             f"{valid_input_size_at_least(input_size + 1, depth)}")
+        if count == math.inf:  # the image needs several tiles, which must step by a multiple of 2**depth
+            check_prediction_tile(input_size, depth)
         tile = valid_input_size_at_least(1, depth)
         while tiles_needed(tile, length) > count or not stride(tile):
             tile += step
@@ -140,11 +138,11 @@ def predict_probabilities(
     model: torch.nn.Module,
     images: np.ndarray,
     *,
-    input_size: int = 572,
-    batch_size: int = 8,
-    tta: str = "d4",
+    input_size: int = PredictSettings.input_size,
+    batch_size: int = PredictSettings.batch_size,
+    tta: str = PredictSettings.tta,
     device: str | torch.device | None = None,
-    precision: str = "auto",
+    precision: str = PredictSettings.precision,
 ) -> np.ndarray:
     """The cell probability (soft-max channel 1) of each image of a (N, H, W) stack, float32 (N, H, W).
 
@@ -242,16 +240,8 @@ def _predict_chunk(model, images: torch.Tensor, tiler: _Tiler, transforms, batch
     return mean / len(transforms)
 
 
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    """Whether `precision` means bf16 autocast on `device` (`auto`: on CUDA devices that support it)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, found {precision!r}")
-    if precision == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return precision == "bf16"
-
-
-def instance_masks(probabilities: np.ndarray, min_area: int = 0, *, connectivity: int = 8) -> np.ndarray:
+def instance_masks(probabilities: np.ndarray, min_area: int = PredictSettings.min_area, *,
+                   connectivity: int = PredictSettings.connectivity) -> np.ndarray:
     """Instance labels (N, H, W) uint16: connected components of `probabilities > 0.5`, small ones removed.
 
     Components with fewer than `min_area` pixels become background; the others
@@ -304,16 +294,6 @@ def write_ctc_masks(res_dir: str | os.PathLike, masks: np.ndarray, frames: list[
             write_tiff(staging / f"mask{frame:0{digits}d}.tif", mask, imagej=False)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto`: the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: this machine has no CUDA device (use auto or cpu)")
-    return device
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", metavar="DATA_SPLIT_DIR", help="a prepared split (results/data/{dataset}/{split})")
@@ -323,28 +303,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="float32 cell probabilities (N, H, W)")
     parser.add_argument("--frames", metavar="SPEC", help="frame ids to predict, e.g. 0-9,20-29 (default: all)")
     add_fold_arguments(parser, "predict")
-    parser.add_argument("--input-size", type=int, default=572,
-                        help="largest input tile side, a valid U-Net input (paper: %(default)s); "
-                             "results do not depend on it")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="tiles per forward pass, augmented variants included (default: %(default)s)")
-    parser.add_argument("--tta", choices=sorted(TTA), default="d4",
-                        help="test-time augmentation: d4 = 8 rotations/flips (EM), flips = 4 flips (cells), none "
-                             "(default: %(default)s)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="bf16 autocast or fp32; auto = bf16 on CUDA, fp32 on the CPU (default: %(default)s)")
-    parser.add_argument("--min-area", type=int, default=0,
-                        help="instances smaller than this many pixels are removed (default: %(default)s)")
-    parser.add_argument("--connectivity", type=int, choices=(4, 8), default=8,
-                        help="pixel connectivity of instances (default: %(default)s)")
     parser.add_argument("--submission", metavar="FILE", help="also write the ISBI 2012 submission stack here")
     parser.add_argument("--instances", metavar="RES_DIR",
                         help="also write Cell Tracking Challenge instance masks RES_DIR/maskTTT.tif for every frame")
     parser.add_argument("--device", default="auto",
                         help="torch device: auto (GPU if available), cpu, cuda, cuda:1 (default: %(default)s)")
+    add_settings_arguments(parser, PredictSettings)
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = from_arguments(PredictSettings, args)
     images, frames, every_frame = _read_images(args)
     if args.instances and not every_frame:
         raise ValueError("--instances writes a Cell Tracking Challenge result folder, which needs a mask for every "
@@ -354,19 +322,19 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device)
     start = time.perf_counter()
     probabilities = predict_probabilities(
-        model, images, input_size=args.input_size, batch_size=args.batch_size, tta=args.tta,
-        device=device, precision=args.precision,
+        model, images, input_size=settings.input_size, batch_size=settings.batch_size, tta=settings.tta,
+        device=device, precision=settings.precision,
     )
     seconds = time.perf_counter() - start
     write_tiff(args.out, probabilities)
     if args.submission:
         write_submission(args.submission, probabilities)
     if args.instances:
-        write_ctc_masks(args.instances, instance_masks(probabilities, args.min_area, connectivity=args.connectivity),
+        write_ctc_masks(args.instances, instance_masks(probabilities, settings.min_area, connectivity=settings.connectivity),
                         frames)
-    layout = tile_layout(images.shape[1:], args.input_size, model.depth)
+    layout = tile_layout(images.shape[1:], settings.input_size, model.depth)
     print(f"unet predict: frames {format_frames(frames)} ({len(frames)} of {images.shape[1]}x{images.shape[2]}) on "
-          f"{device}, tta {args.tta} ({len(TTA[args.tta])} variants), {layout.counts[0]}x{layout.counts[1]} tiles "
+          f"{device}, tta {settings.tta} ({len(TTA[settings.tta])} variants), {layout.counts[0]}x{layout.counts[1]} tiles "
           f"of {layout.tile} px: {1000 * seconds / len(frames):.1f} ms per frame", file=sys.stderr)
     return 0
 

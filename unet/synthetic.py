@@ -21,6 +21,7 @@ the same code. The same seed gives the same files.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -29,11 +30,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from unet.data import CTC_SEQUENCES
 from unet.io import atomic_directory, write_tiff
-
-# Which generator makes the demo data set of each protocol.
-KIND_OF_PROTOCOL = {"isbi": "em", "ctc": "cells"}
+from unet.pipeline import CTC_SEQUENCES
+from unet.settings import SyntheticCellsSettings, SyntheticEmSettings, add_arguments as add_settings_arguments, \
+    from_arguments
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -107,10 +107,11 @@ def em_volume(rng: np.random.Generator, slices: int, size: int, cell_size: float
     return np.stack([image for image, _ in sections]), np.stack([label for _, label in sections])
 
 
-def synthesize_em(out: str | os.PathLike, *, seed: int = 0, size: int = 256, train_slices: int = 12,
-                  test_slices: int = 4, cell_size: float = 32.0) -> Path:
+def synthesize_em(out: str | os.PathLike, *, seed: int = SyntheticEmSettings.seed, size: int = SyntheticEmSettings.size,
+                  train_slices: int = SyntheticEmSettings.train_slices, test_slices: int = SyntheticEmSettings.test_slices,
+                  cell_size: float = SyntheticEmSettings.cell_size) -> Path:
     """Write an EM-like data set in the ISBI 2012 layout into `out`."""
-    _check_positive(size=size, train_slices=train_slices, test_slices=test_slices, cell_size=cell_size)
+    SyntheticEmSettings(seed, size, train_slices, test_slices, cell_size)  # checks the values
     train_rng, test_rng = (np.random.default_rng([seed, part]) for part in (0, 1))
     train_images, train_labels = em_volume(train_rng, train_slices, size, cell_size)
     test_images, _ = em_volume(test_rng, test_slices, size, cell_size)
@@ -221,10 +222,12 @@ def write_ctc_sequence(root: Path, sequence: str, images: np.ndarray, labels: np
     (root / f"{sequence}_GT" / "TRA" / "man_track.txt").write_text("\n".join(tracks) + "\n")
 
 
-def synthesize_cells(out: str | os.PathLike, *, seed: int = 1, size: int = 256, frames: int = 8, annotated: int = 4,
-                     cell_count: int = 8, cell_size: float = 64.0) -> Path:
+def synthesize_cells(out: str | os.PathLike, *, seed: int = SyntheticCellsSettings.seed,
+                     size: int = SyntheticCellsSettings.size, frames: int = SyntheticCellsSettings.frames,
+                     annotated: int = SyntheticCellsSettings.annotated, cell_count: int = SyntheticCellsSettings.cell_count,
+                     cell_size: float = SyntheticCellsSettings.cell_size) -> Path:
     """Write sequences `01` and `02` of touching cells in the Cell Tracking Challenge layout into `out`."""
-    _check_positive(size=size, frames=frames, annotated=annotated, cell_count=cell_count, cell_size=cell_size)
+    SyntheticCellsSettings(seed, size, frames, annotated, cell_count, cell_size)  # checks the values
     with atomic_directory(out) as tmp:
         for index, sequence in enumerate(CTC_SEQUENCES):
             rng = np.random.default_rng([seed, index])
@@ -233,35 +236,25 @@ def synthesize_cells(out: str | os.PathLike, *, seed: int = 1, size: int = 256, 
     return Path(out)
 
 
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, found {value}")
-
-
 # --- CLI --------------------------------------------------------------------------------------------
+
+
+SETTINGS = {"em": SyntheticEmSettings, "cells": SyntheticCellsSettings}
+GENERATORS = {"em": synthesize_em, "cells": synthesize_cells}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
-    em = kinds.add_parser("em", help="EM sections with binary membrane labels (ISBI 2012 layout)")
-    cells = kinds.add_parser("cells", help="sequences of touching cells with instance labels (CTC layout)")
-    for sub in (em, cells):
-        sub.add_argument("out", type=Path, help="output folder, e.g. results/raw/demo-em")
-        sub.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same files")
-        sub.add_argument("--size", type=int, default=256, help="image height and width in pixels")
-    em.add_argument("--train-slices", type=int, default=12, help="labelled training sections")
-    em.add_argument("--test-slices", type=int, default=4, help="unlabelled test sections")
-    em.add_argument("--cell-size", type=float, default=32.0, help="typical cell diameter in pixels")
-    cells.add_argument("--frames", type=int, default=8, help="frames per sequence (01 and 02)")
-    cells.add_argument("--annotated", type=int, default=4, help="frames per sequence with a SEG ground truth")
-    cells.add_argument("--cell-count", type=int, default=8, help="cells per sequence")
-    cells.add_argument("--cell-size", type=float, default=64.0, help="typical cell diameter in pixels")
+    helps = {"em": "EM sections with binary membrane labels (ISBI 2012 layout)",
+             "cells": "sequences of touching cells with instance labels (CTC layout)"}
+    for kind, settings_class in SETTINGS.items():
+        sub = kinds.add_parser(kind, help=helps[kind])
+        sub.add_argument("out", type=Path, help=f"output folder, e.g. results/raw/demo-{kind}")
+        add_settings_arguments(sub, settings_class)
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {key: value for key, value in vars(args).items() if key not in ("command", "kind", "out", "run")}
-    synthesize = synthesize_em if args.kind == "em" else synthesize_cells
-    out = synthesize(args.out, **options)
-    print(f"synthetic {args.kind} data (seed {args.seed}) in {out}", file=sys.stderr)
+    settings = from_arguments(SETTINGS[args.kind], args)
+    out = GENERATORS[args.kind](args.out, **dataclasses.asdict(settings))
+    print(f"synthetic {args.kind} data (seed {settings.seed}) in {out}", file=sys.stderr)
     return 0

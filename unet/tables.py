@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,9 @@ from typing import Sequence
 
 import pandas as pd
 
+from unet.figures import figure
 from unet.io import DataError, atomic_path, read_json
+from unet.pipeline import RUN_PATTERN, parse_score_path
 
 # Table 1 of the paper: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
 PAPER_TABLE1 = [
@@ -59,9 +60,6 @@ CTC_PROTOCOL = (
     "model trained on the other sequence (both directions). Paper: the hidden test sequences, scored by the organisers."
 )
 
-_SCORE_PATH = re.compile(r"(?P<dataset>[^/]+)/(?P<run>[^/]+)/seed(?P<seed>\d+)\.json$")
-
-
 @dataclass(frozen=True)
 class Score:
     dataset: str
@@ -73,9 +71,10 @@ class Score:
 def read_score(path: str | Path) -> Score:
     """One score file; the data set, run and seed come from its path `{dataset}/{run}/seed{seed}.json`."""
     path = Path(path)
-    match = _SCORE_PATH.search(path.as_posix())
-    if not match:
-        raise DataError(f"{path}: score files must be named {{dataset}}/{{run}}/seed{{seed}}.json")
+    named = parse_score_path(path)
+    if not named:
+        raise DataError(f"{path}: score files must be named {{dataset}}/{{run}}/seed{{seed}}.json, "
+                        f"the run one of {RUN_PATTERN}")
     raw = read_json(path)
     values = {}
     for key, entry in raw.items():
@@ -84,7 +83,7 @@ def read_score(path: str | Path) -> Score:
             values[key] = float(value)
     if not ({"warping_error", "seg"} & set(values)):
         raise DataError(f"{path}: neither ISBI scores (warping_error, ...) nor CTC scores (seg, ...)")
-    return Score(match["dataset"], match["run"], int(match["seed"]), values)
+    return Score(*named, values)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -265,23 +264,14 @@ def rule_times(benchmark_dir: str | Path, exclude_datasets: Sequence[str] = ()) 
 
 def write_rule_times(benchmark_dir: str | Path, out_dir: str | Path, exclude_datasets: Sequence[str] = ()) -> None:
     """`rule_times.csv` and a bar chart `rule_times.png` of the total time per rule."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary = rule_times(benchmark_dir, exclude_datasets)
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "rule_times.csv") as tmp:
         summary.to_csv(tmp, index=False, float_format="%.3f")
-    figure, axis = plt.subplots(figsize=(7, 0.4 * len(summary) + 1))
-    axis.barh(summary["rule"], summary["total_s"])
-    axis.invert_yaxis()
-    axis.set_xlabel("wall time summed over jobs (s)")
-    figure.tight_layout()
-    with atomic_path(out_dir / "rule_times.png") as tmp:
-        figure.savefig(tmp, dpi=100)
-    plt.close(figure)
+    with figure(out_dir / "rule_times.png", size=(7, 0.4 * len(summary) + 1), layout="tight") as (_, axes):
+        axes[0, 0].barh(summary["rule"], summary["total_s"])
+        axes[0, 0].invert_yaxis()
+        axes[0, 0].set_xlabel("wall time summed over jobs (s)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,25 +30,26 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import inspect
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from unet.augment import AUGMENT_ARGUMENTS, AugmentConfig, Augmenter
-from unet.config import add_dataclass_arguments, dataclass_from_args, field_help
-from unet.io import (DataError, add_fold_arguments, atomic_path, fold_of, format_frames, held_out_frames, parse_frames,
-                     read_json)
+from unet.augment import Augmenter
+from unet.device import resolve_device
+from unet.figures import figure
+from unet.io import (DataError, TrainingSet, add_fold_arguments, atomic_path, fold_of, format_frames, held_out_frames,
+                     load_training_set, parse_frames, read_json)
 from unet.model import UNet, save_model
-from unet.predict import predict_probabilities, resolve_device
-from unet.weightmap import TrainingSet, load_training_set
+from unet.predict import predict_probabilities
+from unet.settings import AugmentSettings, ModelSettings, TrainSettings, add_arguments as add_settings_arguments, \
+    from_arguments
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -56,58 +57,6 @@ LOG = "log.csv"
 FIGURE = "loss.png"
 LOG_COLUMNS = ("iteration", "loss", "learning_rate", "elapsed_s", "samples_per_s", "val_pixel_error")
 POLY_EXPONENT = 0.9  # nnU-Net's polynomial decay
-
-
-def _unet_default(name: str):
-    return inspect.signature(UNet).parameters[name].default
-
-
-@dataclass
-class ModelSettings:
-    """The `model` config section: the network's size (the paper's network by default)."""
-
-    base_channels: int = field(default=_unet_default("base_channels"),
-                               metadata=field_help("feature channels of the first level, doubled per level"))
-    depth: int = field(default=_unet_default("depth"), metadata=field_help("number of 2x2 poolings"))
-    dropout: float = field(default=_unet_default("dropout"),
-                           metadata=field_help("dropout probability after the last two contracting levels"))
-
-
-@dataclass
-class TrainSettings:
-    """The `train` config section; config/README.md explains the defaults."""
-
-    iterations: int = field(default=60000, metadata=field_help("optimiser steps"))
-    learning_rate: float = field(default=0.0003, metadata=field_help("peak learning rate, for the mean-reduced loss"))
-    lr_schedule: str = field(default="poly", metadata=field_help(
-        "constant, or poly: lr * (1 - step / iterations) ** 0.9", choices=("constant", "poly")))
-    warmup: int = field(default=200, metadata=field_help("iterations of linear warm-up: lr * (step + 1) / warmup"))
-    momentum: float = field(default=0.99, metadata=field_help("SGD momentum (paper: 0.99)"))
-    batch_size: int = field(default=1, metadata=field_help("tiles per step (paper: 1)"))
-    input_size: int = field(default=572, metadata=field_help("side of the input tile (paper: 572)"))
-    checkpoint_every: int = field(default=5000, metadata=field_help("iterations between checkpoints"))
-    log_every: int = field(default=100, metadata=field_help("iterations between rows of log.csv"))
-    val_every: int = field(default=1000, metadata=field_help("iterations between held-out pixel errors"))
-    device: str = field(default="auto", metadata=field_help("auto (cuda if available), cpu, cuda or cuda:N"))
-    precision: str = field(default="bf16", metadata=field_help(
-        "bf16 autocast on CUDA; the CPU always computes in fp32", choices=("bf16", "fp32")))
-    channels_last: bool = field(default=True, metadata=field_help("channels_last memory format on CUDA"))
-    compile: bool = field(default=False, metadata=field_help("torch.compile the forward pass and loss"))
-
-    def __post_init__(self) -> None:
-        checks = {
-            "iterations": self.iterations >= 1,
-            "learning_rate": self.learning_rate > 0,
-            "warmup": self.warmup >= 0,
-            "momentum": 0 <= self.momentum < 1,
-            "batch_size": self.batch_size >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
-            "log_every": self.log_every >= 1,
-            "val_every": self.val_every >= 1,
-        }
-        for key, valid in checks.items():
-            if not valid:
-                raise ValueError(f"train: {key} = {getattr(self, key)!r} is out of range (see unet train --help)")
 
 
 # Settings that change how a run is carried out or reported, not its result: a run may
@@ -135,16 +84,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labelled frame ids for the periodic held-out pixel error (default: none)")
     add_fold_arguments(parser, "hold out (and validate on)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and augmentation")
-    add_dataclass_arguments(parser, ModelSettings, "model (config section `model`)")
-    add_dataclass_arguments(parser, AugmentConfig, AUGMENT_ARGUMENTS)
-    add_dataclass_arguments(parser, TrainSettings, "training (config section `train`)")
+    for settings_class in (ModelSettings, AugmentSettings, TrainSettings):
+        add_settings_arguments(parser, settings_class)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = {  # checked before any data is read
-        "model_settings": dataclass_from_args(ModelSettings, args),
-        "augment": dataclass_from_args(AugmentConfig, args),
-        "settings": dataclass_from_args(TrainSettings, args),
+        "model_settings": from_arguments(ModelSettings, args),
+        "augment": from_arguments(AugmentSettings, args),
+        "settings": from_arguments(TrainSettings, args),
     }
     frames, val_frames = (parse_frames(spec) if spec else None for spec in (args.frames, args.val_frames))
     fold = fold_of(args)
@@ -156,34 +104,6 @@ def run(args: argparse.Namespace) -> int:
         frames = [frame for frame in labelled if frame not in val_frames]
     train(load_data(args.data, args.weights, frames, val_frames), args.out, seed=args.seed, **settings)
     return 0
-
-
-# --- which frames a pipeline run trains on -----------------------------------------
-
-
-def run_split(protocol: str, run: str) -> str:
-    """The prepared split a pipeline run reads: isbi runs read `train`, a ctc run its own sequence."""
-    if protocol == "isbi":
-        if run == "all" or (run.startswith("fold") and run[4:].isdigit()):
-            return "train"
-        raise ValueError(f"isbi run {run!r}: expected 'all' or 'fold<k>'")
-    if protocol == "ctc":
-        if len(run) == 2 and run.isdigit():
-            return run
-        raise ValueError(f"ctc run {run!r}: expected a sequence such as '01'")
-    raise ValueError(f"unknown protocol {protocol!r}; expected 'isbi' or 'ctc'")
-
-
-def run_fold_flags(protocol: str, run: str, folds: int) -> str:
-    """The fold flags of a pipeline run: isbi `fold<k>` holds out block k of `folds` (`--fold k --folds N`,
-    which the prediction and evaluation of that run use too); `all` and ctc runs train on every labelled frame."""
-    run_split(protocol, run)  # validates the run name
-    if protocol == "isbi" and run != "all":
-        fold = int(run[4:])
-        if not 0 <= fold < folds:
-            raise ValueError(f"isbi run {run!r}: fold must be between 0 and {folds - 1}")
-        return f"--fold {fold} --folds {folds}"
-    return ""
 
 
 # --- data ---------------------------------------------------------------------------
@@ -401,12 +321,11 @@ def write_log(path: Path, rows: list[dict]) -> None:
 
 
 def plot_loss(path: Path, rows: list[dict]) -> None:
-    import matplotlib
+    with figure(path, size=(6, 4), dpi=120, layout="tight") as (_, axes):
+        _draw_loss(axes[0, 0], rows)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+def _draw_loss(axis, rows: list[dict]) -> None:
     axis.plot([r["iteration"] for r in rows], [r["loss"] for r in rows], color="C0", label="training loss")
     axis.set_xlabel("iteration")
     axis.set_ylabel("weighted cross-entropy (mean over pixels)")
@@ -418,13 +337,9 @@ def plot_loss(path: Path, rows: list[dict]) -> None:
                    color="C1", label="held-out pixel error")
         right.set_ylabel("held-out pixel error", color="C1")
     axis.set_title("training loss")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp)
-    plt.close(figure)
 
 
-def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, augment: AugmentConfig,
+def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, augment: AugmentSettings,
           settings: TrainSettings, seed: int = 0) -> UNet:
     """Train (or resume, or finish) a run in `out_dir`; returns the trained model."""
     out_dir = Path(out_dir)

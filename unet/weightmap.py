@@ -35,7 +35,9 @@ import numba
 import numpy as np
 from scipy import ndimage
 
-from unet.io import DataError, atomic_path, normalize_intensity, read_split, read_stack, write_tiff
+from unet.figures import figure, show_weights
+from unet.io import DataError, read_split, write_tiff
+from unet.settings import WeightmapSettings, add_arguments as add_settings_arguments, from_arguments
 
 TOLERANCE = 1e-6  # border terms below this are left out
 _NEIGHBOURS_8 = np.ones((3, 3), dtype=bool)
@@ -47,7 +49,8 @@ class WeightMap(NamedTuple):
     separation: np.ndarray  # bool (H, W): cell pixels turned into background to split touching cells
 
 
-def weight_map(label: np.ndarray, kind: str, *, w0: float = 10.0, sigma: float = 5.0) -> WeightMap:
+def weight_map(label: np.ndarray, kind: str, *, w0: float = WeightmapSettings.w0,
+               sigma: float = WeightmapSettings.sigma) -> WeightMap:
     """Target and loss weights of one labelled frame; `kind` is `binary` (cell > 0) or `instance` (ids)."""
     objects, separation = label_objects(label, kind)
     target = (objects > 0).astype(np.uint8)
@@ -90,7 +93,8 @@ def border_reach(w0: float, sigma: float) -> float:
     return sigma * math.sqrt(2 * math.log(w0 / TOLERANCE)) if w0 > TOLERANCE else 0.0
 
 
-def border_weights(objects: np.ndarray, *, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+def border_weights(objects: np.ndarray, *, w0: float = WeightmapSettings.w0,
+                   sigma: float = WeightmapSettings.sigma) -> np.ndarray:
     """w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) on background pixels, 0 on objects; exact to `TOLERANCE`."""
     if w0 < 0 or sigma <= 0:
         raise ValueError(f"weightmap: need w0 >= 0 and sigma > 0, found w0={w0}, sigma={sigma}")
@@ -180,48 +184,21 @@ def _two_nearest_squared(objects, bounds, reach):  # pragma: no cover - compiled
     return nearest, second
 
 
-def weight_maps(labels: np.ndarray, kind: str, *, w0: float = 10.0, sigma: float = 5.0) -> tuple[np.ndarray,
-                                                                                                np.ndarray]:
+def weight_maps(labels: np.ndarray, kind: str, *, w0: float = WeightmapSettings.w0,
+                sigma: float = WeightmapSettings.sigma) -> tuple[np.ndarray, np.ndarray]:
     """(targets uint8, weights float32), (M, H, W) each, for a (M, H, W) label stack."""
     maps = [weight_map(label, kind, w0=w0, sigma=sigma) for label in labels]
     return np.stack([m.target for m in maps]), np.stack([m.weights for m in maps])
 
 
-class TrainingSet(NamedTuple):
-    images: np.ndarray  # float32 (M, H, W), normalised with `normalize_intensity`
-    targets: np.ndarray  # uint8 (M, H, W)
-    weights: np.ndarray  # float32 (M, H, W)
-    frames: list[int]  # frame ids
-
-
-def load_training_set(data_dir: str | Path, weight_dir: str | Path, frames: list[int] | None = None) -> TrainingSet:
-    """The labelled frames of a prepared split (all, or `frames` in that order) with their targets and weights."""
-    split = read_split(data_dir)
-    if split.labels is None:
-        raise DataError(f"{data_dir}: the split has no labelled frames")
-    targets, weights = (read_stack(Path(weight_dir) / name) for name in ("target.tif", "weights.tif"))
-    for name, stack in (("target.tif", targets), ("weights.tif", weights)):
-        if stack.shape != split.labels.shape:
-            raise DataError(f"{Path(weight_dir) / name}: shape {stack.shape} does not match the labels "
-                            f"{split.labels.shape} of {data_dir}; recompute it with `unet weightmap`")
-    chosen = split.labelled if frames is None else list(frames)
-    unknown = sorted(set(chosen) - set(split.labelled))
-    if unknown:
-        raise DataError(f"{data_dir}: frames {unknown} are not labelled (labelled: {split.labelled})")
-    rows = [split.labelled.index(frame) for frame in chosen]
-    images = normalize_intensity(split.labelled_images()[rows])
-    return TrainingSet(images, targets[rows], weights[rows].astype(np.float32), chosen)
-
-
 def plot_weight_map(image: np.ndarray, label: np.ndarray, kind: str, maps: WeightMap, path: str | Path,
                     *, title: str = "") -> None:
     """The report's version of the paper's Fig. 3: image, ground truth, target with separation border, weights."""
-    import matplotlib
+    with figure(path, 1, 4, size=(17, 4.6), title=title, dpi=110) as (drawing, panels):
+        _draw_weight_map(drawing, panels[0], image, label, kind, maps)
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(1, 4, figsize=(17, 4.6), constrained_layout=True)
+def _draw_weight_map(drawing, axes, image: np.ndarray, label: np.ndarray, kind: str, maps: WeightMap) -> None:
     axes[0].imshow(image, cmap="gray")
     axes[0].set_title("a: image")
     objects, _ = label_objects(label, kind)
@@ -234,50 +211,27 @@ def plot_weight_map(image: np.ndarray, label: np.ndarray, kind: str, maps: Weigh
     target_rgb[maps.separation] = (1.0, 0.2, 0.2)
     axes[2].imshow(target_rgb)
     axes[2].set_title(f"c: target, separation border in red ({int(maps.separation.sum())} px)")
-    show_weights(figure, axes[3], maps.weights, "d: loss weight w(x)")
-    save_figure(figure, path, title=title, dpi=110)
-
-
-def show_weights(figure, axis, weights: np.ndarray, title: str) -> None:
-    """A weight map panel: the paper's Fig. 3d colours, with a colour bar."""
-    shown = axis.imshow(weights, cmap="jet")
-    axis.set_title(title)
-    figure.colorbar(shown, ax=axis, fraction=0.046)
-
-
-def save_figure(figure, path: str | Path, *, title: str, dpi: int) -> None:
-    """Hide the axes, add the title, write the PNG atomically and free the figure."""
-    from matplotlib import pyplot as plt
-
-    for axis in figure.axes:
-        if axis.images:  # image panels, not colour bars
-            axis.set_axis_off()
-    if title:
-        figure.suptitle(title)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=dpi)
-    plt.close(figure)
+    show_weights(drawing, axes[3], maps.weights, "d: loss weight w(x)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA_SPLIT_DIR", type=Path, help="prepared split (results/data/...)")
     parser.add_argument("out", metavar="OUT_DIR", type=Path, nargs="?",
                         help="where target.tif and weights.tif go; without it only --figure is drawn")
-    parser.add_argument("--w0", type=float, default=10.0, help="border term height (paper: 10; default %(default)s)")
-    parser.add_argument("--sigma", type=float, default=5.0,
-                        help="border term width in pixels (paper: about 5; default %(default)s)")
     parser.add_argument("--figure", metavar="PNG", type=Path, help="draw the paper's Fig. 3 for one labelled frame")
     parser.add_argument("--figure-frame", type=int, help="frame id for --figure (default: the first labelled frame)")
+    add_settings_arguments(parser, WeightmapSettings)
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = from_arguments(WeightmapSettings, args)
     if args.out is None and args.figure is None:
         raise ValueError("nothing to do: give OUT_DIR, --figure, or both")
     split = read_split(args.data)
     if split.labels is None:
         raise DataError(f"{args.data}: the split has no labelled frames, so it has no weight maps")
     if args.out is not None:
-        targets, weights = weight_maps(split.labels, split.kind, w0=args.w0, sigma=args.sigma)
+        targets, weights = weight_maps(split.labels, split.kind, w0=settings.w0, sigma=settings.sigma)
         write_tiff(args.out / "target.tif", targets)
         write_tiff(args.out / "weights.tif", weights)
     if args.figure is not None:
@@ -286,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"{args.data}: --figure-frame {frame} is not labelled (labelled: {split.labelled})")
         row = split.labelled.index(frame)
         label = split.labels[row]
-        maps = weight_map(label, split.kind, w0=args.w0, sigma=args.sigma)
-        title = f"{split.dataset} {split.split}, frame {frame}: w0 = {args.w0:g}, sigma = {args.sigma:g} px"
+        maps = weight_map(label, split.kind, w0=settings.w0, sigma=settings.sigma)
+        title = f"{split.dataset} {split.split}, frame {frame}: w0 = {settings.w0:g}, sigma = {settings.sigma:g} px"
         plot_weight_map(split.labelled_images()[row], label, split.kind, maps, args.figure, title=title)
     return 0

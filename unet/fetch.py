@@ -1,6 +1,4 @@
-"""Data acquisition and preparation: `unet fetch` and `unet prepare`.
-
-`fetch` puts a data set into `results/raw/{dataset}/` in its official layout:
+"""Data acquisition: `unet fetch` puts a data set into `results/raw/{dataset}/` in its official layout:
 
 - isbi: `train-volume.tif`, `train-labels.tif` (255 = cell, 0 = membrane), `test-volume.tif`;
 - ctc: `01/tTTT.tif`, `01_GT/SEG/man_segTTT.tif`, `01_GT/TRA/man_trackTTT.tif` +
@@ -21,11 +19,6 @@ digests (or the per-name overrides of `datasets.<name>.checksums`). A local fold
 files byte for byte (other TIFF headers) although their pixels do not. A folder
 source is instead checked for a complete, readable layout, against the mirror's
 `SHA256SUMS` when it has one, and against any checksum given for a file of it.
-
-`prepare` turns the official layout into the canonical form of `unet.io`
-(`write_split`), one folder per split: isbi `train` (binary labels, 1 = cell) and
-`test` (no labels); ctc `01` and `02` (every frame, uint16 instance labels of the
-annotated frames, matched by frame number).
 """
 
 from __future__ import annotations
@@ -35,7 +28,6 @@ import hashlib
 import http.client
 import os
 import re
-import shlex
 import shutil
 import sys
 import tarfile
@@ -51,13 +43,11 @@ from typing import Iterable, Mapping
 import numpy as np
 import tifffile
 
-from unet.io import DataError, Split, atomic_directory, atomic_path, read_stack, read_tiff, write_split, write_tiff
+from unet.io import DataError, atomic_directory, atomic_path, numbered_files, write_tiff
+from unet.pipeline import CTC_SEQUENCES, PROTOCOLS
 
-PROTOCOLS = ("isbi", "ctc")
 PARTS = ("train", "test")
-SPLITS = {"isbi": ("train", "test"), "ctc": ("01", "02")}
 ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
-CTC_SEQUENCES = SPLITS["ctc"]
 MIRROR_LISTING = "SHA256SUMS"
 
 
@@ -395,19 +385,6 @@ def membrane_mask(labels: np.ndarray, *, source: str) -> np.ndarray:
 # --- the official layouts ---------------------------------------------------------------------------
 
 
-def _numbered(folder: Path, prefix: str) -> dict[int, Path]:
-    """Frame number -> file for `<prefix>TTT.tif` files (any number of digits)."""
-    pattern = re.compile(rf"{re.escape(prefix)}(\d+)\.tif")
-    if not folder.is_dir():
-        return {}
-    found = {}
-    for path in folder.iterdir():
-        match = pattern.fullmatch(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
-
-
 def required_files(root: Path, protocol: str, part: str = "train") -> list[Path]:
     """The files a complete layout must have (CTC frames are listed by what is there).
 
@@ -419,11 +396,11 @@ def required_files(root: Path, protocol: str, part: str = "train") -> list[Path]
         return [root / "train-volume.tif", root / "train-labels.tif", *optional]
     files = []
     for sequence in CTC_SEQUENCES:
-        frames = _numbered(root / sequence, "t")
+        frames = numbered_files(root / sequence, "t")
         files += list(frames.values()) or [root / sequence / "t000.tif"]
         if part == "train":
             gt = root / f"{sequence}_GT"
-            files += list(_numbered(gt / "SEG", "man_seg").values()) or [gt / "SEG" / "man_seg000.tif"]
+            files += list(numbered_files(gt / "SEG", "man_seg").values()) or [gt / "SEG" / "man_seg000.tif"]
             files += [gt / "TRA" / "man_track.txt"]
             files += [gt / "TRA" / f"man_track{path.name[1:]}" for path in frames.values()]
     return files
@@ -589,99 +566,7 @@ def _replace_contents(folder: Path, root: Path) -> None:
     keep.rmdir()
 
 
-# --- prepare ----------------------------------------------------------------------------------------
-
-
-def prepare(dataset: str, raw: str | os.PathLike, out: str | os.PathLike, *, protocol: str | None = None,
-            splits: Iterable[str] | None = None, part: str = "train") -> list[Path]:
-    """Write the canonical form of each split of `raw` into `out/<split>/`; returns the split folders."""
-    protocol = protocol_of(dataset, protocol)
-    raw, out = Path(raw), Path(out)
-    if not raw.is_dir():
-        raise DataError(f"{raw}: no such folder (fetch or synthesize {dataset} first)")
-    written = []
-    for split in splits or SPLITS[protocol]:
-        if split not in SPLITS[protocol]:
-            raise DataError(f"{dataset}: split {split!r} is not one of the {protocol} splits {SPLITS[protocol]}")
-        reader = read_isbi_split if protocol == "isbi" else read_ctc_split
-        write_split(out / split, reader(dataset, raw, split, labelled=part == "train"))
-        written.append(out / split)
-    return written
-
-
-def read_isbi_split(dataset: str, raw: Path, split: str, *, labelled: bool = True) -> Split:
-    """ISBI layout -> `Split`: train with binary labels (255 = cell becomes 1), test without."""
-    images = read_stack(raw / f"{split}-volume.tif")
-    frames = list(range(len(images)))
-    if split == "test" or not labelled:
-        return Split(dataset, split, "binary", images, frames)
-    path = raw / "train-labels.tif"
-    labels = read_stack(path)
-    if labels.shape != images.shape:
-        raise DataError(f"{path}: shape {labels.shape} differs from train-volume.tif {images.shape}")
-    if np.any((labels != 0) & (labels != 255)):  # np.unique would sort the whole stack
-        raise DataError(f"{path}: expected 255 = cell and 0 = membrane, found values {np.unique(labels)[:10].tolist()}")
-    return Split(dataset, split, "binary", images, frames, (labels == 255).astype(np.uint8), frames)
-
-
-def read_ctc_split(dataset: str, raw: Path, sequence: str, *, labelled: bool = True) -> Split:
-    """CTC layout -> `Split`: every frame `XX/tTTT.tif`; labels from `XX_GT/SEG/man_segTTT.tif`, by frame number."""
-    frame_files = _numbered(raw / sequence, "t")
-    if not frame_files:
-        raise DataError(f"{raw / sequence}: no frames tTTT.tif")
-    images = _stack(frame_files.values())
-    frames = list(frame_files)
-    if not labelled:
-        return Split(dataset, sequence, "instance", images, frames)
-    seg = raw / f"{sequence}_GT" / "SEG"
-    label_files = _numbered(seg, "man_seg")
-    if not label_files:
-        raise DataError(f"{seg}: no annotated frames man_segTTT.tif")
-    for frame, path in label_files.items():
-        if frame not in frame_files:
-            raise DataError(f"{path}: frame {frame} has no raw frame in {raw / sequence}")
-    labels = _stack(label_files.values(), shape=images.shape[1:])
-    if labels.dtype.kind not in "ui" or labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max:
-        raise DataError(f"{seg}: instance labels must be non-negative integers below 65536, found {labels.dtype}")
-    return Split(dataset, sequence, "instance", images, frames, labels.astype(np.uint16), list(label_files))
-
-
-def _stack(paths: Iterable[Path], shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Read 2D images of one shape and dtype into a (N, H, W) stack; a misfit names its file."""
-    arrays = []
-    for path in paths:
-        array = read_tiff(path)
-        if array.ndim != 2:
-            raise DataError(f"{path}: expected a 2D image, found shape {array.shape}")
-        shape = shape or array.shape
-        if array.shape != shape or (arrays and array.dtype != arrays[0].dtype):
-            raise DataError(f"{path}: {array.shape} {array.dtype} differs from the other frames ({shape}"
-                            f"{f' {arrays[0].dtype}' if arrays else ''})")
-        arrays.append(array)
-    return np.stack(arrays)
-
-
 # --- CLI --------------------------------------------------------------------------------------------
-
-
-def fetch_flags(config: Mapping, dataset: str, part: str = "train") -> str:
-    """The `unet fetch` flags for `dataset` under the pipeline's configuration (used by workflow/rules/data.smk).
-
-    A `mirror` overrides every real source; otherwise the data set's `source` (or
-    `test_source`) and `checksums` (or `test_checksums`) are passed on.
-    """
-    settings = config["datasets"][dataset]
-    flags = ["--protocol", settings["protocol"], "--part", part]
-    if config.get("mirror"):
-        flags += ["--mirror", str(config["mirror"])]
-    else:
-        source = settings.get("test_source" if part == "test" else "source")
-        flags += ["--source", source] if source else []
-        checksums = settings.get("test_checksums" if part == "test" else "checksums") or {}
-        for name, checksum in checksums.items():
-            flags += ["--checksum", f"{name}={checksum}"]
-    return " ".join(shlex.quote(flag) for flag in flags)
-
 
 
 def _checksum_flag(text: str) -> tuple[str, str]:
@@ -691,7 +576,7 @@ def _checksum_flag(text: str) -> tuple[str, str]:
     return name, checksum
 
 
-def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help=f"data set name ({', '.join(CATALOGUE)} or another with --protocol)")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/raw/DATASET")
     parser.add_argument("--source", help="URL (http, https, file; a folder URL ends in /), local file or archive, "
@@ -709,26 +594,9 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="progress bar on stderr")
 
 
-def run_fetch(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     out = fetch(args.dataset, args.out, source=args.source, mirror=args.mirror, checksums=dict(args.checksum),
                 protocol=args.protocol, part=args.part, attempts=args.attempts, timeout=args.timeout,
                 progress=args.progress)
     print(f"{args.dataset}: official layout in {out}", file=sys.stderr)
-    return 0
-
-
-def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", help=f"data set name ({', '.join(CATALOGUE)} or another with --protocol)")
-    parser.add_argument("--raw", required=True, type=Path, help="the official layout, e.g. results/raw/DATASET")
-    parser.add_argument("--out", required=True, type=Path, help="output folder; each split goes to OUT/SPLIT/")
-    parser.add_argument("--protocol", choices=PROTOCOLS, help="isbi or ctc, for a data set outside the catalogue")
-    parser.add_argument("--splits", nargs="+", help="splits to write (default: isbi train test, ctc 01 02)")
-    parser.add_argument("--part", choices=PARTS, default="train",
-                        help="test: the CTC challenge's test sequences, which have no labels")
-
-
-def run_prepare(args: argparse.Namespace) -> int:
-    for folder in prepare(args.dataset, args.raw, args.out, protocol=args.protocol, splits=args.splits,
-                          part=args.part):
-        print(f"{args.dataset}: prepared {folder}", file=sys.stderr)
     return 0

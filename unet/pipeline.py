@@ -1,0 +1,264 @@
+"""The pipeline's vocabulary and configuration: the one module the workflow's rules import.
+
+- Protocols and splits: an `isbi` data set is prepared into the splits `train` (labelled) and
+  `test`; a `ctc` data set into its sequences `01` and `02`, and its challenge test
+  sequences into `{dataset}-test/01`, `02`.
+- Runs: what one trained model is called. ISBI `fold<k>` trains on the training slices except
+  the k-th of `isbi.folds` contiguous blocks and predicts that block; ISBI `all` trains on all
+  slices and predicts the test volume; a CTC run is named after its training sequence (`01`,
+  `02`) and predicts the other one.
+- Configuration: the stage sections merged per data set, checked before any job runs, with
+  errors that name the config key and value; the flags each rule passes to its command.
+
+Standard library and yaml only (plus jsonschema for the check): Snakemake reads this module
+whenever it parses the workflow, on every cluster job too, so it must not import torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from unet.settings import (STAGE_SETTINGS, SettingError, StageSettings, SyntheticCellsSettings, SyntheticEmSettings,
+                           paper_values)
+from unet.sizes import InvalidSizeError, check_prediction_tile, output_size
+
+PROTOCOLS = ("isbi", "ctc")
+# Prepared splits per protocol, the labelled ones first.
+SPLITS = {"isbi": ("train", "test"), "ctc": ("01", "02")}
+LABELLED_SPLITS = {"isbi": ("train",), "ctc": ("01", "02")}
+CTC_SEQUENCES = SPLITS["ctc"]
+OTHER_SEQUENCE = {"01": "02", "02": "01"}
+LABEL_KIND = {"isbi": "binary", "ctc": "instance"}  # unet.io.Split.kind of each protocol's labels
+SYNTHETIC_KIND = {"isbi": "em", "ctc": "cells"}  # `unet synthesize KIND` of each protocol
+SYNTHETIC_SETTINGS = {"isbi": SyntheticEmSettings, "ctc": SyntheticCellsSettings}
+ALL_SLICES = "all"
+FOLD = "fold"
+RUN_PATTERN = rf"{FOLD}\d+|{ALL_SLICES}|\d\d"  # any run name, as a wildcard constraint
+# Labelled training frames of the data sets whose count is known before they are fetched.
+KNOWN_LABELLED_FRAMES = {"isbi2012": 30}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the value."""
+
+
+# --- runs ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained model of a data set: the split it trains on, the fold it holds out, the split it predicts."""
+
+    protocol: str
+    name: str
+    split: str
+    fold: int | None
+    predicts: str
+
+    def fold_flags(self, folds: int) -> str:
+        """`--fold K --folds N` for a fold run (training holds the block out; prediction and evaluation take it),
+        else nothing."""
+        return "" if self.fold is None else f"--fold {self.fold} --folds {folds}"
+
+
+def parse_run(protocol: str, name: str, folds: int | None = None) -> Run:
+    """The `Run` a run name stands for; a `ValueError` for a name the protocol does not know."""
+    if protocol == "isbi":
+        if name == ALL_SLICES:
+            return Run(protocol, name, "train", None, "test")
+        match = re.fullmatch(rf"{FOLD}(\d+)", name)
+        if match and (folds is None or int(match[1]) < folds):
+            return Run(protocol, name, "train", int(match[1]), "train")
+        limit = f"fold0 to fold{folds - 1}" if folds else "fold<k>"
+        raise ValueError(f"isbi run {name!r}: expected {ALL_SLICES!r} or {limit}")
+    if protocol == "ctc":
+        if name in OTHER_SEQUENCE:
+            return Run(protocol, name, name, None, OTHER_SEQUENCE[name])
+        raise ValueError(f"ctc run {name!r}: expected a sequence, {' or '.join(CTC_SEQUENCES)}")
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+def fold_run(fold: int) -> str:
+    return f"{FOLD}{fold}"
+
+
+def scored_runs(protocol: str, folds: int) -> list[str]:
+    """The runs whose predictions are scored: ISBI's folds, or both CTC directions."""
+    return [fold_run(k) for k in range(folds)] if protocol == "isbi" else list(CTC_SEQUENCES)
+
+
+# Where the evaluation stage writes the scores of one run and seed (tables read them back).
+SCORE_PATH = "results/scores/{dataset}/{run}/seed{seed}.json"
+_SCORE_NAME = re.compile(rf"(?P<dataset>[^/]+)/(?P<run>{RUN_PATTERN})/seed(?P<seed>\d+)\.json$")
+
+
+def parse_score_path(path: str | Path) -> tuple[str, str, int] | None:
+    """(dataset, run, seed) of a score file named like `SCORE_PATH`, or None."""
+    match = _SCORE_NAME.search(Path(path).as_posix())
+    return (match["dataset"], match["run"], int(match["seed"])) if match else None
+
+
+# --- the configuration --------------------------------------------------------------------------------------
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `override` merged in, recursively for nested mappings."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def typed_command_line_values(value: Any) -> Any:
+    """`value` (a `--config` override) with its strings that YAML reads as a number, boolean or null typed so.
+
+    Snakemake reads a nested `--config` value such as `model={depth: 3}` or `seeds=[0,1]`
+    with YAML's BaseLoader, which keeps every scalar a string ("3"), and a top-level
+    `mirror=null` as the string "null"; a config file would have given 3 and None.
+    Other strings (names, paths, URLs) are left as they are.
+    """
+    if isinstance(value, Mapping):
+        return {key: typed_command_line_values(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed_command_line_values(item) for item in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if parsed is None or isinstance(parsed, (bool, int, float)):
+            return parsed
+    return value
+
+
+def stage_settings(config: Mapping[str, Any], stage: str, dataset: str) -> StageSettings:
+    """The settings of `stage` for `dataset`: the global section with the data set's own section merged in.
+
+    A bad value is a `ConfigError` naming the key where it was set (`train.input_size`, or
+    `datasets.NAME.train.input_size` for a data set's own value).
+    """
+    if stage not in STAGE_SETTINGS:
+        raise KeyError(f"unknown stage {stage!r}; stages are {tuple(STAGE_SETTINGS)}")
+    if dataset not in config["datasets"]:
+        raise KeyError(f"experiment {dataset!r} is not a key of `datasets` (known: {sorted(config['datasets'])})")
+    settings_class = STAGE_SETTINGS[stage]
+    own = config["datasets"][dataset].get(stage, {})
+    try:
+        settings_class.from_mapping(own, f"datasets.{dataset}.{stage}")  # named where they are set
+        return settings_class.from_mapping(deep_merge(config.get(stage, {}), own))
+    except SettingError as error:
+        raise ConfigError(f"config: {error}") from None
+
+
+def stage_flags(config: Mapping[str, Any], dataset: str, *stages: str) -> str:
+    """The flags of `stages`' settings for `dataset`, as its rule passes them to the stage's command."""
+    return " ".join(stage_settings(config, stage, dataset).as_flags() for stage in stages)
+
+
+def check_config(config: Mapping[str, Any], schema: str | Path) -> None:
+    """Check the merged configuration before any job runs: the schema, then each experiment's settings and the
+    rules between them (tile sizes valid for the depth, folds within the training slices). The first problem
+    is a `ConfigError` that names the key and the value."""
+    _check_schema(config, schema)
+    unknown = [name for name in config["experiments"] if name not in config["datasets"]]
+    if unknown:
+        raise ConfigError(f"config: experiments {unknown} are not keys of `datasets` "
+                          f"(known: {sorted(config['datasets'])})")
+    for dataset in config["experiments"]:
+        _check_tile_sizes(config, dataset)
+        _check_folds(config, dataset)
+
+
+def _check_schema(config: Mapping[str, Any], schema: str | Path) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(yaml.safe_load(Path(schema).read_text()))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        key = ".".join(map(str, error.absolute_path)) or "(top level)"
+        raise ConfigError(f"config: {key}: {error.message}")
+
+
+def _check_tile_sizes(config: Mapping[str, Any], dataset: str) -> None:
+    depth = stage_settings(config, "model", dataset).depth
+    checks = {"train": output_size, "predict": check_prediction_tile}
+    for stage, check in checks.items():
+        size = stage_settings(config, stage, dataset).input_size
+        try:
+            check(size, depth)
+        except InvalidSizeError as error:
+            raise ConfigError(f"config: {_where(config, dataset, stage, 'input_size')} = {size}: {error} "
+                              f"(model.depth = {depth})") from None
+
+
+def _check_folds(config: Mapping[str, Any], dataset: str) -> None:
+    spec = config["datasets"][dataset]
+    if spec["protocol"] != "isbi":
+        return
+    frames = synthetic_settings(config, dataset).train_slices if spec["source"] == "synthetic" else \
+        KNOWN_LABELLED_FRAMES.get(dataset)
+    folds = config["isbi"]["folds"]
+    if frames is not None and folds > frames:
+        raise ConfigError(f"config: isbi.folds = {folds}: more folds than the {frames} labelled training slices "
+                          f"of {dataset}")
+
+
+def synthetic_settings(config: Mapping[str, Any], dataset: str) -> StageSettings:
+    """The generator settings of a synthetic data set (`datasets.NAME.synthetic`)."""
+    spec = config["datasets"][dataset]
+    try:
+        return SYNTHETIC_SETTINGS[spec["protocol"]].from_mapping(spec.get("synthetic", {}),
+                                                                 f"datasets.{dataset}.synthetic")
+    except SettingError as error:
+        raise ConfigError(f"config: {error}") from None
+
+
+def _where(config: Mapping[str, Any], dataset: str, stage: str, key: str) -> str:
+    """The config key that sets `stage.key` for `dataset`: its own section's, if it has one."""
+    own = config["datasets"][dataset].get(stage, {})
+    return f"datasets.{dataset}.{stage}.{key}" if key in own else f"{stage}.{key}"
+
+
+def synthetic_flags(config: Mapping[str, Any], dataset: str) -> str:
+    """The `unet synthesize KIND` arguments of a synthetic data set."""
+    protocol = config["datasets"][dataset]["protocol"]
+    return f"{SYNTHETIC_KIND[protocol]} {synthetic_settings(config, dataset).as_flags()}"
+
+
+def fetch_flags(config: Mapping[str, Any], dataset: str, part: str = "train") -> str:
+    """The `unet fetch` flags for `dataset`: a `mirror` overrides every real source; otherwise the data set's
+    `source` (or `test_source`) and `checksums` (or `test_checksums`) are passed on."""
+    spec = config["datasets"][dataset]
+    flags = ["--protocol", spec["protocol"], "--part", part]
+    if config.get("mirror"):
+        flags += ["--mirror", str(config["mirror"])]
+    else:
+        source = spec.get("test_source" if part == "test" else "source")
+        flags += ["--source", source] if source else []
+        checksums = spec.get("test_checksums" if part == "test" else "checksums") or {}
+        for name, checksum in checksums.items():
+            flags += ["--checksum", f"{name}={checksum}"]
+    return " ".join(shlex.quote(flag) for flag in flags)
+
+
+def paper_deviations(config: Mapping[str, Any], dataset: str) -> str:
+    """A short account of how `dataset`'s settings differ from the paper's, with the schedule we chose."""
+    differences = []
+    for stage, settings_class in STAGE_SETTINGS.items():
+        settings = stage_settings(config, stage, dataset)
+        differences += [f"{key} {getattr(settings, key)} (paper {paper})"
+                        for key, paper in paper_values(settings_class).items() if getattr(settings, key) != paper]
+    train = stage_settings(config, "train", dataset)
+    schedule = (f"{train.iterations} iterations, learning rate {train.learning_rate} "
+                f"({train.lr_schedule}; not published)")
+    return ", ".join(differences + [schedule]) if differences else f"the paper's settings, {schedule}"

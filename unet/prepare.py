@@ -1,0 +1,145 @@
+"""Data preparation: `unet prepare` turns a data set's official layout into the canonical form of `unet.io`
+(`write_split`), one folder per split: isbi `train` (binary labels, 1 = cell) and `test` (no labels); ctc `01`
+and `02` (every frame, uint16 instance labels of the annotated frames, matched by frame number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from unet.fetch import CATALOGUE, PARTS, protocol_of
+from unet.io import DataError, Split, numbered_files, read_stack, read_tiff, write_split
+from unet.pipeline import PROTOCOLS, SPLITS
+
+
+def prepare(dataset: str, raw: str | os.PathLike, out: str | os.PathLike, *, protocol: str | None = None,
+            splits: Iterable[str] | None = None, part: str = "train") -> list[Path]:
+    """Write the canonical form of each split of `raw` into `out/<split>/`; returns the split folders."""
+    protocol = protocol_of(dataset, protocol)
+    raw, out = Path(raw), Path(out)
+    if not raw.is_dir():
+        raise DataError(f"{raw}: no such folder (fetch or synthesize {dataset} first)")
+    written = []
+    for split in splits or SPLITS[protocol]:
+        if split not in SPLITS[protocol]:
+            raise DataError(f"{dataset}: split {split!r} is not one of the {protocol} splits {SPLITS[protocol]}")
+        reader = read_isbi_split if protocol == "isbi" else read_ctc_split
+        write_split(out / split, reader(dataset, raw, split, labelled=part == "train"))
+        written.append(out / split)
+    return written
+
+
+def read_isbi_split(dataset: str, raw: Path, split: str, *, labelled: bool = True) -> Split:
+    """ISBI layout -> `Split`: train with binary labels (255 = cell becomes 1), test without."""
+    images = read_stack(raw / f"{split}-volume.tif")
+    frames = list(range(len(images)))
+    if split == "test" or not labelled:
+        return Split(dataset, split, "binary", images, frames)
+    path = raw / "train-labels.tif"
+    labels = read_stack(path)
+    if labels.shape != images.shape:
+        raise DataError(f"{path}: shape {labels.shape} differs from train-volume.tif {images.shape}")
+    if np.any((labels != 0) & (labels != 255)):  # np.unique would sort the whole stack
+        raise DataError(f"{path}: expected 255 = cell and 0 = membrane, found values {np.unique(labels)[:10].tolist()}")
+    return Split(dataset, split, "binary", images, frames, (labels == 255).astype(np.uint8), frames)
+
+
+def read_ctc_split(dataset: str, raw: Path, sequence: str, *, labelled: bool = True) -> Split:
+    """CTC layout -> `Split`: every frame `XX/tTTT.tif`; labels from `XX_GT/SEG/man_segTTT.tif`, by frame number."""
+    frame_files = numbered_files(raw / sequence, "t")
+    if not frame_files:
+        raise DataError(f"{raw / sequence}: no frames tTTT.tif")
+    images = _stack(frame_files.values())
+    frames = list(frame_files)
+    if not labelled:
+        return Split(dataset, sequence, "instance", images, frames)
+    seg = raw / f"{sequence}_GT" / "SEG"
+    label_files = numbered_files(seg, "man_seg")
+    if not label_files:
+        raise DataError(f"{seg}: no annotated frames man_segTTT.tif")
+    for frame, path in label_files.items():
+        if frame not in frame_files:
+            raise DataError(f"{path}: frame {frame} has no raw frame in {raw / sequence}")
+    labels = _stack(label_files.values(), shape=images.shape[1:])
+    if labels.dtype.kind not in "ui" or labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max:
+        raise DataError(f"{seg}: instance labels must be non-negative integers below 65536, found {labels.dtype}")
+    return Split(dataset, sequence, "instance", images, frames, labels.astype(np.uint16), list(label_files))
+
+
+def unannotated_cells(annotated: np.ndarray, markers: np.ndarray, silver: np.ndarray | None,
+                      fallback_radius: float) -> np.ndarray:
+    """Where a labelled frame shows cells that its ground truth leaves without a mask: a bool (H, W) mask.
+
+    The paper trains on "partially annotated" images. A cell counts as shown when the
+    challenge's tracking ground truth marks it (`markers`, `XX_GT/TRA`), and as unannotated when
+    no pixel of its marker lies in an object of the segmentation ground truth (`annotated`,
+    `XX_GT/SEG`). Its extent is the silver-truth object under most of its marker (`silver`,
+    `XX_ST/SEG`, where the data set has one); without one, a disc of `fallback_radius` around the
+    marker's centre (choice). Annotated objects are never part of it.
+    """
+    shown = np.zeros(annotated.shape, dtype=bool)
+    for marker in np.unique(markers[markers > 0]):
+        where = markers == marker
+        if not (annotated[where] > 0).any():
+            extent = _silver_object(silver, where)
+            shown |= extent if extent is not None else _disc(annotated.shape, where, fallback_radius)
+    return shown & (annotated == 0)
+
+
+def _silver_object(silver: np.ndarray | None, where: np.ndarray) -> np.ndarray | None:
+    """The silver-truth object under most of the pixels `where`, or None."""
+    if silver is None:
+        return None
+    under = silver[where]
+    under = under[under > 0]
+    return silver == np.bincount(under).argmax() if under.size else None
+
+
+def _disc(shape: tuple[int, int], where: np.ndarray, radius: float) -> np.ndarray:
+    """A disc of `radius` around the centre of the pixels `where`."""
+    rows, columns = np.indices(shape)
+    centre_row, centre_column = (float(np.mean(axis)) for axis in np.nonzero(where))
+    return (rows - centre_row) ** 2 + (columns - centre_column) ** 2 <= radius**2
+
+
+def _stack(paths: Iterable[Path], shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read 2D images of one shape and dtype into a (N, H, W) stack; a misfit names its file."""
+    arrays = []
+    for path in paths:
+        array = read_tiff(path)
+        if array.ndim != 2:
+            raise DataError(f"{path}: expected a 2D image, found shape {array.shape}")
+        shape = shape or array.shape
+        if array.shape != shape or (arrays and array.dtype != arrays[0].dtype):
+            raise DataError(f"{path}: {array.shape} {array.dtype} differs from the other frames ({shape}"
+                            f"{f' {arrays[0].dtype}' if arrays else ''})")
+        arrays.append(array)
+    return np.stack(arrays)
+
+
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help=f"data set name ({', '.join(CATALOGUE)} or another with --protocol)")
+    parser.add_argument("--raw", required=True, type=Path, help="the official layout, e.g. results/raw/DATASET")
+    parser.add_argument("--out", required=True, type=Path, help="output folder; each split goes to OUT/SPLIT/")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="isbi or ctc, for a data set outside the catalogue")
+    parser.add_argument("--splits", nargs="+", help="splits to write (default: isbi train test, ctc 01 02)")
+    parser.add_argument("--part", choices=PARTS, default="train",
+                        help="test: the CTC challenge's test sequences, which have no labels")
+
+
+def run(args: argparse.Namespace) -> int:
+    for folder in prepare(args.dataset, args.raw, args.out, protocol=args.protocol, splits=args.splits,
+                          part=args.part):
+        print(f"{args.dataset}: prepared {folder}", file=sys.stderr)
+    return 0
