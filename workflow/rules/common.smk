@@ -1,22 +1,24 @@
 # Configuration checks, the experiments' runs and the final targets, shared by every rule file.
-from snakemake.utils import min_version, update_config, validate
+# The vocabulary (runs, splits, settings, flags) is unet.pipeline's, a light module: reading
+# the workflow never imports torch.
+import os
 
-from unet.config import paper_deviations, stage_settings, typed_command_line_values
+from snakemake.utils import min_version, update_config
+
+from unet import pipeline
 
 min_version("9.0")
 
 # `--config model={depth: 3}` gives the string "3": read the command line's values as a
 # config file would have, so that they pass the schema (and its bounds are what is checked).
-update_config(config, typed_command_line_values(dict(workflow.config_settings.config)))
-
-validate(config, "../schemas/config.schema.yaml")
-
-_unknown = [name for name in config["experiments"] if name not in config["datasets"]]
-if _unknown:
-    raise ValueError(
-        f"config: experiments {_unknown} are not keys of `datasets` "
-        f"(known: {sorted(config['datasets'])})"
-    )
+update_config(
+    config, pipeline.typed_command_line_values(dict(workflow.config_settings.config))
+)
+# The schema, then every experiment's settings and the rules between them: a wrong key or
+# value stops the run here, before any job, with a message naming it.
+pipeline.check_config(
+    config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+)
 
 EXPERIMENTS = list(config["experiments"])
 DATASETS = list(config["datasets"])
@@ -33,29 +35,30 @@ def one_of(names):
 # The data sets of each protocol, as wildcard constraints.
 PROTOCOL_DATASETS = {
     protocol: one_of(n for n, p in PROTOCOL.items() if p == protocol)
-    for protocol in ("isbi", "ctc")
+    for protocol in pipeline.PROTOCOLS
 }
-# A CTC run is named after its training sequence and is tested on the other one.
-OTHER_SEQUENCE = {"01": "02", "02": "01"}
 # The split each data set's figures show: ISBI's training slices, the first CTC sequence.
-FIGURE_SPLIT = {name: {"isbi": "train", "ctc": "01"}[p] for name, p in PROTOCOL.items()}
+FIGURE_SPLIT = {name: pipeline.LABELLED_SPLITS[p][0] for name, p in PROTOCOL.items()}
 
 
 wildcard_constraints:
     dataset=one_of(DATASETS),
     seed=r"\d+",
-    run=r"fold\d+|all|\d\d",
+    run=pipeline.RUN_PATTERN,
 
 
-def settings(stage, dataset):
-    return stage_settings(config, stage, dataset)
+def run_of(wildcards):
+    """The pipeline.Run of a job's {dataset} and {run}: its split, fold and predicted split."""
+    return pipeline.parse_run(PROTOCOL[wildcards.dataset], wildcards.run, FOLDS)
+
+
+def flags(wildcards, *stages):
+    """The flags of `stages`' settings for the job's data set."""
+    return pipeline.stage_flags(config, wildcards.dataset, *stages)
 
 
 def scored_runs(dataset):
-    """The runs whose predictions are scored: ISBI's folds, or both CTC directions."""
-    if PROTOCOL[dataset] == "isbi":
-        return [f"fold{k}" for k in range(FOLDS)]
-    return list(OTHER_SEQUENCE)
+    return pipeline.scored_runs(PROTOCOL[dataset], FOLDS)
 
 
 def run_paths(pattern, datasets=EXPERIMENTS):
@@ -73,7 +76,7 @@ def submissions():
     if not config["isbi"]["predict_test"]:
         return []
     return [
-        f"results/predictions/{dataset}/all/seed{seed}/submission.tif"
+        f"results/predictions/{dataset}/{pipeline.ALL_SLICES}/seed{seed}/submission.tif"
         for dataset in EXPERIMENTS
         if PROTOCOL[dataset] == "isbi"
         for seed in SEEDS
@@ -96,4 +99,36 @@ def final_targets():
 
 def settings_note():
     """How the settings of this run differ from the paper's, for the tables."""
-    return "; ".join(f"{d}: {paper_deviations(config, d)}" for d in EXPERIMENTS)
+    return "; ".join(
+        f"{d}: {pipeline.paper_deviations(config, d)}" for d in EXPERIMENTS
+    )
+
+
+def split_files(dataset, split):
+    """The files of a prepared labelled split (`unet prepare`), which every later stage reads."""
+    folder = f"results/data/{dataset}/{split}"
+    return {name: f"{folder}/{name}.{ext}" for name, ext in SPLIT_FILES.items()}
+
+
+SPLIT_FILES = {"images": "tif", "labels": "tif", "frames": "json"}
+
+
+def training_inputs(dataset, split):
+    """A labelled split and its weight maps (`unet weightmap`): what training reads."""
+    folder = f"results/weights/{dataset}/{split}"
+    return split_files(dataset, split) | {
+        "target": f"{folder}/target.tif",
+        "weights": f"{folder}/weights.tif",
+    }
+
+
+def prediction_inputs(wildcards, split=None):
+    """The model of the job's run and the prepared split it predicts (default: the run's)."""
+    split = split or run_of(wildcards).predicts
+    model = f"results/models/{wildcards.dataset}/{wildcards.run}/seed{wildcards.seed}/model.pt"
+    folder = f"results/data/{wildcards.dataset}/{split}"
+    return {
+        "model": model,
+        "images": f"{folder}/images.tif",
+        "frames": f"{folder}/frames.json",
+    }

@@ -2,10 +2,6 @@
 # results/raw/{dataset}/ in its official layout, then prepare the canonical splits that the
 # later stages read. A data set whose source is "synthetic" is made by `synthesize`; every
 # other one is fetched (from `mirror` when it is set).
-from unet.data import fetch_flags
-from unet.config import cli_flags
-from unet.synthetic import KIND_OF_PROTOCOL
-
 SYNTHETIC = [d for d in DATASETS if config["datasets"][d]["source"] == "synthetic"]
 FETCHED = [d for d in DATASETS if d not in SYNTHETIC]
 FETCHED_CTC = [d for d in FETCHED if PROTOCOL[d] == "ctc"]
@@ -38,7 +34,7 @@ rule fetch:
         mem_mb=2000,
         runtime=120,
     params:
-        flags=lambda w: fetch_flags(config, w.dataset),
+        flags=lambda w: pipeline.fetch_flags(config, w.dataset),
     shell:
         "unet fetch {wildcards.dataset} --out {output} {params.flags} > {log} 2>&1"
 
@@ -60,7 +56,7 @@ rule fetch_test:
         mem_mb=2000,
         runtime=120,
     params:
-        flags=lambda w: fetch_flags(config, w.dataset, part="test"),
+        flags=lambda w: pipeline.fetch_flags(config, w.dataset, part="test"),
     shell:
         "unet fetch {wildcards.dataset} --out {output} {params.flags} > {log} 2>&1"
 
@@ -81,24 +77,25 @@ rule synthesize:
         mem_mb=2000,
         runtime=10,
     params:
-        kind=lambda w: KIND_OF_PROTOCOL[PROTOCOL[w.dataset]],
-        flags=lambda w: cli_flags(config["datasets"][w.dataset].get("synthetic", {})),
+        kind_and_flags=lambda w: pipeline.synthetic_flags(config, w.dataset),
     shell:
-        "unet synthesize {params.kind} {output} {params.flags} > {log} 2>&1"
+        "unet synthesize {params.kind_and_flags} {output} > {log} 2>&1"
 
 
+# The labelled splits: ISBI's training slices, the CTC training sequences.
 rule prepare:
     input:
         "results/raw/{dataset}",
     output:
         images="results/data/{dataset}/{split}/images.tif",
+        labels="results/data/{dataset}/{split}/labels.tif",
         frames="results/data/{dataset}/{split}/frames.json",
     log:
         "results/logs/prepare/{dataset}-{split}.log",
     benchmark:
         "results/benchmarks/prepare/{dataset}-{split}.tsv"
     wildcard_constraints:
-        split="train|test|01|02",
+        split="train|01|02",
     conda:
         "../../envs/unet.yaml"
     threads: 1
@@ -107,22 +104,37 @@ rule prepare:
         runtime=20,
     params:
         protocol=lambda w: PROTOCOL[w.dataset],
-        out=lambda w: f"results/data/{w.dataset}",
+        out=subpath(output.frames, ancestor=2),
     shell:
         "unet prepare {wildcards.dataset} --protocol {params.protocol} --raw {input}"
         " --out {params.out} --splits {wildcards.split} > {log} 2>&1"
 
 
-rule prepare_test:
+# The ISBI test volume (no labels), for the submission file.
+use rule prepare as prepare_isbi_test with:
+    output:
+        images="results/data/{dataset}/{split}/images.tif",
+        frames="results/data/{dataset}/{split}/frames.json",
+    log:
+        "results/logs/prepare_isbi_test/{dataset}-{split}.log",
+    benchmark:
+        "results/benchmarks/prepare_isbi_test/{dataset}-{split}.tsv"
+    wildcard_constraints:
+        dataset=PROTOCOL_DATASETS["isbi"],
+        split="test",
+
+
+# The Cell Tracking Challenge's test sequences (no labels), for the submission files.
+rule prepare_ctc_test:
     input:
         "results/raw/{dataset}-test",
     output:
         images="results/data/{dataset}-test/{split}/images.tif",
         frames="results/data/{dataset}-test/{split}/frames.json",
     log:
-        "results/logs/prepare_test/{dataset}-{split}.log",
+        "results/logs/prepare_ctc_test/{dataset}-{split}.log",
     benchmark:
-        "results/benchmarks/prepare_test/{dataset}-{split}.tsv"
+        "results/benchmarks/prepare_ctc_test/{dataset}-{split}.tsv"
     wildcard_constraints:
         dataset=ONE_OF["fetched_ctc"],
         split="01|02",
@@ -133,7 +145,7 @@ rule prepare_test:
         mem_mb=4000,
         runtime=20,
     params:
-        out=lambda w: f"results/data/{w.dataset}-test",
+        out=subpath(output.frames, ancestor=2),
     shell:
         "unet prepare {wildcards.dataset} --protocol ctc --part test --raw {input}"
         " --out {params.out} --splits {wildcards.split} > {log} 2>&1"

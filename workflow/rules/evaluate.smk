@@ -6,16 +6,11 @@
 # CTC runs (01, 02: the training sequence) score the other sequence's result masks
 # against its official ground truth.
 
-import os
-
-from unet.config import cli_flags
-
 
 rule evaluate_isbi:
     input:
         probabilities="results/predictions/{dataset}/{run}/seed{seed}/probabilities.tif",
-        # written last by `prepare`, after labels.tif
-        split="results/data/{dataset}/train/frames.json",
+        labels=lambda w: split_files(w.dataset, run_of(w).split)["labels"],
     output:
         scores="results/scores/{dataset}/{run}/seed{seed}.json",
         figure=report(
@@ -39,23 +34,17 @@ rule evaluate_isbi:
         mem_mb=4000,
         runtime=30,
     params:
-        labels=lambda wildcards, input: os.path.join(
-            os.path.dirname(input.split), "labels.tif"
-        ),
-        fold=lambda wildcards: wildcards.run[len("fold") :],
-        folds=FOLDS,
-        settings=lambda wildcards: cli_flags(settings("evaluate", wildcards.dataset)),
+        fold=lambda w: run_of(w).fold_flags(FOLDS),
+        settings=lambda w: flags(w, "evaluate"),
     shell:
-        "unet evaluate isbi {input.probabilities:q} {params.labels:q}"
-        " --fold {params.fold} --folds {params.folds} {params.settings}"
+        "unet evaluate isbi {input.probabilities:q} {input.labels:q} {params.fold} {params.settings}"
         " --out {output.scores:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
 rule evaluate_ctc:
     input:
-        results=lambda wildcards: (
-            f"results/predictions/{wildcards.dataset}/{wildcards.run}/seed{wildcards.seed}/"
-            f"{OTHER_SEQUENCE[wildcards.run]}_RES"
+        results=lambda w: (
+            f"results/predictions/{w.dataset}/{w.run}/seed{w.seed}/{run_of(w).predicts}_RES"
         ),
         raw="results/raw/{dataset}",
     output:
@@ -81,7 +70,7 @@ rule evaluate_ctc:
         mem_mb=2000,
         runtime=10,
     params:
-        ground_truth=lambda wildcards, input: f"{input.raw}/{OTHER_SEQUENCE[wildcards.run]}_GT",
+        ground_truth=lambda w, input: f"{input.raw}/{run_of(w).predicts}_GT",
     shell:
         "unet evaluate ctc {input.results:q} {params.ground_truth:q}"
         " --out {output.scores:q} --figure {output.figure:q} > {log:q} 2>&1"

@@ -6,23 +6,19 @@
 #                     writes its {other}_RES/maskTTT.tif for every frame.
 # Settings: the `predict` section merged with the data set's own (config/README.md).
 
-import os
-
-from unet.config import cli_flags
-
 
 rule predict_isbi_fold:
     input:
-        model="results/models/{dataset}/fold{fold}/seed{seed}/model.pt",
-        split="results/data/{dataset}/train/frames.json",
+        unpack(prediction_inputs),
     output:
-        "results/predictions/{dataset}/fold{fold}/seed{seed}/probabilities.tif",
+        "results/predictions/{dataset}/{run}/seed{seed}/probabilities.tif",
     log:
-        "results/logs/predict_isbi_fold/{dataset}/fold{fold}/seed{seed}.log",
+        "results/logs/predict_isbi_fold/{dataset}/{run}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/predict_isbi_fold/{dataset}/fold{fold}/seed{seed}.tsv"
+        "results/benchmarks/predict_isbi_fold/{dataset}/{run}/seed{seed}.tsv"
     wildcard_constraints:
-        fold=r"\d+",
+        dataset=PROTOCOL_DATASETS["isbi"],
+        run=r"fold\d+",
     conda:
         "../../envs/unet.yaml"
     threads: 8
@@ -30,25 +26,27 @@ rule predict_isbi_fold:
         mem_mb=16000,
         runtime=120,
     params:
-        data=lambda wildcards, input: os.path.dirname(input.split),
-        folds=FOLDS,
-        flags=lambda wildcards: cli_flags(settings("predict", wildcards.dataset)),
+        data=subpath(input.frames, parent=True),
+        fold=lambda w: run_of(w).fold_flags(FOLDS),
+        settings=lambda w: flags(w, "predict"),
     shell:
-        "unet predict --model {input.model} --data {params.data} --out {output} "
-        "--fold {wildcards.fold} --folds {params.folds} {params.flags} > {log} 2>&1"
+        "unet predict --model {input.model} --data {params.data} --out {output}"
+        " {params.fold} {params.settings} > {log} 2>&1"
 
 
 rule predict_isbi_test:
     input:
-        model="results/models/{dataset}/all/seed{seed}/model.pt",
-        split="results/data/{dataset}/test/frames.json",
+        unpack(prediction_inputs),
     output:
-        probabilities="results/predictions/{dataset}/all/seed{seed}/probabilities.tif",
-        submission="results/predictions/{dataset}/all/seed{seed}/submission.tif",
+        probabilities="results/predictions/{dataset}/{run}/seed{seed}/probabilities.tif",
+        submission="results/predictions/{dataset}/{run}/seed{seed}/submission.tif",
     log:
-        "results/logs/predict_isbi_test/{dataset}/seed{seed}.log",
+        "results/logs/predict_isbi_test/{dataset}/{run}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/predict_isbi_test/{dataset}/seed{seed}.tsv"
+        "results/benchmarks/predict_isbi_test/{dataset}/{run}/seed{seed}.tsv"
+    wildcard_constraints:
+        dataset=PROTOCOL_DATASETS["isbi"],
+        run=pipeline.ALL_SLICES,
     conda:
         "../../envs/unet.yaml"
     threads: 8
@@ -56,24 +54,28 @@ rule predict_isbi_test:
         mem_mb=16000,
         runtime=120,
     params:
-        data=lambda wildcards, input: os.path.dirname(input.split),
-        flags=lambda wildcards: cli_flags(settings("predict", wildcards.dataset)),
+        data=subpath(input.frames, parent=True),
+        settings=lambda w: flags(w, "predict"),
     shell:
-        "unet predict --model {input.model} --data {params.data} --out {output.probabilities} "
-        "--submission {output.submission} {params.flags} > {log} 2>&1"
+        "unet predict --model {input.model} --data {params.data} --out {output.probabilities}"
+        " --submission {output.submission} {params.settings} > {log} 2>&1"
 
 
-rule predict_ctc_01:
+# A CTC model predicts a sequence ({tested}: the other one, when it is scored) and writes
+# the challenge's result folder for it.
+rule predict_ctc:
     input:
-        model="results/models/{dataset}/01/seed{seed}/model.pt",
-        split="results/data/{dataset}/02/frames.json",
+        unpack(lambda w: prediction_inputs(w, w.tested)),
     output:
-        probabilities="results/predictions/{dataset}/01/seed{seed}/probabilities.tif",
-        masks=directory("results/predictions/{dataset}/01/seed{seed}/02_RES"),
+        probabilities="results/predictions/{dataset}/{run}/seed{seed}/{tested}_probabilities.tif",
+        masks=directory("results/predictions/{dataset}/{run}/seed{seed}/{tested}_RES"),
     log:
-        "results/logs/predict_ctc_01/{dataset}/seed{seed}.log",
+        "results/logs/predict_ctc/{dataset}/{run}/seed{seed}/{tested}.log",
     benchmark:
-        "results/benchmarks/predict_ctc_01/{dataset}/seed{seed}.tsv"
+        "results/benchmarks/predict_ctc/{dataset}/{run}/seed{seed}/{tested}.tsv"
+    wildcard_constraints:
+        dataset=PROTOCOL_DATASETS["ctc"],
+        tested="|".join(pipeline.CTC_SEQUENCES),
     conda:
         "../../envs/unet.yaml"
     threads: 8
@@ -81,21 +83,8 @@ rule predict_ctc_01:
         mem_mb=16000,
         runtime=120,
     params:
-        data=lambda wildcards, input: os.path.dirname(input.split),
-        flags=lambda wildcards: cli_flags(settings("predict", wildcards.dataset)),
+        data=subpath(input.frames, parent=True),
+        settings=lambda w: flags(w, "predict"),
     shell:
-        "unet predict --model {input.model} --data {params.data} --out {output.probabilities} "
-        "--instances {output.masks} {params.flags} > {log} 2>&1"
-
-
-use rule predict_ctc_01 as predict_ctc_02 with:
-    input:
-        model="results/models/{dataset}/02/seed{seed}/model.pt",
-        split="results/data/{dataset}/01/frames.json",
-    output:
-        probabilities="results/predictions/{dataset}/02/seed{seed}/probabilities.tif",
-        masks=directory("results/predictions/{dataset}/02/seed{seed}/01_RES"),
-    log:
-        "results/logs/predict_ctc_02/{dataset}/seed{seed}.log",
-    benchmark:
-        "results/benchmarks/predict_ctc_02/{dataset}/seed{seed}.tsv"
+        "unet predict --model {input.model} --data {params.data} --out {output.probabilities}"
+        " --instances {output.masks} {params.settings} > {log} 2>&1"

@@ -1,25 +1,21 @@
 # Training (unet/train.py): one model per data set, run and seed.
 #
 #   isbi run fold{k}: the training slices except the k-th contiguous block, which gives
-#                     the held-out pixel error in log.csv (and is what predict scores);
+#                     the held-out scores in log.csv (and is what predict scores);
 #   isbi run all:     all training slices (the model for the test volume);
 #   ctc run 01 / 02:  the labelled frames of that sequence.
 # Settings: the `model`, `augment` and `train` sections merged with the data set's own.
-from unet.config import cli_flags
-from unet.train import run_fold_flags, run_split
 
 
 rule train:
     """Train one U-Net on a prepared split and its weight maps.
 
-    The run picks split and held-out fold (unet.train.run_split, run_fold_flags). An
-    interrupted job resumes from checkpoint.pt when run again with the same
-    settings: the checkpoint is deliberately not an output, so Snakemake keeps it.
+    The run picks split and held-out fold (unet.pipeline.parse_run). An interrupted job
+    resumes from checkpoint.pt when run again with the same settings: the checkpoint is
+    deliberately not an output, so Snakemake keeps it.
     """
     input:
-        frames=lambda w: f"results/data/{w.dataset}/{run_split(PROTOCOL[w.dataset], w.run)}/frames.json",
-        target=lambda w: f"results/weights/{w.dataset}/{run_split(PROTOCOL[w.dataset], w.run)}/target.tif",
-        weights=lambda w: f"results/weights/{w.dataset}/{run_split(PROTOCOL[w.dataset], w.run)}/weights.tif",
+        unpack(lambda w: training_inputs(w.dataset, run_of(w).split)),
     output:
         model="results/models/{dataset}/{run}/seed{seed}/model.pt",
         log_csv="results/models/{dataset}/{run}/seed{seed}/log.csv",
@@ -46,11 +42,8 @@ rule train:
         data=subpath(input.frames, parent=True),
         weights=subpath(input.weights, parent=True),
         out=subpath(output.model, parent=True),
-        fold=lambda w: run_fold_flags(PROTOCOL[w.dataset], w.run, FOLDS),
-        settings=lambda w: " ".join(
-            cli_flags(settings(stage, w.dataset))
-            for stage in ("model", "augment", "train")
-        ),
+        fold=lambda w: run_of(w).fold_flags(FOLDS),
+        settings=lambda w: flags(w, "model", "augment", "train"),
     shell:
         "unet train --data {params.data} --weights {params.weights} --out {params.out}"
         " {params.fold} --seed {wildcards.seed} {params.settings} > {log} 2>&1"

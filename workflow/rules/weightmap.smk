@@ -1,13 +1,12 @@
 # Weight maps: the training targets and loss weight maps of each labelled split, computed once
 # (unet/weightmap.py), and the report's figures of the weight map (the paper's Fig. 3) and of
 # the augmentation that training applies to them (unet/augment.py).
-from unet.config import cli_flags
 
 
 # The ISBI test volume has no labels, hence no weight maps.
 rule weightmap:
     input:
-        frames="results/data/{dataset}/{split}/frames.json",
+        unpack(lambda w: split_files(w.dataset, w.split)),
     output:
         target="results/weights/{dataset}/{split}/target.tif",
         weights="results/weights/{dataset}/{split}/weights.tif",
@@ -26,14 +25,14 @@ rule weightmap:
     params:
         data=subpath(input.frames, parent=True),
         out=subpath(output.target, parent=True),
-        flags=lambda w: cli_flags(settings("weightmap", w.dataset)),
+        flags=lambda w: flags(w, "weightmap"),
     shell:
         "unet weightmap {params.data} {params.out} {params.flags} > {log} 2>&1"
 
 
 rule weightmap_figure:
     input:
-        frames=lambda w: f"results/data/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/frames.json",
+        unpack(lambda w: split_files(w.dataset, FIGURE_SPLIT[w.dataset])),
     output:
         report(
             "results/figures/weightmap-{dataset}.png",
@@ -53,16 +52,14 @@ rule weightmap_figure:
         runtime=10,
     params:
         data=subpath(input.frames, parent=True),
-        flags=lambda w: cli_flags(settings("weightmap", w.dataset)),
+        flags=lambda w: flags(w, "weightmap"),
     shell:
         "unet weightmap {params.data} --figure {output} {params.flags} > {log} 2>&1"
 
 
 rule augment_figure:
     input:
-        frames=lambda w: f"results/data/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/frames.json",
-        target=lambda w: f"results/weights/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/target.tif",
-        weights=lambda w: f"results/weights/{w.dataset}/{FIGURE_SPLIT[w.dataset]}/weights.tif",
+        unpack(lambda w: training_inputs(w.dataset, FIGURE_SPLIT[w.dataset])),
     output:
         report(
             "results/figures/augment-{dataset}.png",
@@ -84,9 +81,11 @@ rule augment_figure:
         data=subpath(input.frames, parent=True),
         weights=subpath(input.target, parent=True),
         seed=config["seeds"][0],
-        input_size=lambda w: settings("train", w.dataset).get("input_size", 572),
-        depth=lambda w: settings("model", w.dataset).get("depth", 4),
-        flags=lambda w: cli_flags(settings("augment", w.dataset)),
+        input_size=lambda w: pipeline.stage_settings(
+            config, "train", w.dataset
+        ).input_size,
+        depth=lambda w: pipeline.stage_settings(config, "model", w.dataset).depth,
+        flags=lambda w: flags(w, "augment"),
     shell:
         "unet augment {params.data} {params.weights} --figure {output} --seed {params.seed}"
         " --input-size {params.input_size} --depth {params.depth} {params.flags} > {log} 2>&1"
