@@ -1,4 +1,4 @@
-"""Shared fixtures: where the repository and the real data copies are."""
+"""Shared fixtures: the real data copies."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import REPO, SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[1]
-# The real ISBI 2012 and Cell Tracking Challenge copies (../shared/data beside the checkout).
-SHARED_DATA = Path(os.environ.get("UNET_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+# The `slurm_cluster` fixture: a real single-node SLURM cluster (tests/slurm_cluster.py).
+pytest_plugins = ["slurm_cluster"]
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +18,7 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "isbi2012" / "train-volume.tif").is_file():
         pytest.fail(f"real data not found at {SHARED_DATA}; set UNET_SHARED_DATA to a copy laid out like ../shared/data")
     return SHARED_DATA
+
 
 # Subprocesses (the `unet` command, snakemake) must import the package of this checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

@@ -3,24 +3,20 @@ statistics, exact rotations and flips, mirrored context, reproducibility and res
 
 from __future__ import annotations
 
-import argparse
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
 import torch
-import yaml
 from torch.nn import functional as F
 from matplotlib import image as mpimg
 
-from conftest import REPO
-from unet.augment import AUGMENT_ARGUMENTS, Augmenter, AugmentConfig, SampleParameters, deformed_grid, plot_augmentation
-from unet.config import add_dataclass_arguments, dataclass_from_args
+from helpers import unet
+from unet.augment import Augmenter, SampleParameters, deformed_grid, plot_augmentation
+from unet.settings import AugmentSettings
 from unet.io import Split, normalize_intensity, write_split, write_tiff
-from unet.model import InvalidSizeError
+from unet.sizes import InvalidSizeError
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +46,7 @@ def parameters(augmenter: Augmenter, **overrides) -> SampleParameters:
 
 def test_zero_strength_is_a_plain_crop_with_mirrored_context(isbi):
     images, targets, weights = isbi
-    augmenter = Augmenter(images, targets, weights, input_size=188, config=AugmentConfig.identity(), seed=3)
+    augmenter = Augmenter(images, targets, weights, input_size=188, config=AugmentSettings.identity(), seed=3)
     drawn = augmenter.draw(4)
     image, target, weight = augmenter.apply(drawn)
     assert image.shape == (4, 1, 188, 188) and image.dtype == torch.float32
@@ -66,7 +62,7 @@ def test_zero_strength_is_a_plain_crop_with_mirrored_context(isbi):
 
 def test_images_smaller_than_the_tile_are_mirrored_repeatedly(isbi):
     images, targets, weights = (array[:, :12, :15] for array in isbi)  # smaller than even the 20x20 output
-    augmenter = Augmenter(images, targets, weights, input_size=204, config=AugmentConfig.identity(), seed=0)
+    augmenter = Augmenter(images, targets, weights, input_size=204, config=AugmentSettings.identity(), seed=0)
     drawn = augmenter.draw(3)
     image, target, weight = augmenter.apply(drawn)
     assert target.shape == (3, 20, 20)
@@ -96,7 +92,7 @@ def test_label_values_stay_in_the_original_set_and_keep_their_weights(shared_dat
 
 
 def test_coarse_displacements_have_the_configured_standard_deviation(isbi):
-    augmenter = Augmenter(*isbi, input_size=188, config=AugmentConfig(elastic_std=7.0, elastic_grid=4), seed=0)
+    augmenter = Augmenter(*isbi, input_size=188, config=AugmentSettings(elastic_std=7.0, elastic_grid=4), seed=0)
     displacement = augmenter.draw(4000).displacement
     assert displacement.shape == (4000, 2, 4, 4)
     # 128,000 draws: the sample standard deviation is within 1% of the true one with overwhelming probability.
@@ -106,10 +102,10 @@ def test_coarse_displacements_have_the_configured_standard_deviation(isbi):
 
 
 def test_dense_field_passes_through_the_coarse_displacements_at_the_control_points(isbi):
-    augmenter = Augmenter(*isbi, input_size=188, config=AugmentConfig(rotation=0.0, flip=False), seed=0)
+    augmenter = Augmenter(*isbi, input_size=188, config=AugmentSettings(rotation=0.0, flip=False), seed=0)
     drawn = augmenter.draw(2)
     coordinates = augmenter.source_coordinates(drawn)  # (B, S, S, 2) as (column, row)
-    plain = Augmenter(*isbi, input_size=188, config=AugmentConfig.identity()).source_coordinates(drawn)
+    plain = Augmenter(*isbi, input_size=188, config=AugmentSettings.identity()).source_coordinates(drawn)
     shift = (coordinates - plain).flip(-1)  # (row, column) displacement per tile pixel
     for row_index, row in ((0, 0), (2, 187)):
         for column_index, column in ((0, 0), (2, 187)):
@@ -124,7 +120,7 @@ def test_dense_field_passes_through_the_coarse_displacements_at_the_control_poin
 
 def test_right_angle_rotation_and_flip_are_exact(isbi):
     images, targets, weights = isbi
-    augmenter = Augmenter(images, targets, weights, input_size=188, config=AugmentConfig.identity())
+    augmenter = Augmenter(images, targets, weights, input_size=188, config=AugmentSettings.identity())
     crop = reflected_crop(images[0], 7 - 92, 5 - 92, 188)
     rotated, _, _ = augmenter.apply(parameters(augmenter, angle=torch.tensor([math.pi / 2])))
     np.testing.assert_allclose(rotated[0, 0].numpy(), np.rot90(crop, k=-1), atol=1e-4)
@@ -136,15 +132,15 @@ def test_right_angle_rotation_and_flip_are_exact(isbi):
 def test_rotated_tiles_have_no_empty_corners(isbi):
     images, targets, weights = isbi
     lifted = 0.5 + images / 2  # every pixel in [0.5, 1]: zero padding would show as dark corners
-    augmenter = Augmenter(lifted, targets, weights, input_size=188, config=AugmentConfig.identity())
+    augmenter = Augmenter(lifted, targets, weights, input_size=188, config=AugmentSettings.identity())
     image, _, _ = augmenter.apply(parameters(augmenter, angle=torch.tensor([math.pi / 4])))
     corners = image[0, 0, [0, 0, -1, -1], [0, -1, 0, -1]]
     assert corners.min() > 0.4  # bicubic may overshoot a little, never to 0
 
 
 def test_gray_value_variation_scales_contrast_around_the_mean_and_shifts(isbi):
-    augmenter = Augmenter(*isbi, input_size=188, config=AugmentConfig(gray_contrast=0.5, gray_brightness=0.2))
-    plain_augmenter = Augmenter(*isbi, input_size=188, config=AugmentConfig.identity())
+    augmenter = Augmenter(*isbi, input_size=188, config=AugmentSettings(gray_contrast=0.5, gray_brightness=0.2))
+    plain_augmenter = Augmenter(*isbi, input_size=188, config=AugmentSettings.identity())
     plain, _, _ = plain_augmenter.apply(parameters(plain_augmenter))
     varied, _, _ = augmenter.apply(parameters(augmenter, contrast=torch.tensor([1.4]),
                                               brightness=torch.tensor([-0.15])))
@@ -169,29 +165,6 @@ def test_same_seed_same_samples_and_exact_resume(isbi):
     resumed.load_state_dict(state)
     for a, b in zip(resumed.sample(3), expected):
         assert torch.equal(a, b)
-
-
-def test_config_flags_round_trip_with_the_paper_defaults():
-    parser = argparse.ArgumentParser()
-    add_dataclass_arguments(parser, AugmentConfig, AUGMENT_ARGUMENTS)
-    assert dataclass_from_args(AugmentConfig, parser.parse_args([])) == AugmentConfig()
-    flags = ["--elastic-std", "4.5", "--no-flip", "--elastic-grid", "5"]
-    config = dataclass_from_args(AugmentConfig, parser.parse_args(flags))
-    assert (config.elastic_std, config.flip, config.elastic_grid) == (4.5, False, 5)
-    assert AugmentConfig().elastic_grid == 3 and AugmentConfig().elastic_std == 10.0  # the paper's values
-
-
-def test_config_section_lists_every_field_with_its_default():
-    section = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["augment"]
-    assert AugmentConfig(**section) == AugmentConfig()
-    assert set(section) == set(AugmentConfig.__dataclass_fields__)
-
-
-@pytest.mark.parametrize("key, value", [("elastic_std", -1.0), ("elastic_grid", 1), ("rotation", 200.0),
-                                        ("gray_contrast", 1.0), ("gray_brightness", -0.1)])
-def test_bad_settings_name_the_key(key, value):
-    with pytest.raises(ValueError, match=key):
-        AugmentConfig(**{key: value})
 
 
 def test_bad_inputs_are_refused(isbi):
@@ -224,13 +197,13 @@ def test_flips_and_angles_are_drawn_uniformly(isbi):
 def test_deformed_grid_figure(isbi, tmp_path):
     """The report's figure: a regular grid seen through the sample's deformation, beside the sample."""
     images, targets, weights = isbi
-    plain = Augmenter(images, targets, weights, input_size=188, config=AugmentConfig.identity())
+    plain = Augmenter(images, targets, weights, input_size=188, config=AugmentSettings.identity())
     crop = parameters(plain)
     grid = deformed_grid(plain, crop, spacing=16)[0].numpy()
     assert grid[92 - 7:92 - 7 + 2].min() > 0.999  # image rows 0 and 1 (tile rows 85, 86) are a grid line
     between = grid[92 - 7 + 2:92 - 7 + 16, 92 - 5 + 8]  # image rows 2..15 at image column 8: blank
     assert between.max() < 1e-3 and grid[92 - 7 + 16].min() > 0.999
-    deforming = Augmenter(images, targets, weights, input_size=188, config=AugmentConfig(rotation=0, flip=False),
+    deforming = Augmenter(images, targets, weights, input_size=188, config=AugmentSettings(rotation=0, flip=False),
                           seed=0)
     warped = deformed_grid(deforming, deforming.draw(1), spacing=16)[0].numpy()
     assert np.abs(warped - grid).mean() > 0.05  # the deformation moved the lines
@@ -247,8 +220,7 @@ def test_cli_draws_the_figure_from_a_prepared_split(isbi, tmp_path):
     write_tiff(tmp_path / "weights" / "target.tif", targets)
     write_tiff(tmp_path / "weights" / "weights.tif", weights)
     figure = tmp_path / "figure.png"
-    result = subprocess.run([sys.executable, "-m", "unet.cli", "augment", tmp_path / "data", tmp_path / "weights",
-                             "--figure", figure, "--input-size", "188", "--samples", "2", "--elastic-std", "5"],
-                            capture_output=True, text=True)
+    result = unet("augment", tmp_path / "data", tmp_path / "weights", "--figure", figure, "--input-size", "188",
+                  "--samples", "2", "--elastic-std", "5")
     assert result.returncode == 0, result.stderr
     assert mpimg.imread(figure).shape[0] > 300

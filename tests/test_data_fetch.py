@@ -9,8 +9,6 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
-import sys
 import tarfile
 import threading
 import zipfile
@@ -20,7 +18,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet.data import CATALOGUE, Remote, download, extract, fetch, prepare, verify_digests
+from helpers import unet
+from unet.fetch import CATALOGUE, Remote, download, extract, fetch, verify_digests
+from unet.prepare import prepare
 from unet.io import DataError, read_split
 from unet.synthetic import synthesize_cells, synthesize_em
 
@@ -334,10 +334,8 @@ def test_an_hdf5_label_volume_of_unknown_encoding_is_refused(shared_data, tmp_pa
 
 
 def test_the_fetch_command_reports_errors_and_exit_code(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "unet.cli", "fetch", "PhC-C2DH-U373", "--out", str(tmp_path / "r"),
-                             "--mirror", str(tmp_path), "--no-progress"], capture_output=True, text=True)
+    result = unet("fetch", "PhC-C2DH-U373", "--out", tmp_path / "r", "--mirror", tmp_path, "--no-progress")
     assert result.returncode == 2
     assert "unet fetch: error: PhC-C2DH-U373: the mirror" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "unet.cli", "fetch", "x", "--out", str(tmp_path / "r"),
-                             "--checksum", "bad"], capture_output=True, text=True)
+    result = unet("fetch", "x", "--out", tmp_path / "r", "--checksum", "bad")
     assert result.returncode == 2 and "expected NAME=algo:hex" in result.stderr

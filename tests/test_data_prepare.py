@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tifffile
 
-from unet.data import prepare
+from helpers import unet
+from unet.prepare import prepare
 from unet.io import DataError, read_split
 
 HELA_GT = {"01": [2, 5, 21, 31, 33, 34, 39, 54, 67], "02": [6, 7, 14, 27, 34, 38, 42, 61, 67]}
@@ -87,9 +85,7 @@ def test_protocol_and_split_errors_name_the_problem(shared_data, tmp_path):
 
 
 def test_the_prepare_command_writes_the_requested_split(shared_data, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "unet.cli", "prepare", "isbi2012", "--raw",
-                             str(shared_data / "isbi2012"), "--out", str(tmp_path), "--splits", "test"],
-                            capture_output=True, text=True)
+    result = unet("prepare", "isbi2012", "--raw", shared_data / "isbi2012", "--out", tmp_path, "--splits", "test")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test"]
     assert read_split(tmp_path / "test").images.shape == (30, 512, 512)

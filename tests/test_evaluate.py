@@ -5,25 +5,18 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage
 
+from helpers import copy_workflow, snakemake, unet
 from unet import metrics
 from unet.cli import main
 from unet.io import write_tiff
 
-REPO = Path(__file__).resolve().parents[1]
 ISBI_KEYS = ("warping_error", "rand_error", "rand_error_unrestricted", "pixel_error", "vrand", "vinfo")
-
-
-def unet(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unet.cli", *map(str, args)], capture_output=True, text=True)
 
 
 def run_in_process(*args: str) -> tuple[int, str, str]:
@@ -187,26 +180,10 @@ def test_ctc_table_and_a_missing_result_frame(hela, tmp_path):
 
 
 def test_rules_pass_the_evaluate_settings_as_flags(tmp_path):
-    """A dry run of the two rules in a throwaway workflow: the config section becomes the CLI's flags."""
-    snakefile = tmp_path / "Snakefile"
-    snakefile.write_text(
-        f'configfile: "{REPO}/config/config.yaml"\n\n\n'
-        f'include: "{REPO}/workflow/rules/common.smk"\n\n\n'
-        f'include: "{REPO}/workflow/rules/evaluate.smk"\n'
-    )
-    overrides = tmp_path / "overrides.yaml"
-    overrides.write_text("evaluate: {rand_normalisation: pairs, warping_radius: 12}\n")
-    for path in ("results/predictions/isbi2012/fold1/seed0/probabilities.tif",
-                 "results/data/isbi2012/train/frames.json"):
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).touch()
-    (tmp_path / "results/predictions/DIC-C2DH-HeLa/02/seed0/01_RES").mkdir(parents=True)
-    (tmp_path / "results/raw/DIC-C2DH-HeLa").mkdir(parents=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-p", "-s", str(snakefile), "-d", str(tmp_path),
-         "--configfile", str(overrides), "--",
-         "results/scores/isbi2012/fold1/seed0.json", "results/scores/DIC-C2DH-HeLa/02/seed0.json"],
-        capture_output=True, text=True)
+    """A dry run of the real workflow up to two score files: the config section becomes the CLI's flags."""
+    workdir = copy_workflow(tmp_path)
+    done = snakemake(workdir, "-n", "-p", "--config", "evaluate={rand_normalisation: pairs, warping_radius: 12}",
+                     "--", "results/scores/isbi2012/fold1/seed0.json", "results/scores/DIC-C2DH-HeLa/02/seed0.json")
     assert done.returncode == 0, done.stderr + done.stdout
     assert ("unet evaluate isbi results/predictions/isbi2012/fold1/seed0/probabilities.tif "
             "results/data/isbi2012/train/labels.tif --fold 1 --folds 3 --rand-normalisation pairs --warping-radius 12"

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from unet.config import cli_flags, paper_deviations, stage_settings, typed_command_line_values
+from unet.pipeline import ConfigError, paper_deviations, stage_settings, typed_command_line_values
+from unet.settings import PredictSettings, cli_flags
 from unet.io import (DataError, Split, atomic_path, format_frames, held_out_frames, normalize_intensity, parse_frames,
                      read_split, write_split)
 
@@ -59,11 +60,17 @@ def test_split_round_trip_and_validation(tmp_path):
     assert not (tmp_path / "bad" / "frames.json").exists()
 
 
-def test_dataset_overrides_merge_into_the_stage_section():
-    config = {"predict": {"input_size": 572, "min_area": 0}, "datasets": {"u373": {"predict": {"min_area": 500}}}}
-    assert stage_settings(config, "predict", "u373") == {"input_size": 572, "min_area": 500}
+def test_dataset_overrides_merge_into_the_stage_section_and_bad_values_name_where_they_are_set():
+    config = {"predict": {"input_size": 444, "min_area": 0}, "datasets": {"u373": {"predict": {"min_area": 500}}}}
+    assert stage_settings(config, "predict", "u373") == PredictSettings(input_size=444, min_area=500)
     with pytest.raises(KeyError, match="not a key of `datasets`"):
         stage_settings(config, "predict", "hela")
+    config["datasets"]["u373"]["predict"]["min_area"] = -1
+    with pytest.raises(ConfigError, match=r"datasets.u373.predict.min_area = -1: must be >= 0"):
+        stage_settings(config, "predict", "u373")
+    config["datasets"]["u373"]["predict"] = {"tta": "d8"}
+    with pytest.raises(ConfigError, match=r"^config: datasets.u373.predict.tta = 'd8': must be one of"):
+        stage_settings(config, "predict", "u373")
 
 
 def test_settings_become_cli_flags():

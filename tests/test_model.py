@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from unet.model import InvalidSizeError, UNet, border, input_size, output_size, valid_input_size_at_least
+from unet.model import UNet
+from unet.sizes import InvalidSizeError, border, input_size, output_size, valid_input_size_at_least
 
 
 def test_paper_network_has_the_papers_parameter_count_and_shapes():

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,16 +14,14 @@ import pytest
 import tifffile
 import yaml
 from demo_tables import DEMO_CTC_RUNS, DEMO_ISBI_RUNS, check_demo_tables
+from helpers import CONFIG, copy_workflow, job_stats, snakemake
 
 from unet.io import read_split
 
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config", "workflow", "envs", "profiles")
 DEMO_CONFIG = "config/demo.yaml"
 # A job as Snakemake prints it: "[local]rule NAME:" and its indented fields (log:, benchmark:, ...).
 JOB = re.compile(r"^(?:local)?rule (?P<rule>\w+):\n(?P<fields>(?:    .*\n)+)", re.MULTILINE)
 FIELD = re.compile(r"^    (?P<key>\w+): (?P<value>.*)$", re.MULTILINE)
-JOB_STATS_ROW = re.compile(r"^(?P<rule>\w+)\s+(?P<count>\d+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -37,29 +32,6 @@ class Run:
     @property
     def results(self) -> Path:
         return self.workdir / "results"
-
-
-def copy_workflow(destination: Path) -> Path:
-    """The workflow's own files (no results, no .snakemake) in `destination`, as a fresh clone has them."""
-    for name in WORKFLOW_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, destination / name)
-    return destination
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=900
-    )
-
-
-def job_stats(log: str) -> dict[str, int]:
-    """The first "Job stats" table of a Snakemake log: jobs per rule, without the total."""
-    table = log[log.index("Job stats:") :].split("\n\n")[0]
-    return {row["rule"]: int(row["count"]) for row in JOB_STATS_ROW.finditer(table) if row["rule"] != "total"}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +64,7 @@ def test_demo_markdown_tables_state_the_protocol_and_the_settings(demo: Run) -> 
 
 @pytest.mark.slow
 def test_demo_submission_is_the_test_volume_probability_stack(demo: Run) -> None:
-    test_slices = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]["demo-em"]["synthetic"][
+    test_slices = yaml.safe_load(CONFIG.read_text())["datasets"]["demo-em"]["synthetic"][
         "test_slices"
     ]
     run = demo.results / "predictions" / "demo-em" / "all" / "seed0"
@@ -167,15 +139,15 @@ def test_demo_report_has_the_tables_curves_figures_and_run_times(demo: Run) -> N
 # isbi) and DIC-C2DH-HeLa, PhC-C2DH-U373 (protocol ctc), isbi.folds 3, seeds [0], predict_test.
 PAPER_JOBS = {
     "fetch": 3,  # each data set, from its official source
-    "prepare": 2 + 2 * 2,  # isbi: train and test; ctc: sequences 01 and 02
+    "prepare": 1 + 2 * 2,  # the labelled splits: isbi train; ctc sequences 01 and 02
+    "prepare_isbi_test": 1,  # the isbi test volume
     "weightmap": 1 + 2 * 2,  # the labelled splits: isbi train; ctc 01, 02
     "weightmap_figure": 3,  # one per experiment
     "augment_figure": 3,
     "train": (3 + 1) + 2 * 2,  # isbi: 3 folds and all slices; ctc: one per training sequence
     "predict_isbi_fold": 3,  # each fold's held-out block
     "predict_isbi_test": 1,  # the all-slices model on the test volume: the submission
-    "predict_ctc_01": 2,  # trained on 01, predicts 02, per ctc data set
-    "predict_ctc_02": 2,
+    "predict_ctc": 2 * 2,  # trained on one sequence, predicts the other, per ctc data set
     "evaluate_isbi": 3,  # the folds
     "evaluate_ctc": 2 * 2,  # both directions of each ctc data set
     "tables": 1,
@@ -185,7 +157,7 @@ PAPER_JOBS = {
 
 
 def test_paper_dry_run_resolves_every_job_of_the_three_experiments(tmp_path: Path) -> None:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load(CONFIG.read_text())
     assert (config["experiments"], config["isbi"], config["seeds"]) == (
         ["isbi2012", "DIC-C2DH-HeLa", "PhC-C2DH-U373"], {"folds": 3, "predict_test": True}, [0],
     ), "config/config.yaml changed: derive PAPER_JOBS anew"
@@ -203,7 +175,7 @@ def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     jobs = job_stats(log)
-    assert (jobs["train"], jobs["predict_isbi_fold"], jobs["evaluate_ctc"]) == (3 + 2, 3, 2)
+    assert (jobs["train"], jobs["predict_isbi_fold"], jobs["predict_ctc"], jobs["evaluate_ctc"]) == (3 + 2, 3, 2, 2)
     assert "predict_isbi_test" not in jobs  # isbi.predict_test is off: no fourth ISBI model
     commands = [line.removeprefix("Shell command: ") for line in log.splitlines()]
     train_commands = [command for command in commands if command.startswith("unet train ")]
@@ -215,13 +187,19 @@ def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model={depth: 0}", r"0 is less than the minimum of 1\n(.*\n)*.*\['model'\]\['properties'\]\['depth'\]"),
-        ("train={iterations: 10, itterations: 5}", r"'itterations' was unexpected"),
-        ("colour=blue", r"'colour' was unexpected"),
-        ("experiments=[demo-em,demo-cels]", r"experiments \['demo-cels'\] are not keys of `datasets`"),
-        ("datasets={demo-em: {protocol: isib}}", r"'isib' is not one of \['isbi', 'ctc'\]"),
+        ("model={depth: 0}", r"config: model.depth: 0 is less than the minimum of 1"),
+        ("train={iterations: 10, itterations: 5}", r"config: train: .*'itterations' was unexpected"),
+        ("colour=blue", r"config: \(top level\): .*'colour' was unexpected"),
+        ("experiments=[demo-em,demo-cels]", r"config: experiments \['demo-cels'\] are not keys of `datasets`"),
+        ("datasets={demo-em: {protocol: isib}}", r"config: datasets.demo-em.protocol: 'isib' is not one of"),
+        ("train={input_size: 190}", r"config: train.input_size = 190: input size 190 is invalid for a depth-3 "
+                                    r"U-Net .*nearest valid sizes: 188 or 196"),
+        ("datasets={demo-cells: {predict: {input_size: 104}}}", r"config: datasets.demo-cells.predict.input_size = "
+                                                                r"104: input size 104 is invalid"),
+        ("isbi={folds: 13}", r"config: isbi.folds = 13: more folds than the 12 labelled training slices of demo-em"),
     ],
-    ids=["bound", "nested-key", "top-level-key", "experiment", "dataset-value"],
+    ids=["bound", "nested-key", "top-level-key", "experiment", "dataset-value", "tile-size", "dataset-tile-size",
+         "folds"],
 )
 def test_a_wrong_config_key_or_value_stops_the_run_before_any_job(override: str, message: str, tmp_path: Path) -> None:
     workdir = copy_workflow(tmp_path)

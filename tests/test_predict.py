@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +10,11 @@ import pytest
 import tifffile
 import torch
 
+from helpers import copy_workflow, snakemake, unet
 from unet.cli import main as unet_main
 from unet.io import Split, normalize_intensity, read_stack, write_split
-from unet.model import InvalidSizeError, UNet, border, save_model, valid_input_size_at_least
+from unet.model import UNet, save_model
+from unet.sizes import InvalidSizeError, border, valid_input_size_at_least
 from unet.predict import (
     TTA,
     instance_masks,
@@ -23,9 +23,6 @@ from unet.predict import (
     write_ctc_masks,
     write_submission,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def tiny_unet(depth: int = 3, seed: int = 0) -> UNet:
     """A random-weight network whose probabilities spread over [0, 1] (a larger head), so that errors show."""
@@ -225,10 +222,9 @@ def isbi_split(shared_data, tmp_path_factory):
 
 def test_cli_predicts_the_held_out_fold(isbi_split, tmp_path):
     out = tmp_path / "probabilities.tif"
-    command = [sys.executable, "-m", "unet.cli", "predict", "--model", str(isbi_split / "model.pt"),
-               "--data", str(isbi_split / "train"), "--out", str(out), "--fold", "1", "--folds", "3",
-               "--tta", "flips", "--input-size", "76", "--batch-size", "3", "--device", "cpu"]
-    finished = subprocess.run(command, capture_output=True, text=True)
+    finished = unet("predict", "--model", isbi_split / "model.pt", "--data", isbi_split / "train", "--out", out,
+                    "--fold", "1", "--folds", "3", "--tta", "flips", "--input-size", "76", "--batch-size", "3",
+                    "--device", "cpu")
     assert finished.returncode == 0, finished.stderr
     assert "frames 2-3" in finished.stderr
     images = tifffile.imread(isbi_split / "train" / "images.tif")[[2, 3]]
@@ -283,26 +279,13 @@ def test_cli_rejects_bad_requests_clearly(isbi_split, tmp_path, capsys, extra, m
 
 
 def test_rules_pass_the_merged_predict_settings(tmp_path):
-    """Dry-run the predict rules with the repository's configuration: the per data set overrides reach the CLI."""
-    (tmp_path / "Snakefile").write_text(
-        f'configfile: "{REPO}/config/config.yaml"\n'
-        f'include: "{REPO}/workflow/rules/common.smk"\n'
-        f'include: "{REPO}/workflow/rules/predict.smk"\n'
-    )
-    inputs = ["results/models/isbi2012/fold1/seed0/model.pt", "results/models/isbi2012/all/seed0/model.pt",
-              "results/models/PhC-C2DH-U373/01/seed0/model.pt", "results/models/DIC-C2DH-HeLa/02/seed0/model.pt",
-              *[f"results/data/{d}/{s}/frames.json" for d, s in [("isbi2012", "train"), ("isbi2012", "test"),
-                                                                  ("PhC-C2DH-U373", "02"), ("DIC-C2DH-HeLa", "01")]]]
-    for path in inputs:
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).touch()
+    """Dry-run the real workflow up to four predictions: the per data set overrides reach the CLI."""
+    workdir = copy_workflow(tmp_path)
     targets = ["results/predictions/isbi2012/fold1/seed0/probabilities.tif",
                "results/predictions/isbi2012/all/seed0/submission.tif",
                "results/predictions/PhC-C2DH-U373/01/seed0/02_RES",
                "results/predictions/DIC-C2DH-HeLa/02/seed0/01_RES"]
-    command = [sys.executable, "-m", "snakemake", "-s", str(tmp_path / "Snakefile"), "-d", str(tmp_path), "-n", "-p",
-               "--cores", "1", *targets]
-    finished = subprocess.run(command, capture_output=True, text=True)
+    finished = snakemake(workdir, "-n", "-p", "--", *targets)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     commands = [line for line in finished.stdout.splitlines() if "unet predict " in line]
     fold, test, phc, hela = (next(c for c in commands if key in c) for key in

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from demo_tables import check_demo_tables
-from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 (the fixture)
+from helpers import CONFIG, DEMO_CONFIG, REPO, snakemake
+from slurm_cluster import SlurmCluster
 from workflow_rules import workflow_rules
 
-REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 
 pytestmark = pytest.mark.slurm
@@ -48,11 +46,11 @@ DEMO_RUN = WorkflowRun(
     snakefile=REPO / "Snakefile",
     targets=(),
     args=(
-        "--configfile", str(REPO / "config" / "config.yaml"), str(REPO / "config" / "demo.yaml"),
+        "--configfile", str(CONFIG), str(DEMO_CONFIG),
         "--config", "train={iterations: 40}", "datasets={demo-cells: {train: {iterations: 40}}}",
     ),
     outputs=("results/tables/table1.csv", "results/tables/table2.csv"),
-    configfile=REPO / "config" / "demo.yaml",
+    configfile=DEMO_CONFIG,
 )
 SLURM_RUNS = {"mechanics": MECHANICS_RUN, "demo": DEMO_RUN}
 
@@ -99,24 +97,19 @@ def test_workflow_runs_through_the_slurm_profile(run: WorkflowRun, slurm_cluster
 
 def run_with_slurm_profile(cluster: SlurmCluster, run: WorkflowRun, workdir: Path) -> str:
     """Runs snakemake with profiles/slurm as a user would, with this small cluster's site settings; returns its log."""
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "snakemake",
-            *run.targets,  # first: options such as --configfile take any number of values
-            "--snakefile", str(run.snakefile),
-            "--directory", str(workdir),
-            "--workflow-profile", str(site_profile(cluster, run, workdir.parent / "profile")),
-            # No accounting database: job states come from squeue, no account is guessed.
-            "--slurm-status-command", "squeue",
-            "--slurm-no-account",
-            "--slurm-init-seconds-before-status-checks", "2",
-            "--retries", "0",
-            "--latency-wait", "5",
-            *run.args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = snakemake(
+        workdir,
+        *run.targets,  # first: options such as --configfile take any number of values
+        "--snakefile", run.snakefile,
+        "--workflow-profile", site_profile(cluster, run, workdir.parent / "profile"),
+        # No accounting database: job states come from squeue, no account is guessed.
+        "--slurm-status-command", "squeue",
+        "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks", "2",
+        "--retries", "0",
+        "--latency-wait", "5",
+        *run.args,
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"{log}\n{cluster.diagnostics()}"

@@ -4,8 +4,6 @@ network can learn from (membranes darker than interiors, touching cells)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,9 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from unet.data import check_layout, prepare
+from helpers import unet
+from unet.fetch import check_layout
+from unet.prepare import prepare
 from unet.io import read_split
 from unet.synthetic import synthesize_cells, synthesize_em
 
@@ -113,11 +113,11 @@ def test_py_ctcmetrics_accepts_the_layout_and_scores_the_truth_perfectly(cells, 
 
 
 def test_the_synthesize_command_and_its_errors(tmp_path):
-    command = [sys.executable, "-m", "unet.cli", "synthesize", "cells", str(tmp_path / "c"), "--seed", "2",
-               "--size", "64", "--frames", "2", "--annotated", "1", "--cell-count", "2", "--cell-size", "24"]
-    result = subprocess.run(command, capture_output=True, text=True)
+    options = ["--seed", "2", "--size", "64", "--frames", "2", "--annotated", "1", "--cell-count", "2",
+               "--cell-size", "24"]
+    result = unet("synthesize", "cells", tmp_path / "c", *options)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "c" / "01_GT" / "SEG").iterdir()) == ["man_seg000.tif"]
-    result = subprocess.run(command[:5] + [str(tmp_path / "bad"), "--frames", "0"], capture_output=True, text=True)
-    assert result.returncode == 2 and "--frames must be positive, found 0" in result.stderr
+    result = unet("synthesize", "cells", tmp_path / "bad", *options, "--frames", "0")
+    assert result.returncode == 2 and "--frames = 0: must be >= 1" in result.stderr
     assert not (tmp_path / "bad").exists()

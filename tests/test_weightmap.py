@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,10 +13,10 @@ from matplotlib import image as mpimg
 from scipy import ndimage
 from skimage.measure import label as connected_components
 
-from conftest import REPO
-from unet.io import NORMALIZATION_PERCENTILES, DataError, Split, read_tiff, write_split, write_tiff
-from unet.weightmap import (TOLERANCE, border_reach, class_weights, load_training_set, separate_instances,
-                            weight_map, weight_maps)
+from helpers import copy_workflow, snakemake, unet
+from unet.io import (NORMALIZATION_PERCENTILES, DataError, Split, load_training_set, read_tiff, write_split,
+                     write_tiff)
+from unet.weightmap import TOLERANCE, border_reach, class_weights, separate_instances, weight_map, weight_maps
 
 HELA_FRAMES = {"01": [2, 21], "02": [6]}
 
@@ -146,13 +144,6 @@ def test_bad_arguments_are_named():
         weight_map(np.zeros((4, 4), dtype=np.uint8), "binary", sigma=0)
 
 
-def run_unet(*arguments, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "unet.cli", *map(str, arguments)], capture_output=True, text=True)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
 @pytest.fixture(scope="module")
 def hela_split(shared_data, tmp_path_factory):
     """A prepared HeLa split from the real files: three frames, two of them labelled."""
@@ -167,7 +158,7 @@ def hela_split(shared_data, tmp_path_factory):
 def test_cli_writes_targets_weights_and_the_figure(hela_split, tmp_path):
     directory, labels = hela_split
     out, figure = tmp_path / "weights", tmp_path / "weightmap.png"
-    run_unet("weightmap", directory, out, "--w0", 8, "--sigma", 4, "--figure", figure, "--figure-frame", 21)
+    unet("weightmap", directory, out, "--w0", 8, "--sigma", 4, "--figure", figure, "--figure-frame", 21, check=True)
     target, weights = read_tiff(out / "target.tif"), read_tiff(out / "weights.tif")
     assert target.dtype == np.uint8 and weights.dtype == np.float32 and target.shape == labels.shape
     expected_target, expected_weights = weight_maps(labels, "instance", w0=8, sigma=4)
@@ -183,7 +174,7 @@ def test_cli_writes_targets_weights_and_the_figure(hela_split, tmp_path):
 
 def test_cli_draws_only_the_figure_without_out_dir(hela_split, tmp_path):
     directory, _ = hela_split
-    run_unet("weightmap", directory, "--figure", tmp_path / "figure.png")
+    unet("weightmap", directory, "--figure", tmp_path / "figure.png", check=True)
     assert (tmp_path / "figure.png").is_file() and not (tmp_path / "target.tif").exists()
 
 
@@ -191,10 +182,10 @@ def test_cli_refuses_splits_without_labels_and_unlabelled_figure_frames(hela_spl
     directory, _ = hela_split
     unlabelled = tmp_path / "test"
     write_split(unlabelled, Split("isbi2012", "test", "binary", np.zeros((2, 8, 8), dtype=np.uint8), [0, 1]))
-    result = run_unet("weightmap", unlabelled, tmp_path / "out", check=False)
+    result = unet("weightmap", unlabelled, tmp_path / "out")
     assert result.returncode == 2 and str(unlabelled) in result.stderr and "no labelled frames" in result.stderr
     assert not (tmp_path / "out").exists()
-    result = run_unet("weightmap", directory, "--figure", tmp_path / "f.png", "--figure-frame", 3, check=False)
+    result = unet("weightmap", directory, "--figure", tmp_path / "f.png", "--figure-frame", 3)
     assert result.returncode == 2 and "--figure-frame 3 is not labelled" in result.stderr
 
 
@@ -209,17 +200,14 @@ def test_training_set_refuses_weights_of_another_split(hela_split, tmp_path):
 def test_snakemake_rules_make_the_weights_and_both_figures(hela_split, tmp_path):
     """The rules of workflow/rules/weightmap.smk on a real prepared HeLa split, in a copy of the workflow."""
     directory, labels = hela_split
-    for name in ("Snakefile", "workflow", "config", "envs"):
-        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
-        copy(REPO / name, tmp_path / name)
+    copy_workflow(tmp_path)
     shutil.copytree(directory, tmp_path / "results" / "data" / "DIC-C2DH-HeLa" / "01")
     weights = tmp_path / "results" / "weights" / "DIC-C2DH-HeLa" / "01" / "weights.tif"
     figures = [tmp_path / "results" / "figures" / f"{kind}-DIC-C2DH-HeLa.png" for kind in ("weightmap", "augment")]
     (tmp_path / "override.yaml").write_text("weightmap: {w0: 12.0}\n")  # the rules pass the config on
     targets = [path.relative_to(tmp_path) for path in [weights, *figures]]
-    result = subprocess.run(["snakemake", "--cores", "1", "--configfile", "override.yaml", "--allowed-rules",
-                             "weightmap", "weightmap_figure", "augment_figure", "--", *targets],
-                            cwd=tmp_path, capture_output=True, text=True)
+    result = snakemake(tmp_path, "--cores", "1", "--configfile", "override.yaml", "--allowed-rules", "weightmap",
+                       "weightmap_figure", "augment_figure", "--", *targets)
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(read_tiff(weights), weight_maps(labels, "instance", w0=12.0)[1])
     assert all(mpimg.imread(figure).shape[0] > 300 for figure in figures)

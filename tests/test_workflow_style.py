@@ -1,6 +1,6 @@
-"""Standards every rule file keeps (design.md, "Rules"): snakemake --lint reports nothing,
-snakefmt leaves the files unchanged, each rule has its log, benchmark, resources and conda
-environment; envs/ installs what pyproject.toml depends on; CI runs the README's test command."""
+"""Standards every rule file keeps: snakemake --lint reports nothing, snakefmt and ruff leave the files
+unchanged, each rule has its log, benchmark, resources and conda environment; envs/ installs what
+pyproject.toml depends on; CI runs the README's test command."""
 
 from __future__ import annotations
 
@@ -13,29 +13,30 @@ from pathlib import Path
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from helpers import CONFIG, DEMO_CONFIG, REPO
 from workflow_rules import workflow_rules
 
-REPO = Path(__file__).resolve().parents[1]
 RULE_FILES = [
     REPO / "Snakefile",
     *sorted((REPO / "workflow" / "rules").glob("*.smk")),
     REPO / "tests" / "slurm_workflow" / "Snakefile",
 ]
-DEFAULT_CONFIG = REPO / "config" / "config.yaml"
-DEMO_CONFIG = REPO / "config" / "demo.yaml"
+DEFAULT_CONFIG = CONFIG
 CONFIGS = [DEFAULT_CONFIG] + [DEMO_CONFIG] * DEMO_CONFIG.is_file()
 ENVS = REPO / "envs"
 RULE_ENV = ENVS / "unet.yaml"
 PROFILES = REPO / "profiles"
 # pip names whose conda-forge package is named otherwise (matplotlib-base: without a GUI toolkit).
 CONDA_NAMES = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
-# Runs outside the rules' environment and activates it for each job.
-NOT_IN_RULE_ENV = {"snakemake"}
+# Run outside the rules' environment: snakemake activates it for each job, and checks the configuration
+# (unet.pipeline, with jsonschema) itself.
+NOT_IN_RULE_ENV = {"snakemake", "jsonschema"}
 DOWNLOAD = re.compile(r"\bunet(\.cli)?\s+fetch\b")
 GPU_COMMAND = re.compile(r"\bunet(\.cli)?\s+(train|predict)\b")
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess:
+    """A tool (snakefmt, ruff, snakemake --lint) on the repository."""
     return subprocess.run([str(arg) for arg in args], cwd=REPO, capture_output=True, text=True)
 
 
@@ -140,7 +141,7 @@ def _conda_spec(spec: str) -> tuple[str, str]:
 
 
 def rule_violations(snakefile: Path, configfile: Path | None = None) -> list[str]:
-    """How the rules of a workflow break the rule standards of design.md, one line each."""
+    """How the rules of a workflow break the rule standards (this module's docstring), one line each."""
     problems = []
     for rule in workflow_rules(snakefile, configfile):
         if not rule.output:
