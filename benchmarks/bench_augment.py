@@ -20,16 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import common  # noqa: E402
-from helpers import SHARED_DATA  # noqa: E402
+
 from unet.augment import Augmenter, SampleParameters  # noqa: E402
 from unet.io import normalize_intensity  # noqa: E402
 from unet.weightmap import weight_maps  # noqa: E402
 
+from helpers import SHARED_DATA  # noqa: E402
+
 try:
     import elasticdeform
 except ImportError as error:  # the PyPI wheel of 0.5.1 is built against NumPy 1 and fails to import with NumPy 2
-    sys.exit(f"bench_augment: elasticdeform is needed as the baseline ({error}); with NumPy 2 build it from source: "
-             "pip install --no-binary elasticdeform --force-reinstall --no-deps elasticdeform")
+    sys.exit(
+        f"bench_augment: elasticdeform is needed as the baseline ({error}); with NumPy 2 build it from source: "
+        "pip install --no-binary elasticdeform --force-reinstall --no-deps elasticdeform"
+    )
 
 
 def elasticdeform_samples(augmenter: Augmenter, images, targets, weights, drawn: SampleParameters) -> None:
@@ -41,7 +45,7 @@ def elasticdeform_samples(augmenter: Augmenter, images, targets, weights, drawn:
     crop = (slice(margin, margin + out),) * 2
     for b in range(len(drawn.index)):
         top, left = (drawn.corner[b].numpy() - margin + pad).tolist()
-        image, target, weight = (stack[int(drawn.index[b]), top:top + size, left:left + size] for stack in padded)
+        image, target, weight = (stack[int(drawn.index[b]), top : top + size, left : left + size] for stack in padded)
         if drawn.flip[b]:
             image, target, weight = image[:, ::-1], target[:, ::-1], weight[:, ::-1]
         displacement = drawn.displacement[b].numpy()
@@ -54,12 +58,17 @@ def elasticdeform_samples(augmenter: Augmenter, images, targets, weights, drawn:
 
 def main() -> None:
     parser = common.parser(__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=SHARED_DATA,
-                        help="the real data copies (default: $UNET_SHARED_DATA or ../shared/data)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=SHARED_DATA,
+        help="the real data copies (default: $UNET_SHARED_DATA or ../shared/data)",
+    )
     parser.add_argument("--samples", type=int, default=20, help="samples per timed CPU run (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size on --device cuda (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default %(default)s: elasticdeform runs on one core)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default %(default)s: elasticdeform runs on one core)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -80,12 +89,18 @@ def main() -> None:
         device = Augmenter(images, targets, weights, seed=0, device=args.device)
         on_device = per_second(lambda: device.sample(args.batch_size), args.batch_size, device=args.device)
         rows.append([f"Augmenter, {args.device}", args.batch_size, on_device, f"{on_device / peer:.1f}x"])
-    common.report("augment", ["implementation", "batch", "samples/s", "vs elasticdeform"], rows, device=args.device,
-                  record=args.record, command="python " + " ".join(sys.argv),
-                  notes=f"{len(images)} ISBI slices 512x512, input tile {cpu.input_size}, output {cpu.output_size}; "
-                        "the CPU rows share the machine's cores. elasticdeform interpolates the coarse grid with "
-                        "cubic B-splines and the image with a prefiltered cubic spline, ours with bicubic "
-                        "convolution: same work, slightly different kernels.")
+    common.report(
+        "augment",
+        ["implementation", "batch", "samples/s", "vs elasticdeform"],
+        rows,
+        device=args.device,
+        record=args.record,
+        command="python " + " ".join(sys.argv),
+        notes=f"{len(images)} ISBI slices 512x512, input tile {cpu.input_size}, output {cpu.output_size}; "
+        "the CPU rows share the machine's cores. elasticdeform interpolates the coarse grid with "
+        "cubic B-splines and the image with a prefiltered cubic spline, ours with bicubic "
+        "convolution: same work, slightly different kernels.",
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -25,9 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from benchmarks.common import median_seconds, parser, report  # noqa: E402
-from helpers import SHARED_DATA as SHARED  # noqa: E402
 from unet.fetch import Remote, download, required_files  # noqa: E402
 from unet.prepare import prepare  # noqa: E402
+
+from helpers import SHARED_DATA as SHARED  # noqa: E402
 
 
 def free_port() -> int:
@@ -39,8 +41,11 @@ def free_port() -> int:
 def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
     """`python -m http.server` in its own process, so that serving does not compete for our GIL."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                                "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
@@ -75,8 +80,10 @@ def bench_fetch(work: Path, megabytes: int, repeats: int) -> list[list[object]]:
         server.terminate()
         server.wait()
     limit_s = median_seconds(lambda: read_and_hash(payload), repeats=repeats)
-    return [["fetch: download + sha256 + write (127.0.0.1)", fetch_s, megabytes / fetch_s, fetch_s / limit_s],
-            ["limit: read + sha256 of the same bytes", limit_s, megabytes / limit_s, 1.0]]
+    return [
+        ["fetch: download + sha256 + write (127.0.0.1)", fetch_s, megabytes / fetch_s, fetch_s / limit_s],
+        ["limit: read + sha256 of the same bytes", limit_s, megabytes / limit_s, 1.0],
+    ]
 
 
 def copy_files(files: list[Path], target: Path) -> None:
@@ -87,14 +94,18 @@ def copy_files(files: list[Path], target: Path) -> None:
 
 def bench_prepare(work: Path, repeats: int) -> list[list[object]]:
     rows = []
-    for name, raw, protocol in [("isbi2012", SHARED / "isbi2012", "isbi"),
-                                ("DIC-C2DH-HeLa", SHARED / "ctc" / "DIC-C2DH-HeLa", "ctc")]:
+    for name, raw, protocol in [
+        ("isbi2012", SHARED / "isbi2012", "isbi"),
+        ("DIC-C2DH-HeLa", SHARED / "ctc" / "DIC-C2DH-HeLa", "ctc"),
+    ]:
         inputs = [p for p in required_files(raw, protocol) if p.suffix == ".tif" and "TRA" not in p.parts]
         megabytes = sum(p.stat().st_size for p in inputs) / 2**20
-        prepare_s = median_seconds(lambda: prepare(name, raw, work / "prepared" / name), repeats=repeats)
-        copy_s = median_seconds(lambda: copy_files(inputs, work / "copied" / name), repeats=repeats)
-        rows += [[f"prepare {name}", prepare_s, megabytes / prepare_s, prepare_s / copy_s],
-                 [f"limit: copy its {len(inputs)} input files", copy_s, megabytes / copy_s, 1.0]]
+        prepare_s = median_seconds(functools.partial(prepare, name, raw, work / "prepared" / name), repeats=repeats)
+        copy_s = median_seconds(functools.partial(copy_files, inputs, work / "copied" / name), repeats=repeats)
+        rows += [
+            [f"prepare {name}", prepare_s, megabytes / prepare_s, prepare_s / copy_s],
+            [f"limit: copy its {len(inputs)} input files", copy_s, megabytes / copy_s, 1.0],
+        ]
     return rows
 
 
@@ -106,9 +117,15 @@ def main() -> None:
         sys.exit(f"real data not found at {SHARED}; set UNET_SHARED_DATA")
     with tempfile.TemporaryDirectory() as tmp:
         rows = bench_fetch(Path(tmp), args.megabytes, args.repeats) + bench_prepare(Path(tmp), args.repeats)
-    report("data", ["what", "median s", "MB/s", "ratio to limit"], rows, device="cpu", record=args.record,
-           command=" ".join(["python", *sys.argv]),
-           notes="ratio = our time / the I/O limit's time (1 = as fast as the hardware allows).")
+    report(
+        "data",
+        ["what", "median s", "MB/s", "ratio to limit"],
+        rows,
+        device="cpu",
+        record=args.record,
+        command=" ".join(["python", *sys.argv]),
+        notes="ratio = our time / the I/O limit's time (1 = as fast as the hardware allows).",
+    )
 
 
 if __name__ == "__main__":

@@ -19,17 +19,18 @@ import sys
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 from scipy import ndimage
 
-import common
 import reference_metrics as reference
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's package; the tests' data location
-from helpers import SHARED_DATA  # noqa: E402
 from unet import metrics  # noqa: E402
 from unet.io import read_stack  # noqa: E402
+
+from helpers import SHARED_DATA  # noqa: E402
 
 
 def realistic_probabilities(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -48,11 +49,18 @@ def realistic_probabilities(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 def main() -> None:
     parser = common.parser(__doc__.splitlines()[0])
     parser.set_defaults(repeats=3)
-    parser.add_argument("--labels", type=Path, default=SHARED_DATA / "isbi2012" / "train-labels.tif",
-                        help="ISBI 2012 train-labels.tif (default: from $UNET_SHARED_DATA or ../shared/data)")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=SHARED_DATA / "isbi2012" / "train-labels.tif",
+        help="ISBI 2012 train-labels.tif (default: from $UNET_SHARED_DATA or ../shared/data)",
+    )
     parser.add_argument("--reference-slices", type=int, default=1, help="slices the plain-Python baseline runs on")
-    parser.add_argument("--reference-thresholds", default="0.3,0.5,0.7",
-                        help="thresholds the plain-Python baseline runs at (all metrics at each)")
+    parser.add_argument(
+        "--reference-thresholds",
+        default="0.3,0.5,0.7",
+        help="thresholds the plain-Python baseline runs at (all metrics at each)",
+    )
     args = parser.parse_args()
     if args.device != "cpu":
         print(f"note: the metrics run on the CPU; --device {args.device} is ignored", file=sys.stderr)
@@ -69,7 +77,9 @@ def main() -> None:
     sub_units = len(sub_labels) * len(ths)
     ours = common.median_seconds(
         lambda: metrics.isbi_metrics(sub_prob, sub_labels, thresholds=ths, warping_thresholds=ths),
-        repeats=args.repeats, warmup=0)
+        repeats=args.repeats,
+        warmup=0,
+    )
     start = time.perf_counter()
     reference.isbi_per_threshold(sub_prob.tolist(), (sub_labels > 0).tolist(), ths, ths)
     plain = time.perf_counter() - start
@@ -81,12 +91,18 @@ def main() -> None:
         ["plain Python projected to the full job", plain / sub_units * full_units, full_units, plain / sub_units],
         ["speed-up, same work (plain Python / unet.metrics)", plain / ours, "", ""],
     ]
-    common.report("metrics", ["measurement", "seconds", "slice-thresholds", "seconds each"], rows,
-                  device="cpu", record=args.record, command="python " + " ".join(sys.argv),
-                  notes=f"{len(labels)} slices of {labels.shape[1]}x{labels.shape[2]}; median of {args.repeats} "
-                        "runs for unet.metrics, one run for plain Python. A slice-threshold is one slice scored "
-                        "by every metric at one threshold (the warping error has 10 thresholds, the others 11). "
-                        f"Load average {load:.1f} when the run started (a shared machine inflates all figures).")
+    common.report(
+        "metrics",
+        ["measurement", "seconds", "slice-thresholds", "seconds each"],
+        rows,
+        device="cpu",
+        record=args.record,
+        command="python " + " ".join(sys.argv),
+        notes=f"{len(labels)} slices of {labels.shape[1]}x{labels.shape[2]}; median of {args.repeats} "
+        "runs for unet.metrics, one run for plain Python. A slice-threshold is one slice scored "
+        "by every metric at one threshold (the warping error has 10 thresholds, the others 11). "
+        f"Load average {load:.1f} when the run started (a shared machine inflates all figures).",
+    )
 
 
 if __name__ == "__main__":

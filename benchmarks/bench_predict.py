@@ -12,6 +12,7 @@ of the whole prediction puts the figure next to the hardware's limit.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -23,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import median_seconds, parser, report  # noqa: E402
-from unet.model import UNet, forward_flops  # noqa: E402
 from unet.device import PRECISIONS, uses_bf16  # noqa: E402
+from unet.model import UNet, forward_flops  # noqa: E402
 from unet.predict import TTA, predict_probabilities, tile_layout  # noqa: E402
 
 SIDE = 512
@@ -58,29 +59,61 @@ def main() -> None:
         for tta in args.tta:
             tiles = len(TTA[tta]) * tiles_per_variant * args.slices
 
-            def predict():
-                predict_probabilities(model, images, input_size=input_size, batch_size=args.batch_size, tta=tta,
-                                      device=device, precision=args.precision)
-
+            predict = functools.partial(
+                predict_probabilities,
+                model,
+                images,
+                input_size=input_size,
+                batch_size=args.batch_size,
+                tta=tta,
+                device=device,
+                precision=args.precision,
+            )
             seconds = median_seconds(predict, repeats=args.repeats, device=args.device) / args.slices
-            bare = median_seconds(bare_forward(model, tiles, layout.tile, args.batch_size, device, bf16),
-                                  repeats=args.repeats, device=args.device) / args.slices
+            bare = (
+                median_seconds(
+                    bare_forward(model, tiles, layout.tile, args.batch_size, device, bf16),
+                    repeats=args.repeats,
+                    device=args.device,
+                )
+                / args.slices
+            )
             tflops = flops * tiles / args.slices / seconds / 1e12
-            rows.append([tta, len(TTA[tta]), f"{layout.counts[0]}x{layout.counts[1]} of {layout.tile}",
-                         1000 * seconds, 1000 * bare, seconds / bare, tflops])
+            rows.append(
+                [
+                    tta,
+                    len(TTA[tta]),
+                    f"{layout.counts[0]}x{layout.counts[1]} of {layout.tile}",
+                    1000 * seconds,
+                    1000 * bare,
+                    seconds / bare,
+                    tflops,
+                ]
+            )
     precision = "bf16" if bf16 else "fp32"
-    report("predict", ["tta", "variants", "tiles per variant", "ms per slice", "bare forward ms", "overhead ratio",
-                       "TFLOP/s"], rows, device=args.device, record=args.record, command=" ".join(sys.argv),
-           notes=f"512 x 512 slices, base_channels {args.base_channels}, batch_size {args.batch_size}, {precision}, "
-                 f"{args.slices} slices per call, median of {args.repeats}. Goal on one H100 with the paper network: "
-                 f"d4 under 15 ms per slice. Load average at the end: {os.getloadavg()[0]:.1f}.")
+    report(
+        "predict",
+        ["tta", "variants", "tiles per variant", "ms per slice", "bare forward ms", "overhead ratio", "TFLOP/s"],
+        rows,
+        device=args.device,
+        record=args.record,
+        command=" ".join(sys.argv),
+        notes=f"512 x 512 slices, base_channels {args.base_channels}, batch_size {args.batch_size}, {precision}, "
+        f"{args.slices} slices per call, median of {args.repeats}. Goal on one H100 with the paper network: "
+        f"d4 under 15 ms per slice. Load average at the end: {os.getloadavg()[0]:.1f}.",
+    )
 
 
 def arguments():
     arguments = parser(__doc__.splitlines()[0])
     arguments.add_argument("--base-channels", type=int, default=64, help="network width (paper: 64)")
-    arguments.add_argument("--input-size", type=int, nargs="+", default=[572, 700],
-                           help="largest tile sides to compare (700 covers a 512 x 512 slice in one tile)")
+    arguments.add_argument(
+        "--input-size",
+        type=int,
+        nargs="+",
+        default=[572, 700],
+        help="largest tile sides to compare (700 covers a 512 x 512 slice in one tile)",
+    )
     arguments.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     arguments.add_argument("--tta", nargs="+", choices=sorted(TTA), default=["none", "flips", "d4"])
     arguments.add_argument("--precision", choices=PRECISIONS, default="auto")

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 from unet.augment import Augmenter  # noqa: E402
-from unet.settings import AugmentSettings  # noqa: E402
 from unet.model import UNet, forward_flops  # noqa: E402
+from unet.settings import AugmentSettings  # noqa: E402
 from unet.sizes import output_size  # noqa: E402
 from unet.train import Trainer, TrainSettings  # noqa: E402
 
@@ -68,8 +68,9 @@ def augmenter(input_size: int, depth: int, device: str) -> Augmenter:
     images = rng.random((30, 512, 512), dtype=np.float32)
     targets = (rng.random((30, 512, 512)) < 0.8).astype(np.uint8)
     weights = (1 + 9 * rng.random((30, 512, 512))).astype(np.float32)
-    return Augmenter(images, targets, weights, input_size=input_size, config=AugmentSettings(), device=device,
-                     depth=depth)
+    return Augmenter(
+        images, targets, weights, input_size=input_size, config=AugmentSettings(), device=device, depth=depth
+    )
 
 
 def main() -> None:
@@ -89,8 +90,14 @@ def main() -> None:
     widths = args.widths or ([64] if cuda else [64, 16])
     steps = args.steps or (50 if cuda else 1)
     repeats = args.repeats or (5 if cuda else 3)
-    settings = TrainSettings(input_size=args.input_size, batch_size=args.batch_size, precision=args.precision,
-                             channels_last=args.channels_last, compile=args.compile, device=args.device)
+    settings = TrainSettings(
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        device=args.device,
+    )
     dtype = torch.bfloat16 if cuda and args.precision == "bf16" else torch.float32
     dtype_name = "bf16 autocast" if dtype == torch.bfloat16 else "fp32"
     peak = matmul_flops_per_second(args.device, dtype, args.matmul_size or (8192 if cuda else 2048), repeats)
@@ -115,10 +122,12 @@ def main() -> None:
         device=args.device,
         record=args.record,
         command="python " + shlex.join(sys.argv),
-        notes=(f"batch {args.batch_size}, depth {args.depth}, channels_last {args.channels_last}, compile "
-               f"{args.compile}, {steps} steps x {repeats} repeats (median), torch {torch.__version__}, "
-               f"{torch.get_num_threads()} CPU threads. A step counts 3x the forward FLOPs "
-               f"({forward_flops(UNet(), 572) / 1e9:.0f} GFLOP forward at full width, 572 px). {GOAL}."),
+        notes=(
+            f"batch {args.batch_size}, depth {args.depth}, channels_last {args.channels_last}, compile "
+            f"{args.compile}, {steps} steps x {repeats} repeats (median), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} CPU threads. A step counts 3x the forward FLOPs "
+            f"({forward_flops(UNet(), 572) / 1e9:.0f} GFLOP forward at full width, 572 px). {GOAL}."
+        ),
     )
 
 

@@ -36,8 +36,13 @@ def dry_run_seconds(tree: Path, workdir: Path, repeats: int) -> float:
     times = []
     for _ in range(repeats + 1):  # the first run warms the file cache and Python's bytecode cache
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet"], cwd=workdir, env=environment,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "snakemake", "-n", "--quiet"],
+            cwd=workdir,
+            env=environment,
+            check=True,
+            capture_output=True,
+        )
         times.append(time.perf_counter() - start)
     return sorted(times[1:])[len(times[1:]) // 2]
 
@@ -49,8 +54,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         baseline = scratch / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=REPO, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(baseline), args.baseline],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         try:
             (scratch / "ours").mkdir()
             (scratch / "theirs").mkdir()
@@ -58,12 +67,19 @@ def main() -> None:
             theirs = dry_run_seconds(baseline, scratch / "theirs", args.repeats)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO, capture_output=True)
-    report("workflow", ["what", "median s", "ratio to baseline"],
-           [["snakemake -n, paper profile (this checkout)", ours, ours / theirs],
-            [f"baseline: the same at {args.baseline}", theirs, 1.0]],
-           device="cpu", record=args.record, command="python benchmarks/bench_workflow.py --record",
-           notes="ratio = our time / the baseline's time (below 1 = faster). Each: median of "
-                 f"{args.repeats} runs after one warm-up run.")
+    report(
+        "workflow",
+        ["what", "median s", "ratio to baseline"],
+        [
+            ["snakemake -n, paper profile (this checkout)", ours, ours / theirs],
+            [f"baseline: the same at {args.baseline}", theirs, 1.0],
+        ],
+        device="cpu",
+        record=args.record,
+        command="python benchmarks/bench_workflow.py --record",
+        notes="ratio = our time / the baseline's time (below 1 = faster). Each: median of "
+        f"{args.repeats} runs after one warm-up run.",
+    )
 
 
 if __name__ == "__main__":

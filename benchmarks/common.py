@@ -13,8 +13,8 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,10 +58,12 @@ def device_name(device: str) -> str:
 
 def commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=RESULTS.parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=RESULTS.parent).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=RESULTS.parent
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=RESULTS.parent
+        ).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -73,8 +75,16 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def report(stage: str, header: Sequence[str], rows: Sequence[Sequence[object]], *, device: str, record: bool,
-           command: str, notes: str = "") -> None:
+def report(
+    stage: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    device: str,
+    record: bool,
+    command: str,
+    notes: str = "",
+) -> None:
     """Print the table; with `record`, append it with its context to benchmarks/results/<stage>.md."""
     text = table(header, rows)
     print(text)
@@ -82,8 +92,9 @@ def report(stage: str, header: Sequence[str], rows: Sequence[Sequence[object]], 
         return
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    entry = (f"\n## {stamp}, commit {commit()}, {device_name(device)}\n\n"
-             f"`{command}`\n\n{text}\n" + (f"\n{notes}\n" if notes else ""))
+    entry = f"\n## {stamp}, commit {commit()}, {device_name(device)}\n\n`{command}`\n\n{text}\n" + (
+        f"\n{notes}\n" if notes else ""
+    )
     with open(RESULTS / f"{stage}.md", "a") as handle:
         handle.write(entry)
 

@@ -66,6 +66,7 @@ def f_score(tp, fp, fn):
 
 # Pixel error
 
+
 def pixel_f_score(probs, cells, th):
     tp = fp = fn = 0
     for prob, truth in zip(probs, cells):
@@ -79,6 +80,7 @@ def pixel_f_score(probs, cells, th):
 
 
 # Rand errors
+
 
 def contingency(a, b):
     table = {}
@@ -112,8 +114,11 @@ def rand_counts(truth, proposal, variant):
             rows[i] = rows.get(i, 0) + c
             columns[j] = columns.get(j, 0) + c
         tp = sum(c * (c - 1) // 2 for c in table.values())
-        return (tp, sum(c * (c - 1) // 2 for c in columns.values()) - tp,
-                sum(c * (c - 1) // 2 for c in rows.values()) - tp)
+        return (
+            tp,
+            sum(c * (c - 1) // 2 for c in columns.values()) - tp,
+            sum(c * (c - 1) // 2 for c in rows.values()) - tp,
+        )
     rows, columns, overlaps, singletons = restricted(table)
     if variant == "n2":
         tp = sum(c * c for c in overlaps.values()) + singletons
@@ -131,6 +136,7 @@ def rand_f_score(probs, cells, th, variant):
 
 
 # Warping error
+
 
 def is_simple(image, y, x):
     """Fiji's simple-point test for 4-connected cells and 8-connected membranes, by counting in the 3x3 patch."""
@@ -193,8 +199,13 @@ def classify(warped, mismatches, radius):
             splits, mergers = splits + cell, mergers + (not cell)
         elif len(ids) == 2 and cell:
             if 1 <= radius <= width and radius <= height:
-                image = [[warped[j][i] if 0 <= j < height and 0 <= i < width else 0
-                          for i in range(x - radius, x + radius + 1)] for j in range(y - radius, y + radius + 1)]
+                image = [
+                    [
+                        warped[j][i] if 0 <= j < height and 0 <= i < width else 0
+                        for i in range(x - radius, x + radius + 1)
+                    ]
+                    for j in range(y - radius, y + radius + 1)
+                ]
                 cx = cy = radius
             else:
                 image = [row[:] for row in warped]
@@ -214,6 +225,7 @@ def warping_counts(probs, cells, th, radius=20):
 
 
 # V_rand and V_info after thinning
+
 
 def watershed(relief):
     """Fiji's WatershedTransform2D (4-connected) of a uint8 relief given as lists of rows."""
@@ -294,11 +306,22 @@ RAND_VARIANTS = {"n2": "rand_error", "pairs": "rand_error_pairs", "unrestricted"
 
 # All of them
 
+
 def isbi_per_threshold(probs, cells, rand_thresholds, warping_thresholds, radius=20):
     """Per-threshold values of every ISBI metric, keyed like `unet.metrics` (rounded thresholds)."""
     n_pixels = sum(len(t) * len(t[0]) for t in cells)
-    out = {name: {} for name in ("pixel_error", "rand_error", "rand_error_pairs", "rand_error_unrestricted",
-                                 "warping_error", "vrand", "vinfo")}
+    out = {
+        name: {}
+        for name in (
+            "pixel_error",
+            "rand_error",
+            "rand_error_pairs",
+            "rand_error_unrestricted",
+            "warping_error",
+            "vrand",
+            "vinfo",
+        )
+    }
     for th in rand_thresholds:
         key = round(th, 6)
         out["pixel_error"][key] = 1 - pixel_f_score(probs, cells, th)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from helpers import REPO, SHARED_DATA
 
 # The `slurm_cluster` fixture: a real single-node SLURM cluster (tests/slurm_cluster.py).
@@ -16,7 +17,9 @@ pytest_plugins = ["slurm_cluster"]
 def shared_data() -> Path:
     """The folder of real data; its absence is an error, not a skip: CI always has it."""
     if not (SHARED_DATA / "isbi2012" / "train-volume.tif").is_file():
-        pytest.fail(f"real data not found at {SHARED_DATA}; set UNET_SHARED_DATA to a copy laid out like ../shared/data")
+        pytest.fail(
+            f"real data not found at {SHARED_DATA}; set UNET_SHARED_DATA to a copy laid out like ../shared/data"
+        )
     return SHARED_DATA
 
 

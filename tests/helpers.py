@@ -23,8 +23,9 @@ JOB_STATS_ROW = re.compile(r"^(?P<rule>\w+)\s+(?P<count>\d+)$", re.MULTILINE)
 
 def unet(*args, check: bool = False, **options) -> subprocess.CompletedProcess:
     """`unet ARGS...` in a subprocess (this checkout's package), its output captured as text."""
-    result = subprocess.run([sys.executable, "-m", "unet.cli", *map(str, args)], capture_output=True, text=True,
-                            **options)
+    result = subprocess.run(
+        [sys.executable, "-m", "unet.cli", *map(str, args)], capture_output=True, text=True, **options
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -32,8 +33,14 @@ def unet(*args, check: bool = False, **options) -> subprocess.CompletedProcess:
 
 def snakemake(workdir: Path, *args, timeout: float = 900, **options) -> subprocess.CompletedProcess:
     """`snakemake ARGS...` in `workdir` (a copy of the workflow, see `copy_workflow`), output captured."""
-    return subprocess.run([sys.executable, "-m", "snakemake", *map(str, args)], cwd=workdir, capture_output=True,
-                          text=True, timeout=timeout, **options)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *map(str, args)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **options,
+    )
 
 
 def copy_workflow(destination: Path) -> Path:
@@ -50,5 +57,5 @@ def copy_workflow(destination: Path) -> Path:
 
 def job_stats(log: str) -> dict[str, int]:
     """The first "Job stats" table of a Snakemake log: jobs per rule, without the total."""
-    table = log[log.index("Job stats:"):].split("\n\n")[0]
+    table = log[log.index("Job stats:") :].split("\n\n")[0]
     return {row["rule"]: int(row["count"]) for row in JOB_STATS_ROW.finditer(table) if row["rule"] != "total"}

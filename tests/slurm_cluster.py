@@ -30,9 +30,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -61,7 +61,9 @@ def why_no_cluster() -> str | None:
         return "a SLURM test cluster runs slurmd as root (it starts jobs as their user); run the tests as root"
     foreign = [path for path in _conf_paths() if path.exists() and OUR_MARK not in path.read_text(errors="replace")]
     if foreign:
-        return f"{', '.join(map(str, foreign))} configure another SLURM cluster on this machine; the tests leave it alone"
+        return (
+            f"{', '.join(map(str, foreign))} configure another SLURM cluster on this machine; the tests leave it alone"
+        )
     return None
 
 
@@ -145,7 +147,8 @@ def _start_munged(root: Path, stack: contextlib.ExitStack) -> Path:
     key.chmod(0o600)
     munge_socket = root / "run" / "munge.socket"
     argv = [
-        "munged", "--foreground",
+        "munged",
+        "--foreground",
         # munged refuses keys and sockets under a world-writable folder such as /tmp otherwise.
         "--force",
         f"--socket={munge_socket}",
@@ -246,7 +249,9 @@ def _daemon(root: Path, name: str, argv: list[str]) -> Iterator[subprocess.Popen
 
 
 def _node_state(cluster: SlurmCluster) -> str | None:
-    result = subprocess.run(["sinfo", "--noheader", f"--nodes={cluster.node}", "--format=%T"], capture_output=True, text=True)
+    result = subprocess.run(
+        ["sinfo", "--noheader", f"--nodes={cluster.node}", "--format=%T"], capture_output=True, text=True
+    )
     return result.stdout.strip() if result.returncode == 0 else None
 
 

@@ -9,21 +9,22 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from torch.nn import functional as F
 from matplotlib import image as mpimg
+from torch.nn import functional as F
+
+from unet.augment import Augmenter, SampleParameters, deformed_grid, plot_augmentation
+from unet.io import Split, normalize_intensity, write_split, write_tiff
+from unet.settings import AugmentSettings
+from unet.sizes import InvalidSizeError
 
 from helpers import unet
-from unet.augment import Augmenter, SampleParameters, deformed_grid, plot_augmentation
-from unet.settings import AugmentSettings
-from unet.io import Split, normalize_intensity, write_split, write_tiff
-from unet.sizes import InvalidSizeError
 
 
 @pytest.fixture(scope="module")
 def isbi(shared_data):
     """Two real ISBI slices, cropped, with their binary targets and a weight map that varies per pixel."""
     images = tifffile.imread(shared_data / "isbi2012" / "train-volume.tif", key=[0, 1])[:, :200, :180]
-    targets = (tifffile.imread(shared_data / "isbi2012" / "train-labels.tif", key=[0, 1])[:, :200, :180] > 0)
+    targets = tifffile.imread(shared_data / "isbi2012" / "train-labels.tif", key=[0, 1])[:, :200, :180] > 0
     weights = (np.random.default_rng(0).random(images.shape) + 2 * ~targets).astype(np.float32)
     return normalize_intensity(images), targets.astype(np.uint8), weights
 
@@ -32,14 +33,20 @@ def reflected_crop(image: np.ndarray, top: int, left: int, size: int) -> np.ndar
     """image[top:top+size, left:left+size] with mirrored context, as numpy.pad(mode="reflect")."""
     pad = size + max(image.shape)
     padded = np.pad(image, pad, mode="reflect")
-    return padded[top + pad:top + pad + size, left + pad:left + pad + size]
+    return padded[top + pad : top + pad + size, left + pad : left + pad + size]
 
 
 def parameters(augmenter: Augmenter, **overrides) -> SampleParameters:
     """One sample's parameters: image 0, window at (7, 5), no rotation, flip, deformation or gray change."""
-    values = dict(index=torch.tensor([0]), corner=torch.tensor([[7, 5]]), angle=torch.tensor([0.0]),
-                  flip=torch.tensor([False]), displacement=torch.zeros(1, 2, 3, 3), contrast=torch.tensor([1.0]),
-                  brightness=torch.tensor([0.0]))
+    values = dict(
+        index=torch.tensor([0]),
+        corner=torch.tensor([[7, 5]]),
+        angle=torch.tensor([0.0]),
+        flip=torch.tensor([False]),
+        displacement=torch.zeros(1, 2, 3, 3),
+        contrast=torch.tensor([1.0]),
+        brightness=torch.tensor([0.0]),
+    )
     values.update(overrides)
     return SampleParameters(**values)
 
@@ -54,10 +61,9 @@ def test_zero_strength_is_a_plain_crop_with_mirrored_context(isbi):
     for b in range(4):
         i, (top, left) = int(drawn.index[b]), drawn.corner[b].tolist()
         # float32 coordinates are exact to ~1e-5 px; bicubic at integer positions returns the pixel.
-        np.testing.assert_allclose(image[b, 0].numpy(), reflected_crop(images[i], top - 92, left - 92, 188),
-                                   atol=1e-4)
-        np.testing.assert_array_equal(target[b].numpy(), targets[i, top:top + 4, left:left + 4])
-        np.testing.assert_array_equal(weight[b].numpy(), weights[i, top:top + 4, left:left + 4])
+        np.testing.assert_allclose(image[b, 0].numpy(), reflected_crop(images[i], top - 92, left - 92, 188), atol=1e-4)
+        np.testing.assert_array_equal(target[b].numpy(), targets[i, top : top + 4, left : left + 4])
+        np.testing.assert_array_equal(weight[b].numpy(), weights[i, top : top + 4, left : left + 4])
 
 
 def test_images_smaller_than_the_tile_are_mirrored_repeatedly(isbi):
@@ -69,8 +75,7 @@ def test_images_smaller_than_the_tile_are_mirrored_repeatedly(isbi):
     for b in range(3):
         i, (top, left) = int(drawn.index[b]), drawn.corner[b].tolist()
         assert -8 <= top <= 0 and -5 <= left <= 0  # the image lies inside the output window
-        np.testing.assert_allclose(image[b, 0].numpy(), reflected_crop(images[i], top - 92, left - 92, 204),
-                                   atol=1e-4)
+        np.testing.assert_allclose(image[b, 0].numpy(), reflected_crop(images[i], top - 92, left - 92, 204), atol=1e-4)
         np.testing.assert_array_equal(target[b].numpy(), reflected_crop(targets[i], top, left, 20))
         np.testing.assert_array_equal(weight[b].numpy(), reflected_crop(weights[i], top, left, 20))
 
@@ -109,8 +114,9 @@ def test_dense_field_passes_through_the_coarse_displacements_at_the_control_poin
     shift = (coordinates - plain).flip(-1)  # (row, column) displacement per tile pixel
     for row_index, row in ((0, 0), (2, 187)):
         for column_index, column in ((0, 0), (2, 187)):
-            torch.testing.assert_close(shift[:, row, column], drawn.displacement[:, :, row_index, column_index],
-                                       atol=1e-4, rtol=0)
+            torch.testing.assert_close(
+                shift[:, row, column], drawn.displacement[:, :, row_index, column_index], atol=1e-4, rtol=0
+            )
     # The dense field is the paper's bicubic interpolation of the coarse grid.
     bicubic = F.interpolate(drawn.displacement, size=(188, 188), mode="bicubic", align_corners=True)
     torch.testing.assert_close(shift.permute(0, 3, 1, 2), bicubic, atol=1e-4, rtol=0)
@@ -142,8 +148,9 @@ def test_gray_value_variation_scales_contrast_around_the_mean_and_shifts(isbi):
     augmenter = Augmenter(*isbi, input_size=188, config=AugmentSettings(gray_contrast=0.5, gray_brightness=0.2))
     plain_augmenter = Augmenter(*isbi, input_size=188, config=AugmentSettings.identity())
     plain, _, _ = plain_augmenter.apply(parameters(plain_augmenter))
-    varied, _, _ = augmenter.apply(parameters(augmenter, contrast=torch.tensor([1.4]),
-                                              brightness=torch.tensor([-0.15])))
+    varied, _, _ = augmenter.apply(
+        parameters(augmenter, contrast=torch.tensor([1.4]), brightness=torch.tensor([-0.15]))
+    )
     mean = plain.mean()
     torch.testing.assert_close(varied, mean + 1.4 * (plain - mean) - 0.15, atol=1e-5, rtol=0)
     drawn = augmenter.draw(2000)
@@ -200,11 +207,12 @@ def test_deformed_grid_figure(isbi, tmp_path):
     plain = Augmenter(images, targets, weights, input_size=188, config=AugmentSettings.identity())
     crop = parameters(plain)
     grid = deformed_grid(plain, crop, spacing=16)[0].numpy()
-    assert grid[92 - 7:92 - 7 + 2].min() > 0.999  # image rows 0 and 1 (tile rows 85, 86) are a grid line
-    between = grid[92 - 7 + 2:92 - 7 + 16, 92 - 5 + 8]  # image rows 2..15 at image column 8: blank
+    assert grid[92 - 7 : 92 - 7 + 2].min() > 0.999  # image rows 0 and 1 (tile rows 85, 86) are a grid line
+    between = grid[92 - 7 + 2 : 92 - 7 + 16, 92 - 5 + 8]  # image rows 2..15 at image column 8: blank
     assert between.max() < 1e-3 and grid[92 - 7 + 16].min() > 0.999
-    deforming = Augmenter(images, targets, weights, input_size=188, config=AugmentSettings(rotation=0, flip=False),
-                          seed=0)
+    deforming = Augmenter(
+        images, targets, weights, input_size=188, config=AugmentSettings(rotation=0, flip=False), seed=0
+    )
     warped = deformed_grid(deforming, deforming.draw(1), spacing=16)[0].numpy()
     assert np.abs(warped - grid).mean() > 0.05  # the deformation moved the lines
     assert 0.05 < warped.mean() < 0.4  # still a grid: lines over a blank background
@@ -215,12 +223,25 @@ def test_deformed_grid_figure(isbi, tmp_path):
 
 def test_cli_draws_the_figure_from_a_prepared_split(isbi, tmp_path):
     images, targets, weights = isbi
-    write_split(tmp_path / "data", Split("isbi2012", "train", "binary", (images * 255).astype(np.uint8), [4, 9],
-                                         targets, [4, 9]))
+    write_split(
+        tmp_path / "data",
+        Split("isbi2012", "train", "binary", (images * 255).astype(np.uint8), [4, 9], targets, [4, 9]),
+    )
     write_tiff(tmp_path / "weights" / "target.tif", targets)
     write_tiff(tmp_path / "weights" / "weights.tif", weights)
     figure = tmp_path / "figure.png"
-    result = unet("augment", tmp_path / "data", tmp_path / "weights", "--figure", figure, "--input-size", "188",
-                  "--samples", "2", "--elastic-std", "5")
+    result = unet(
+        "augment",
+        tmp_path / "data",
+        tmp_path / "weights",
+        "--figure",
+        figure,
+        "--input-size",
+        "188",
+        "--samples",
+        "2",
+        "--elastic-std",
+        "5",
+    )
     assert result.returncode == 0, result.stderr
     assert mpimg.imread(figure).shape[0] > 300

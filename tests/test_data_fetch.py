@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from helpers import unet
 from unet.fetch import CATALOGUE, Remote, download, extract, fetch, verify_digests
-from unet.prepare import prepare
 from unet.io import DataError, read_split
+from unet.prepare import prepare
 from unet.synthetic import synthesize_cells, synthesize_em
+
+from helpers import unet
 
 FAST = {"attempts": 2, "backoff": 0.0, "timeout": 5.0, "progress": False}
 
@@ -95,8 +96,11 @@ def test_a_good_download_is_verified_and_renamed_into_place(server, tmp_path):
 def test_a_truncated_download_is_retried_then_fails_leaving_no_file(server, tmp_path):
     server.routes["/a.tif"] = b"x" * 10_000
     server.truncate.add("/a.tif")
-    with pytest.raises(DataError, match=r"demo: http://127\.0\.0\.1:\d+/a\.tif: unreachable after 2 attempts.*"
-                                        r"truncated: received 5000 of 10000 bytes"):
+    with pytest.raises(
+        DataError,
+        match=r"demo: http://127\.0\.0\.1:\d+/a\.tif: unreachable after 2 attempts.*"
+        r"truncated: received 5000 of 10000 bytes",
+    ):
         download("demo", Remote(server.url + "/a.tif", "a.tif", (sha256(b"x" * 10_000),)), tmp_path / "a.tif", **FAST)
     assert server.requests["/a.tif"] == 2
     assert leftovers(tmp_path) == []
@@ -137,8 +141,10 @@ def test_an_unreachable_source_stops_with_an_error_and_no_output(tmp_path):
 
 
 def test_isbi_from_a_folder_url_with_checksums_given_per_file(server, shared_data, tmp_path):
-    files = {name: (shared_data / "isbi2012" / name).read_bytes()
-             for name in ("train-volume.tif", "train-labels.tif", "test-volume.tif")}
+    files = {
+        name: (shared_data / "isbi2012" / name).read_bytes()
+        for name in ("train-volume.tif", "train-labels.tif", "test-volume.tif")
+    }
     for name, body in files.items():
         server.routes[f"/isbi/{name}"] = body
     # The shared copies are not byte-identical to the official files: the pinned md5 must refuse them ...
@@ -146,8 +152,13 @@ def test_isbi_from_a_folder_url_with_checksums_given_per_file(server, shared_dat
         fetch("isbi2012", tmp_path / "raw", source=server.url + "/isbi/", **FAST)
     assert leftovers(tmp_path) == []
     # ... and checksums given per file name override the pins.
-    out = fetch("isbi2012", tmp_path / "raw", source=server.url + "/isbi/",
-                checksums={name: sha256(body) for name, body in files.items()}, **FAST)
+    out = fetch(
+        "isbi2012",
+        tmp_path / "raw",
+        source=server.url + "/isbi/",
+        checksums={name: sha256(body) for name, body in files.items()},
+        **FAST,
+    )
     assert {name: (out / name).read_bytes() for name in files} == files
     assert leftovers(out) == sorted(files)
 
@@ -162,8 +173,13 @@ def test_a_url_without_any_pinned_checksum_is_refused_with_its_digest(server, tm
 
 def test_a_checksum_for_a_file_the_source_does_not_provide_is_an_error(server, tmp_path):
     with pytest.raises(DataError, match=r"checksums are given for \['train-volume.tiff'\], which this source"):
-        fetch("isbi2012", tmp_path / "raw", source=server.url + "/isbi/",
-              checksums={"train-volume.tiff": "md5:" + "0" * 32}, **FAST)
+        fetch(
+            "isbi2012",
+            tmp_path / "raw",
+            source=server.url + "/isbi/",
+            checksums={"train-volume.tiff": "md5:" + "0" * 32},
+            **FAST,
+        )
     assert server.requests == {} and leftovers(tmp_path) == []
 
 
@@ -196,8 +212,14 @@ def test_a_ctc_archive_is_downloaded_unpacked_and_prepared(server, tmp_path, fmt
     synthesize_cells(tmp_path / "made", seed=3, size=64, frames=3, annotated=2, cell_count=3, cell_size=24)
     body = _ctc_archive(tmp_path / "made", fmt)
     server.routes[f"/MyCells.{fmt}"] = body
-    out = fetch("MyCells", tmp_path / "raw", source=f"{server.url}/MyCells.{fmt}", protocol="ctc",
-                checksums={f"MyCells.{fmt}": sha256(body)}, **FAST)
+    out = fetch(
+        "MyCells",
+        tmp_path / "raw",
+        source=f"{server.url}/MyCells.{fmt}",
+        protocol="ctc",
+        checksums={f"MyCells.{fmt}": sha256(body)},
+        **FAST,
+    )
     assert sorted(leftovers(out)) == ["01", "01_GT", "02", "02_GT"]
     prepare("MyCells", out, tmp_path / "data", protocol="ctc")
     split = read_split(tmp_path / "data" / "01")
@@ -230,17 +252,29 @@ def _tar_member(name: str, kind: bytes = tarfile.REGTYPE, target: str = "") -> t
     return member
 
 
-@pytest.mark.parametrize("archive, refused", [
-    (_zip_with("../evil.txt"), "../evil.txt"),
-    (_zip_with("/tmp/evil.txt"), "/tmp/evil.txt"),
-    (_zip_with("MyCells/../../evil.txt"), "MyCells/../../evil.txt"),
-    (_zip_with("MyCells/link", symlink=True), "symbolic link"),
-    (_tar_with(_tar_member("../evil.txt")), "../evil.txt"),
-    (_tar_with(_tar_member("/evil.txt")), "/evil.txt"),
-    (_tar_with(_tar_member("link", tarfile.SYMTYPE, "/etc/passwd")), "not links"),
-    (_tar_with(_tar_member("hard", tarfile.LNKTYPE, "../outside")), "not links"),
-], ids=["zip-dotdot", "zip-absolute", "zip-nested-dotdot", "zip-symlink", "tar-dotdot", "tar-absolute",
-        "tar-symlink", "tar-hardlink"])
+@pytest.mark.parametrize(
+    ("archive", "refused"),
+    [
+        (_zip_with("../evil.txt"), "../evil.txt"),
+        (_zip_with("/tmp/evil.txt"), "/tmp/evil.txt"),
+        (_zip_with("MyCells/../../evil.txt"), "MyCells/../../evil.txt"),
+        (_zip_with("MyCells/link", symlink=True), "symbolic link"),
+        (_tar_with(_tar_member("../evil.txt")), "../evil.txt"),
+        (_tar_with(_tar_member("/evil.txt")), "/evil.txt"),
+        (_tar_with(_tar_member("link", tarfile.SYMTYPE, "/etc/passwd")), "not links"),
+        (_tar_with(_tar_member("hard", tarfile.LNKTYPE, "../outside")), "not links"),
+    ],
+    ids=[
+        "zip-dotdot",
+        "zip-absolute",
+        "zip-nested-dotdot",
+        "zip-symlink",
+        "tar-dotdot",
+        "tar-absolute",
+        "tar-symlink",
+        "tar-hardlink",
+    ],
+)
 def test_an_archive_with_a_member_outside_the_target_is_refused_whole(tmp_path, archive, refused):
     path = tmp_path / "archive"
     path.write_bytes(archive)
@@ -254,8 +288,14 @@ def test_a_zip_slip_download_leaves_no_output(server, tmp_path):
     body = _zip_with("../../evil.txt")
     server.routes["/MyCells.zip"] = body
     with pytest.raises(DataError, match="refusing member '../../evil.txt'"):
-        fetch("MyCells", tmp_path / "work" / "raw", source=server.url + "/MyCells.zip", protocol="ctc",
-              checksums={"MyCells.zip": sha256(body)}, **FAST)
+        fetch(
+            "MyCells",
+            tmp_path / "work" / "raw",
+            source=server.url + "/MyCells.zip",
+            protocol="ctc",
+            checksums={"MyCells.zip": sha256(body)},
+            **FAST,
+        )
     assert leftovers(tmp_path / "work") == [] and leftovers(tmp_path) == ["work"]
 
 
@@ -267,8 +307,10 @@ def test_a_mirror_is_copied_writable_and_checked_against_its_sha256sums(shared_d
 
     mirror = tmp_path / "mirror"
     synthesize_em(mirror / "demo-em", seed=0, size=64, train_slices=2, test_slices=1)
-    listing = [f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(mirror)}"
-               for path in sorted((mirror / "demo-em").iterdir())]
+    listing = [
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(mirror)}"
+        for path in sorted((mirror / "demo-em").iterdir())
+    ]
     (mirror / "SHA256SUMS").write_text("\n".join(listing) + "\n")
     fetch("demo-em", tmp_path / "copy", mirror=mirror, protocol="isbi")
     (mirror / "demo-em" / "test-volume.tif").write_bytes(b"corrupt")
@@ -288,8 +330,9 @@ def test_a_mirror_without_the_data_set_or_with_an_incomplete_layout_is_an_error(
 
 
 def test_the_ctc_test_sequences_come_from_the_mirror_s_ctc_test_folder(tmp_path):
-    synthesize_cells(tmp_path / "mirror" / "ctc-test" / "MyCells", seed=2, size=48, frames=2, annotated=1,
-                     cell_count=2, cell_size=20)
+    synthesize_cells(
+        tmp_path / "mirror" / "ctc-test" / "MyCells", seed=2, size=48, frames=2, annotated=1, cell_count=2, cell_size=20
+    )
     for sequence in ("01", "02"):  # the challenge's test archives have no ground truth
         shutil.rmtree(tmp_path / "mirror" / "ctc-test" / "MyCells" / f"{sequence}_GT")
     out = fetch("MyCells", tmp_path / "raw", mirror=tmp_path / "mirror", protocol="ctc", part="test")
@@ -306,8 +349,11 @@ def _isbi_hdf5(path: Path, shared_data: Path, *, membrane_value: int | None) -> 
     labels = tifffile.imread(shared_data / "isbi2012" / "train-labels.tif")[:4]
     with h5py.File(path, "w") as handle:
         handle["raw"] = raw
-        membranes = np.full(labels.shape, 0.5, np.float32) if membrane_value is None else (
-            np.where(labels == 0, membrane_value, 1 - membrane_value).astype(np.uint8))
+        membranes = (
+            np.full(labels.shape, 0.5, np.float32)
+            if membrane_value is None
+            else (np.where(labels == 0, membrane_value, 1 - membrane_value).astype(np.uint8))
+        )
         handle["labels/membranes"] = membranes
         handle["labels/gt_segmentation"] = (labels > 0).astype(np.uint32)
     return path.read_bytes()

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from helpers import unet
-from unet.prepare import prepare
 from unet.io import DataError, read_split
+from unet.prepare import prepare
+
+from helpers import unet
 
 HELA_GT = {"01": [2, 5, 21, 31, 33, 34, 39, 54, 67], "02": [6, 7, 14, 27, 34, 38, 42, 61, 67]}
 
@@ -46,7 +47,9 @@ def test_bad_isbi_labels_are_named_with_their_values(shared_data, tmp_path):
     volume = tifffile.imread(shared_data / "isbi2012" / "train-volume.tif")[:2]
     tifffile.imwrite(raw / "train-volume.tif", volume)
     tifffile.imwrite(raw / "train-labels.tif", (volume > 128).astype(np.uint8))  # 0/1 instead of 0/255
-    with pytest.raises(DataError, match=r"train-labels.tif: expected 255 = cell and 0 = membrane, found values \[0, 1\]"):
+    with pytest.raises(
+        DataError, match=r"train-labels.tif: expected 255 = cell and 0 = membrane, found values \[0, 1\]"
+    ):
         prepare("isbi2012", raw, tmp_path / "data", splits=["train"])
     tifffile.imwrite(raw / "train-labels.tif", np.zeros((3, 512, 512), np.uint8), photometric="minisblack")
     with pytest.raises(DataError, match=r"train-labels.tif: shape \(3, 512, 512\) differs from train-volume.tif"):

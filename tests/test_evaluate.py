@@ -11,10 +11,11 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from helpers import copy_workflow, snakemake, unet
 from unet import metrics
 from unet.cli import main
 from unet.io import write_tiff
+
+from helpers import copy_workflow, snakemake, unet
 
 ISBI_KEYS = ("warping_error", "rand_error", "rand_error_unrestricted", "pixel_error", "vrand", "vinfo")
 
@@ -42,8 +43,17 @@ def isbi_files(shared_data, tmp_path_factory):
 def test_isbi_json_holds_every_metric_as_the_library_computes_it(isbi_files):
     folder, prob, labels = isbi_files
     out = folder / "scores" / "seed0.json"
-    done = unet("evaluate", "isbi", folder / "probabilities.tif", folder / "labels.tif", "--slices", "1-2",
-                "--json", "--out", out)
+    done = unet(
+        "evaluate",
+        "isbi",
+        folder / "probabilities.tif",
+        folder / "labels.tif",
+        "--slices",
+        "1-2",
+        "--json",
+        "--out",
+        out,
+    )
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     assert json.loads(out.read_text()) == printed
@@ -52,16 +62,18 @@ def test_isbi_json_holds_every_metric_as_the_library_computes_it(isbi_files):
         assert set(printed[key]) >= {"value", "threshold", "per_threshold"}
         assert printed[key]["value"] == pytest.approx(expected[key]["value"], abs=1e-15)
         assert printed[key]["threshold"] == expected[key]["threshold"]
-        assert printed[key]["per_threshold"] == {str(th): pytest.approx(v, abs=1e-15)
-                                                 for th, v in expected[key]["per_threshold"].items()}
+        assert printed[key]["per_threshold"] == {
+            str(th): pytest.approx(v, abs=1e-15) for th, v in expected[key]["per_threshold"].items()
+        }
     assert len(printed["warping_error"]["per_threshold"]) == 10 and len(printed["pixel_error"]["per_threshold"]) == 11
     assert printed["meta"]["slices"] == [1, 2] and printed["meta"]["rand_normalisation"] == "n2"
 
 
 def test_isbi_table_and_the_older_rand_normalisation(isbi_files):
     folder, prob, labels = isbi_files
-    code, table, _ = run_in_process("isbi", folder / "probabilities.tif", folder / "labels.tif", "--slices", "1,2",
-                                    "--rand-normalisation", "pairs")
+    code, table, _ = run_in_process(
+        "isbi", folder / "probabilities.tif", folder / "labels.tif", "--slices", "1,2", "--rand-normalisation", "pairs"
+    )
     assert code == 0
     assert "warping error" in table and "V_info after thinning" in table and "per threshold" in table
     pairs = metrics.rand_error(prob, labels[1:3], "pairs")
@@ -69,11 +81,14 @@ def test_isbi_table_and_the_older_rand_normalisation(isbi_files):
     assert row.split()[-2] == f"{pairs['value']:.6g}" and float(row.split()[-1]) == pairs["threshold"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--slices", "0-2"], r"probabilities.tif: has 2 pages but 3 label pages are selected"),
-    (["--slices", "3-4"], r"labels.tif: has 4 pages, --slices asks for \[4\]"),
-    ([], r"probabilities.tif: has 2 pages but 4 label pages are selected"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--slices", "0-2"], r"probabilities.tif: has 2 pages but 3 label pages are selected"),
+        (["--slices", "3-4"], r"labels.tif: has 4 pages, --slices asks for \[4\]"),
+        ([], r"probabilities.tif: has 2 pages but 4 label pages are selected"),
+    ],
+)
 def test_isbi_page_selection_errors_name_the_file(isbi_files, args, message):
     folder, _, _ = isbi_files
     code, _, err = run_in_process("isbi", folder / "probabilities.tif", folder / "labels.tif", *args)
@@ -182,11 +197,21 @@ def test_ctc_table_and_a_missing_result_frame(hela, tmp_path):
 def test_rules_pass_the_evaluate_settings_as_flags(tmp_path):
     """A dry run of the real workflow up to two score files: the config section becomes the CLI's flags."""
     workdir = copy_workflow(tmp_path)
-    done = snakemake(workdir, "-n", "-p", "--config", "evaluate={rand_normalisation: pairs, warping_radius: 12}",
-                     "--", "results/scores/isbi2012/fold1/seed0.json", "results/scores/DIC-C2DH-HeLa/02/seed0.json")
+    done = snakemake(
+        workdir,
+        "-n",
+        "-p",
+        "--config",
+        "evaluate={rand_normalisation: pairs, warping_radius: 12}",
+        "--",
+        "results/scores/isbi2012/fold1/seed0.json",
+        "results/scores/DIC-C2DH-HeLa/02/seed0.json",
+    )
     assert done.returncode == 0, done.stderr + done.stdout
-    assert ("unet evaluate isbi results/predictions/isbi2012/fold1/seed0/probabilities.tif "
-            "results/data/isbi2012/train/labels.tif --fold 1 --folds 3 --rand-normalisation pairs --warping-radius 12"
-            ) in done.stdout
-    assert ("unet evaluate ctc results/predictions/DIC-C2DH-HeLa/02/seed0/01_RES results/raw/DIC-C2DH-HeLa/01_GT"
-            ) in done.stdout
+    assert (
+        "unet evaluate isbi results/predictions/isbi2012/fold1/seed0/probabilities.tif "
+        "results/data/isbi2012/train/labels.tif --fold 1 --folds 3 --rand-normalisation pairs --warping-radius 12"
+    ) in done.stdout
+    assert (
+        "unet evaluate ctc results/predictions/DIC-C2DH-HeLa/02/seed0/01_RES results/raw/DIC-C2DH-HeLa/01_GT"
+    ) in done.stdout

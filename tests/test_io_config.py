@@ -1,10 +1,19 @@
 import numpy as np
 import pytest
 
+from unet.io import (
+    DataError,
+    Split,
+    atomic_path,
+    format_frames,
+    held_out_frames,
+    normalize_intensity,
+    parse_frames,
+    read_split,
+    write_split,
+)
 from unet.pipeline import ConfigError, paper_deviations, stage_settings, typed_command_line_values
 from unet.settings import PredictSettings, cli_flags
-from unet.io import (DataError, Split, atomic_path, format_frames, held_out_frames, normalize_intensity, parse_frames,
-                     read_split, write_split)
 
 
 def test_frame_specs_round_trip_and_reject_nonsense():
@@ -18,10 +27,14 @@ def test_frame_specs_round_trip_and_reject_nonsense():
 def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("finished earlier")
-    with pytest.raises(RuntimeError):
+
+    def write_half_and_fail():
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_half_and_fail()
     assert target.read_text() == "finished earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
@@ -74,12 +87,18 @@ def test_dataset_overrides_merge_into_the_stage_section_and_bad_values_name_wher
 
 
 def test_settings_become_cli_flags():
-    assert cli_flags({"input_size": 572, "compile": False, "tta": "d4", "w": None}) == "--input-size 572 --no-compile --tta d4"
+    assert (
+        cli_flags({"input_size": 572, "compile": False, "tta": "d4", "w": None})
+        == "--input-size 572 --no-compile --tta d4"
+    )
 
 
 def test_held_out_frames_are_contiguous_blocks():
     assert [held_out_frames(list(range(30)), 3, k) for k in range(3)] == [
-        list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+        list(range(0, 10)),
+        list(range(10, 20)),
+        list(range(20, 30)),
+    ]
     assert [len(held_out_frames(list(range(10)), 3, k)) for k in range(3)] == [4, 3, 3]
     with pytest.raises(ValueError, match="fold must be between 0 and 2"):
         held_out_frames(list(range(30)), 3, 3)
@@ -100,11 +119,19 @@ def test_paper_deviations_name_each_changed_value_and_the_schedule():
 
 def test_command_line_values_are_typed_as_a_config_file_would_type_them():
     # What Snakemake's --config hands over for: model={depth: 3, dropout: 0.5} seeds=[0,1] mirror=null ...
-    given = {"model": {"depth": "3", "dropout": "0.5"}, "seeds": ["0", "1"], "mirror": "null",
-             "train": {"compile": "true", "device": "cuda:0"}, "experiments": ["isbi2012", "DIC-C2DH-HeLa"],
-             "datasets": {"x": {"source": "http://host/a: b", "checksums": {"f.tif": "md5:0e10"}}}}
+    given = {
+        "model": {"depth": "3", "dropout": "0.5"},
+        "seeds": ["0", "1"],
+        "mirror": "null",
+        "train": {"compile": "true", "device": "cuda:0"},
+        "experiments": ["isbi2012", "DIC-C2DH-HeLa"],
+        "datasets": {"x": {"source": "http://host/a: b", "checksums": {"f.tif": "md5:0e10"}}},
+    }
     assert typed_command_line_values(given) == {
-        "model": {"depth": 3, "dropout": 0.5}, "seeds": [0, 1], "mirror": None,
-        "train": {"compile": True, "device": "cuda:0"}, "experiments": ["isbi2012", "DIC-C2DH-HeLa"],
+        "model": {"depth": 3, "dropout": 0.5},
+        "seeds": [0, 1],
+        "mirror": None,
+        "train": {"compile": True, "device": "cuda:0"},
+        "experiments": ["isbi2012", "DIC-C2DH-HeLa"],
         "datasets": {"x": {"source": "http://host/a: b", "checksums": {"f.tif": "md5:0e10"}}},
     }

@@ -107,7 +107,8 @@ def test_one_merge():
     assert scores["rand_error"]["value"] == pytest.approx(0.2)
     pairs_tp, pairs_fp = 4 * PAIRS(CELL), PAIRS(2 * CELL) - 2 * PAIRS(CELL)
     assert metrics.rand_error(as_prob(proposal), truth, "pairs")["value"] == pytest.approx(
-        1 - 2 * pairs_tp / (2 * pairs_tp + pairs_fp))
+        1 - 2 * pairs_tp / (2 * pairs_tp + pairs_fp)
+    )
     # Standard index over all pixels: 250 membrane pixels in both, the 2 bridge pixels membrane only in the truth.
     membrane = truth.size - 4 * CELL
     tp = PAIRS(membrane - 2) + PAIRS(2) + 4 * PAIRS(CELL)
@@ -241,8 +242,9 @@ def test_all_metrics_equal_the_plain_python_reference(isbi_labels):
     truth = isbi_labels[[5, 19], 300:340, 60:100]
     prob = noisy_prob(truth, seed=6, noise=0.3)
     ours = metrics.isbi_metrics(prob, truth)
-    theirs = reference.isbi_per_threshold(prob.tolist(), (truth > 0).tolist(), metrics.THRESHOLDS,
-                                          metrics.WARPING_THRESHOLDS)
+    theirs = reference.isbi_per_threshold(
+        prob.tolist(), (truth > 0).tolist(), metrics.THRESHOLDS, metrics.WARPING_THRESHOLDS
+    )
     for key in ("warping_error", "rand_error", "rand_error_unrestricted", "pixel_error", "vrand", "vinfo"):
         for th, value in theirs[key].items():
             assert ours[key]["per_threshold"][th] == pytest.approx(value, abs=1e-12, nan_ok=True), (key, th)
@@ -253,12 +255,15 @@ def test_all_metrics_equal_the_plain_python_reference(isbi_labels):
 # Bad input
 
 
-@pytest.mark.parametrize("prob, labels, message", [
-    (np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 9), np.uint8), "shape"),
-    (np.full((1, 8, 8), 1.5, np.float32), np.zeros((1, 8, 8), np.uint8), r"\[0, 1\]"),
-    (np.full((1, 8, 8), np.nan, np.float32), np.zeros((1, 8, 8), np.uint8), r"\[0, 1\]"),
-    (np.zeros((1, 8, 8), np.uint8), np.zeros((1, 8, 8), np.uint8), "floating point"),
-])
+@pytest.mark.parametrize(
+    ("prob", "labels", "message"),
+    [
+        (np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 9), np.uint8), "shape"),
+        (np.full((1, 8, 8), 1.5, np.float32), np.zeros((1, 8, 8), np.uint8), r"\[0, 1\]"),
+        (np.full((1, 8, 8), np.nan, np.float32), np.zeros((1, 8, 8), np.uint8), r"\[0, 1\]"),
+        (np.zeros((1, 8, 8), np.uint8), np.zeros((1, 8, 8), np.uint8), "floating point"),
+    ],
+)
 def test_bad_input_is_refused_with_a_clear_message(prob, labels, message):
     with pytest.raises(ValueError, match=message):
         metrics.isbi_metrics(prob, labels)

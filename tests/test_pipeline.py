@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
-from demo_tables import DEMO_CTC_RUNS, DEMO_ISBI_RUNS, check_demo_tables
-from helpers import CONFIG, copy_workflow, job_stats, snakemake
 
 from unet.io import read_split
+
+from demo_tables import DEMO_CTC_RUNS, DEMO_ISBI_RUNS, check_demo_tables
+from helpers import CONFIG, copy_workflow, job_stats, snakemake
 
 DEMO_CONFIG = "config/demo.yaml"
 # A job as Snakemake prints it: "[local]rule NAME:" and its indented fields (log:, benchmark:, ...).
@@ -64,9 +65,7 @@ def test_demo_markdown_tables_state_the_protocol_and_the_settings(demo: Run) -> 
 
 @pytest.mark.slow
 def test_demo_submission_is_the_test_volume_probability_stack(demo: Run) -> None:
-    test_slices = yaml.safe_load(CONFIG.read_text())["datasets"]["demo-em"]["synthetic"][
-        "test_slices"
-    ]
+    test_slices = yaml.safe_load(CONFIG.read_text())["datasets"]["demo-em"]["synthetic"]["test_slices"]
     run = demo.results / "predictions" / "demo-em" / "all" / "seed0"
     with tifffile.TiffFile(run / "submission.tif") as tiff:
         assert len(tiff.pages) == test_slices
@@ -159,7 +158,9 @@ PAPER_JOBS = {
 def test_paper_dry_run_resolves_every_job_of_the_three_experiments(tmp_path: Path) -> None:
     config = yaml.safe_load(CONFIG.read_text())
     assert (config["experiments"], config["isbi"], config["seeds"]) == (
-        ["isbi2012", "DIC-C2DH-HeLa", "PhC-C2DH-U373"], {"folds": 3, "predict_test": True}, [0],
+        ["isbi2012", "DIC-C2DH-HeLa", "PhC-C2DH-U373"],
+        {"folds": 3, "predict_test": True},
+        [0],
     ), "config/config.yaml changed: derive PAPER_JOBS anew"
     workdir = copy_workflow(tmp_path)
     result = snakemake(workdir, "--dry-run")
@@ -170,8 +171,16 @@ def test_paper_dry_run_resolves_every_job_of_the_three_experiments(tmp_path: Pat
 def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data: Path, tmp_path: Path) -> None:
     """config/quick.yaml as the README runs it offline: ISBI folds and both HeLa directions, a smaller network."""
     workdir = copy_workflow(tmp_path)
-    result = snakemake(workdir, "--dry-run", "--printshellcmds", "--configfile", "config/quick.yaml", "--config",
-                       f"mirror={shared_data}", "experiments=[isbi2012,DIC-C2DH-HeLa]")
+    result = snakemake(
+        workdir,
+        "--dry-run",
+        "--printshellcmds",
+        "--configfile",
+        "config/quick.yaml",
+        "--config",
+        f"mirror={shared_data}",
+        "experiments=[isbi2012,DIC-C2DH-HeLa]",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     jobs = job_stats(log)
@@ -192,20 +201,35 @@ def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data
         ("colour=blue", r"config: \(top level\): .*'colour' was unexpected"),
         ("experiments=[demo-em,demo-cels]", r"config: experiments \['demo-cels'\] are not keys of `datasets`"),
         ("datasets={demo-em: {protocol: isib}}", r"config: datasets.demo-em.protocol: 'isib' is not one of"),
-        ("train={input_size: 190}", r"config: train.input_size = 190: input size 190 is invalid for a depth-3 "
-                                    r"U-Net .*nearest valid sizes: 188 or 196"),
-        ("datasets={demo-cells: {predict: {input_size: 104}}}", r"config: datasets.demo-cells.predict.input_size = "
-                                                                r"104: input size 104 is invalid"),
+        (
+            "train={input_size: 190}",
+            r"config: train.input_size = 190: input size 190 is invalid for a depth-3 "
+            r"U-Net .*nearest valid sizes: 188 or 196",
+        ),
+        (
+            "datasets={demo-cells: {predict: {input_size: 104}}}",
+            r"config: datasets.demo-cells.predict.input_size = "
+            r"104: input size 104 is invalid",
+        ),
         ("isbi={folds: 13}", r"config: isbi.folds = 13: more folds than the 12 labelled training slices of demo-em"),
     ],
-    ids=["bound", "nested-key", "top-level-key", "experiment", "dataset-value", "tile-size", "dataset-tile-size",
-         "folds"],
+    ids=[
+        "bound",
+        "nested-key",
+        "top-level-key",
+        "experiment",
+        "dataset-value",
+        "tile-size",
+        "dataset-tile-size",
+        "folds",
+    ],
 )
 def test_a_wrong_config_key_or_value_stops_the_run_before_any_job(override: str, message: str, tmp_path: Path) -> None:
     workdir = copy_workflow(tmp_path)
     # A real run of one cheap job: were the configuration accepted, it would make results/.
-    result = snakemake(workdir, "--configfile", DEMO_CONFIG, "--cores", "1", "--config", override,
-                       "--", "results/raw/demo-em")
+    result = snakemake(
+        workdir, "--configfile", DEMO_CONFIG, "--cores", "1", "--config", override, "--", "results/raw/demo-em"
+    )
     assert result.returncode != 0
     assert re.search(message, result.stderr), result.stderr[-3000:]
     assert not (workdir / "results").exists()
@@ -213,8 +237,16 @@ def test_a_wrong_config_key_or_value_stops_the_run_before_any_job(override: str,
 
 def test_nested_command_line_values_are_typed_as_in_a_config_file(tmp_path: Path) -> None:
     workdir = copy_workflow(tmp_path)
-    result = snakemake(workdir, "--dry-run", "--configfile", DEMO_CONFIG, "--config", "model={depth: 2}",
-                       "seeds=[0,1]", "--printshellcmds")
+    result = snakemake(
+        workdir,
+        "--dry-run",
+        "--configfile",
+        DEMO_CONFIG,
+        "--config",
+        "model={depth: 2}",
+        "seeds=[0,1]",
+        "--printshellcmds",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert job_stats(result.stdout + result.stderr)["train"] == 2 * (DEMO_ISBI_RUNS + 1 + DEMO_CTC_RUNS)
     assert "--depth 2 " in result.stdout

@@ -10,11 +10,9 @@ import pytest
 import tifffile
 import torch
 
-from helpers import copy_workflow, snakemake, unet
 from unet.cli import main as unet_main
 from unet.io import Split, normalize_intensity, read_stack, write_split
 from unet.model import UNet, save_model
-from unet.sizes import InvalidSizeError, border, valid_input_size_at_least
 from unet.predict import (
     TTA,
     instance_masks,
@@ -23,6 +21,10 @@ from unet.predict import (
     write_ctc_masks,
     write_submission,
 )
+from unet.sizes import InvalidSizeError, border, valid_input_size_at_least
+
+from helpers import copy_workflow, snakemake, unet
+
 
 def tiny_unet(depth: int = 3, seed: int = 0) -> UNet:
     """A random-weight network whose probabilities spread over [0, 1] (a larger head), so that errors show."""
@@ -222,9 +224,27 @@ def isbi_split(shared_data, tmp_path_factory):
 
 def test_cli_predicts_the_held_out_fold(isbi_split, tmp_path):
     out = tmp_path / "probabilities.tif"
-    finished = unet("predict", "--model", isbi_split / "model.pt", "--data", isbi_split / "train", "--out", out,
-                    "--fold", "1", "--folds", "3", "--tta", "flips", "--input-size", "76", "--batch-size", "3",
-                    "--device", "cpu")
+    finished = unet(
+        "predict",
+        "--model",
+        isbi_split / "model.pt",
+        "--data",
+        isbi_split / "train",
+        "--out",
+        out,
+        "--fold",
+        "1",
+        "--folds",
+        "3",
+        "--tta",
+        "flips",
+        "--input-size",
+        "76",
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+    )
     assert finished.returncode == 0, finished.stderr
     assert "frames 2-3" in finished.stderr
     images = tifffile.imread(isbi_split / "train" / "images.tif")[[2, 3]]
@@ -235,9 +255,23 @@ def test_cli_predicts_the_held_out_fold(isbi_split, tmp_path):
 def test_cli_writes_the_submission_for_the_real_isbi_test_volume(shared_data, tmp_path):
     model = tmp_path / "model.pt"
     save_model(model, tiny_unet(depth=2))
-    code = unet_main(["predict", "--model", str(model), "--images", str(shared_data / "isbi2012" / "test-volume.tif"),
-                      "--out", str(tmp_path / "p.tif"), "--submission", str(tmp_path / "submission.tif"),
-                      "--tta", "none", "--device", "cpu"])
+    code = unet_main(
+        [
+            "predict",
+            "--model",
+            str(model),
+            "--images",
+            str(shared_data / "isbi2012" / "test-volume.tif"),
+            "--out",
+            str(tmp_path / "p.tif"),
+            "--submission",
+            str(tmp_path / "submission.tif"),
+            "--tta",
+            "none",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     submission = tifffile.imread(tmp_path / "submission.tif")
     assert submission.shape == (30, 512, 512) and submission.dtype == np.float32
@@ -246,29 +280,56 @@ def test_cli_writes_the_submission_for_the_real_isbi_test_volume(shared_data, tm
 
 
 def test_cli_writes_ctc_masks_for_every_frame(isbi_split, tmp_path):
-    code = unet_main(["predict", "--model", str(isbi_split / "model.pt"), "--data", str(isbi_split / "train"),
-                      "--out", str(tmp_path / "p.tif"), "--instances", str(tmp_path / "02_RES"),
-                      "--min-area", "3", "--tta", "none", "--device", "cpu"])
+    code = unet_main(
+        [
+            "predict",
+            "--model",
+            str(isbi_split / "model.pt"),
+            "--data",
+            str(isbi_split / "train"),
+            "--out",
+            str(tmp_path / "p.tif"),
+            "--instances",
+            str(tmp_path / "02_RES"),
+            "--min-area",
+            "3",
+            "--tta",
+            "none",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     masks = np.stack([tifffile.imread(tmp_path / "02_RES" / f"mask{t:03d}.tif") for t in range(6)])
     np.testing.assert_array_equal(masks, instance_masks(tifffile.imread(tmp_path / "p.tif"), 3))
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    ("extra", "message"),
     [
         (["--frames", "0-1", "--instances", "RES"], "needs a mask for every frame"),
         (["--frames", "4-9"], r"train: frames 6-9 are not among its frames 0-5"),
         (["--input-size", "78"], "input size 78 is invalid .* 76 or 80"),
         (["--fold", "1"], "--fold and --folds go together"),
         (["--tta", "d8"], "invalid choice: 'd8'"),
-        pytest.param(["--device", "cuda"], "no CUDA device",
-                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+        pytest.param(
+            ["--device", "cuda"],
+            "no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
     ],
 )
 def test_cli_rejects_bad_requests_clearly(isbi_split, tmp_path, capsys, extra, message):
-    argv = ["predict", "--model", str(isbi_split / "model.pt"), "--data", str(isbi_split / "train"),
-            "--out", str(tmp_path / "p.tif"), *[str(tmp_path / a) if a == "RES" else a for a in extra]]
+    argv = [
+        "predict",
+        "--model",
+        str(isbi_split / "model.pt"),
+        "--data",
+        str(isbi_split / "train"),
+        "--out",
+        str(tmp_path / "p.tif"),
+        *[str(tmp_path / a) if a == "RES" else a for a in extra],
+    ]
     try:
         code = unet_main(argv)
     except SystemExit as exit:  # argparse rejects unknown choices itself
@@ -281,18 +342,23 @@ def test_cli_rejects_bad_requests_clearly(isbi_split, tmp_path, capsys, extra, m
 def test_rules_pass_the_merged_predict_settings(tmp_path):
     """Dry-run the real workflow up to four predictions: the per data set overrides reach the CLI."""
     workdir = copy_workflow(tmp_path)
-    targets = ["results/predictions/isbi2012/fold1/seed0/probabilities.tif",
-               "results/predictions/isbi2012/all/seed0/submission.tif",
-               "results/predictions/PhC-C2DH-U373/01/seed0/02_RES",
-               "results/predictions/DIC-C2DH-HeLa/02/seed0/01_RES"]
+    targets = [
+        "results/predictions/isbi2012/fold1/seed0/probabilities.tif",
+        "results/predictions/isbi2012/all/seed0/submission.tif",
+        "results/predictions/PhC-C2DH-U373/01/seed0/02_RES",
+        "results/predictions/DIC-C2DH-HeLa/02/seed0/01_RES",
+    ]
     finished = snakemake(workdir, "-n", "-p", "--", *targets)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     commands = [line for line in finished.stdout.splitlines() if "unet predict " in line]
-    fold, test, phc, hela = (next(c for c in commands if key in c) for key in
-                             ("fold1/", "all/", "PhC-C2DH-U373/01/", "DIC-C2DH-HeLa/02/"))
+    fold, test, phc, hela = (
+        next(c for c in commands if key in c) for key in ("fold1/", "all/", "PhC-C2DH-U373/01/", "DIC-C2DH-HeLa/02/")
+    )
     assert "--data results/data/isbi2012/train " in fold and "--fold 1 --folds 3" in fold and "--tta d4" in fold
-    assert "--data results/data/isbi2012/test " in test and "--submission results/predictions/isbi2012/all/seed0/" \
-        "submission.tif" in test
+    assert (
+        "--data results/data/isbi2012/test " in test
+        and "--submission results/predictions/isbi2012/all/seed0/submission.tif" in test
+    )
     assert "--data results/data/PhC-C2DH-U373/02 " in phc and "--tta flips" in phc and "--min-area 500" in phc
     assert "--instances results/predictions/PhC-C2DH-U373/01/seed0/02_RES" in phc
     assert "--data results/data/DIC-C2DH-HeLa/01 " in hela and "--tta flips" in hela

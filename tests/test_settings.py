@@ -9,12 +9,21 @@ import sys
 
 import pytest
 import yaml
-from helpers import CONFIG, DEMO_CONFIG, SCHEMA
 
 from unet.cli import build_parser
 from unet.pipeline import ConfigError, check_config, deep_merge, parse_run, parse_score_path, scored_runs
-from unet.settings import (STAGE_SETTINGS, AugmentSettings, SettingError, SyntheticCellsSettings, SyntheticEmSettings,
-                           TrainSettings, paper_values)
+from unet.settings import (
+    STAGE_SETTINGS,
+    AugmentSettings,
+    SettingError,
+    SyntheticCellsSettings,
+    SyntheticEmSettings,
+    TrainSettings,
+    from_arguments,
+    paper_values,
+)
+
+from helpers import CONFIG, DEMO_CONFIG, SCHEMA
 
 # The command (and its required arguments) whose flags each config section sets.
 COMMANDS = {
@@ -51,11 +60,17 @@ def test_every_setting_is_a_flag_of_its_command_with_the_default_as_default(sect
         assert getattr(parsed, spec.name) == spec.default, f"{section}.{spec.name}"
 
 
-@pytest.mark.parametrize("settings_class", [*STAGE_SETTINGS.values(), SyntheticEmSettings, SyntheticCellsSettings],
-                         ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize(
+    "settings_class",
+    [*STAGE_SETTINGS.values(), SyntheticEmSettings, SyntheticCellsSettings],
+    ids=lambda cls: cls.__name__,
+)
 def test_the_schema_states_the_same_types_and_bounds_as_the_dataclass(settings_class):
-    properties = (schema_section("dataset")["synthetic"]["properties"] if settings_class.SECTION == "synthetic"
-                  else schema_section(settings_class.SECTION))
+    properties = (
+        schema_section("dataset")["synthetic"]["properties"]
+        if settings_class.SECTION == "synthetic"
+        else schema_section(settings_class.SECTION)
+    )
     fields = {spec.name: spec for spec in dataclasses.fields(settings_class)}
     assert set(fields) <= set(properties)
     for name, spec in fields.items():
@@ -73,9 +88,9 @@ def test_bad_values_name_the_key_and_flags_name_the_flag():
         AugmentSettings(elastic_grid=2.5)
     with pytest.raises(SettingError, match=r"^datasets.x.train: unknown keys \['itterations'\]"):
         TrainSettings.from_mapping({"itterations": 3}, "datasets.x.train")
+    parsed = build_parser("train").parse_args([*COMMANDS["train"], "--device", "gpu"])
     with pytest.raises(SettingError, match=r"^--device = 'gpu': must match"):
-        from unet.settings import from_arguments
-        from_arguments(TrainSettings, build_parser("train").parse_args([*COMMANDS["train"], "--device", "gpu"]))
+        from_arguments(TrainSettings, parsed)
 
 
 def test_paper_values_are_the_papers():
@@ -84,23 +99,45 @@ def test_paper_values_are_the_papers():
     assert paper_values(STAGE_SETTINGS["weightmap"]) == {"w0": 10.0, "sigma": 5.0}
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ({"train": {"input_size": 190}}, r"^config: train.input_size = 190: input size 190 is invalid for a depth-3 "
-                                     r"U-Net"),
-    ({"model": {"depth": 4}}, r"^config: predict.input_size = 188: input size 188 leaves an output of 4 px, less "
-                              r"than the 16 px step between tiles; use at least 204 \(model.depth = 4\)"),
-    ({"datasets": {"demo-em": {"predict": {"input_size": 190}}}, "predict": {"input_size": 188}},
-     r"^config: datasets.demo-em.predict.input_size = 190: .*depth-3"),
-    ({"isbi": {"folds": 13}}, r"^config: isbi.folds = 13: more folds than the 12 labelled training slices of demo-em"),
-    ({"datasets": {"demo-em": {"synthetic": {"train_slices": 0}}}},
-     r"^config: datasets.demo-em.synthetic.train_slices: 0 is less than the minimum of 1"),
-    ({"datasets": {"demo-cells": {"train": {"iterations": 0}}}}, r"^config: datasets.demo-cells.train.iterations: 0 is"),
-    ({"experiments": ["demo-em", "isbi2012"], "isbi": {"folds": 31}},
-     r"^config: isbi.folds = 31: more folds than the 12 labelled"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"train": {"input_size": 190}},
+            r"^config: train.input_size = 190: input size 190 is invalid for a depth-3 "
+            r"U-Net",
+        ),
+        (
+            {"model": {"depth": 4}},
+            r"^config: predict.input_size = 188: input size 188 leaves an output of 4 px, less "
+            r"than the 16 px step between tiles; use at least 204 \(model.depth = 4\)",
+        ),
+        (
+            {"datasets": {"demo-em": {"predict": {"input_size": 190}}}, "predict": {"input_size": 188}},
+            r"^config: datasets.demo-em.predict.input_size = 190: .*depth-3",
+        ),
+        (
+            {"isbi": {"folds": 13}},
+            r"^config: isbi.folds = 13: more folds than the 12 labelled training slices of demo-em",
+        ),
+        (
+            {"datasets": {"demo-em": {"synthetic": {"train_slices": 0}}}},
+            r"^config: datasets.demo-em.synthetic.train_slices: 0 is less than the minimum of 1",
+        ),
+        (
+            {"datasets": {"demo-cells": {"train": {"iterations": 0}}}},
+            r"^config: datasets.demo-cells.train.iterations: 0 is",
+        ),
+        (
+            {"experiments": ["demo-em", "isbi2012"], "isbi": {"folds": 31}},
+            r"^config: isbi.folds = 31: more folds than the 12 labelled",
+        ),
+    ],
+)
 def test_the_configuration_check_names_the_key_and_value(override, message):
-    config = deep_merge(deep_merge(yaml.safe_load(CONFIG.read_text()), yaml.safe_load(DEMO_CONFIG.read_text())),
-                        override)
+    config = deep_merge(
+        deep_merge(yaml.safe_load(CONFIG.read_text()), yaml.safe_load(DEMO_CONFIG.read_text())), override
+    )
     with pytest.raises(ConfigError, match=message):
         check_config(config, SCHEMA)
 
@@ -116,13 +153,21 @@ def test_runs_name_their_split_fold_and_predicted_split():
     fold = parse_run("isbi", "fold2", 3)
     assert (fold.split, fold.fold, fold.predicts, fold.fold_flags(3)) == ("train", 2, "train", "--fold 2 --folds 3")
     everything = parse_run("isbi", "all", 3)
-    assert (everything.split, everything.fold, everything.predicts, everything.fold_flags(3)) == ("train", None,
-                                                                                                "test", "")
+    assert (everything.split, everything.fold, everything.predicts, everything.fold_flags(3)) == (
+        "train",
+        None,
+        "test",
+        "",
+    )
     sequence = parse_run("ctc", "02")
     assert (sequence.split, sequence.predicts, sequence.fold_flags(3)) == ("02", "01", "")
     assert scored_runs("isbi", 3) == ["fold0", "fold1", "fold2"] and scored_runs("ctc", 3) == ["01", "02"]
-    for protocol, run, message in [("isbi", "fold3", "fold0 to fold2"), ("isbi", "01", "'all' or"),
-                                   ("ctc", "fold0", "sequence"), ("tiff", "all", "unknown protocol")]:
+    for protocol, run, message in [
+        ("isbi", "fold3", "fold0 to fold2"),
+        ("isbi", "01", "'all' or"),
+        ("ctc", "fold0", "sequence"),
+        ("tiff", "all", "unknown protocol"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_run(protocol, run, 3)
     assert parse_score_path("results/scores/demo-em/fold1/seed3.json") == ("demo-em", "fold1", 3)

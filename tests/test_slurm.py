@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from demo_tables import check_demo_tables
 from helpers import CONFIG, DEMO_CONFIG, REPO, snakemake
 from slurm_cluster import SlurmCluster
@@ -46,8 +47,12 @@ DEMO_RUN = WorkflowRun(
     snakefile=REPO / "Snakefile",
     targets=(),
     args=(
-        "--configfile", str(CONFIG), str(DEMO_CONFIG),
-        "--config", "train={iterations: 40}", "datasets={demo-cells: {train: {iterations: 40}}}",
+        "--configfile",
+        str(CONFIG),
+        str(DEMO_CONFIG),
+        "--config",
+        "train={iterations: 40}",
+        "datasets={demo-cells: {train: {iterations: 40}}}",
     ),
     outputs=("results/tables/table1.csv", "results/tables/table2.csv"),
     configfile=DEMO_CONFIG,
@@ -101,14 +106,20 @@ def run_with_slurm_profile(cluster: SlurmCluster, run: WorkflowRun, workdir: Pat
     result = snakemake(
         workdir,
         *run.targets,  # first: options such as --configfile take any number of values
-        "--snakefile", run.snakefile,
-        "--workflow-profile", site_profile(cluster, run, workdir.parent / "profile"),
+        "--snakefile",
+        run.snakefile,
+        "--workflow-profile",
+        site_profile(cluster, run, workdir.parent / "profile"),
         # No accounting database: job states come from squeue, no account is guessed.
-        "--slurm-status-command", "squeue",
+        "--slurm-status-command",
+        "squeue",
         "--slurm-no-account",
-        "--slurm-init-seconds-before-status-checks", "2",
-        "--retries", "0",
-        "--latency-wait", "5",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--retries",
+        "0",
+        "--latency-wait",
+        "5",
         *run.args,
     )
     log = result.stdout + result.stderr

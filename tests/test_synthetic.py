@@ -11,11 +11,12 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from helpers import unet
 from unet.fetch import check_layout
-from unet.prepare import prepare
 from unet.io import read_split
+from unet.prepare import prepare
 from unet.synthetic import synthesize_cells, synthesize_em
+
+from helpers import unet
 
 SMALL_EM = {"size": 96, "train_slices": 3, "test_slices": 2, "cell_size": 24}
 SMALL_CELLS = {"size": 96, "frames": 5, "annotated": 3, "cell_count": 5, "cell_size": 36}
@@ -113,8 +114,20 @@ def test_py_ctcmetrics_accepts_the_layout_and_scores_the_truth_perfectly(cells, 
 
 
 def test_the_synthesize_command_and_its_errors(tmp_path):
-    options = ["--seed", "2", "--size", "64", "--frames", "2", "--annotated", "1", "--cell-count", "2",
-               "--cell-size", "24"]
+    options = [
+        "--seed",
+        "2",
+        "--size",
+        "64",
+        "--frames",
+        "2",
+        "--annotated",
+        "1",
+        "--cell-count",
+        "2",
+        "--cell-size",
+        "24",
+    ]
     result = unet("synthesize", "cells", tmp_path / "c", *options)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "c" / "01_GT" / "SEG").iterdir()) == ["man_seg000.tif"]

@@ -8,10 +8,19 @@ from unet.io import DataError
 from unet.tables import mean_sd, write_tables
 
 
+def _entry(value):
+    return {"value": value, "threshold": 0.5, "per_threshold": {"0.5": value}}
+
+
 def _isbi(warping, rand, pixel):
-    entry = lambda v: {"value": v, "threshold": 0.5, "per_threshold": {"0.5": v}}
-    return {"warping_error": entry(warping), "rand_error": entry(rand), "pixel_error": entry(pixel),
-            "vrand": entry(0.9), "vinfo": entry(0.95)}
+    entry = _entry
+    return {
+        "warping_error": entry(warping),
+        "rand_error": entry(rand),
+        "pixel_error": entry(pixel),
+        "vrand": entry(0.9),
+        "vinfo": entry(0.95),
+    }
 
 
 def _write(path, obj):
@@ -23,8 +32,7 @@ def _write(path, obj):
 def test_tables_put_our_mean_and_sd_beside_the_papers_rows(tmp_path):
     scores = tmp_path / "scores"
     files = [
-        _write(scores / "isbi2012" / f"fold{k}" / "seed0.json", _isbi(0.0004 + k * 1e-4, 0.05, 0.06))
-        for k in range(3)
+        _write(scores / "isbi2012" / f"fold{k}" / "seed0.json", _isbi(0.0004 + k * 1e-4, 0.05, 0.06)) for k in range(3)
     ]
     files += [
         _write(scores / "DIC-C2DH-HeLa" / run / "seed0.json", {"seg": {"value": seg}, "iou": {"value": seg + 0.1}})
@@ -70,8 +78,13 @@ def test_rule_times_sum_the_jobs_of_each_rule(tmp_path):
     from unet.tables import write_rule_times
 
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    jobs = [("train", "a", 10.0, 500), ("train", "b", 30.0, 700), ("prepare", "x", 1.5, 90),
-            ("train", "demo/fold0/seed0", 99.0, 1), ("prepare", "demo-train", 99.0, 1)]  # an earlier run's
+    jobs = [
+        ("train", "a", 10.0, 500),
+        ("train", "b", 30.0, 700),
+        ("prepare", "x", 1.5, 90),
+        ("train", "demo/fold0/seed0", 99.0, 1),
+        ("prepare", "demo-train", 99.0, 1),
+    ]  # an earlier run's
     for rule, job, seconds, rss in jobs:
         path = tmp_path / "benchmarks" / rule / f"{job}.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)

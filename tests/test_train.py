@@ -16,13 +16,14 @@ import torch
 import yaml
 from torch.nn import functional as F
 
-from helpers import copy_workflow, snakemake, unet
 from unet.augment import Augmenter
 from unet.cli import main
 from unet.io import DataError, Split, write_split, write_tiff
 from unet.model import load_model
 from unet.settings import AugmentSettings, ModelSettings, TrainSettings
 from unet.train import learning_rate_at, load_data, train, weighted_cross_entropy
+
+from helpers import copy_workflow, snakemake, unet
 
 # One thread per training: the networks are tiny, and on a shared machine several OpenMP
 # threads per process wait on each other far longer than they compute.
@@ -104,8 +105,12 @@ def test_learning_rate_warms_up_linearly_then_decays_polynomially():
 
 def test_fold_flags_train_on_the_other_blocks_and_validate_on_the_held_out_one(synthetic, tmp_path):
     data, weights = synthetic  # six labelled frames: fold 1 of 3 holds out frames 2 and 3
-    unet(*train_arguments(data, weights, tmp_path / "fold1", "--fold", "1", "--folds", "3", "--iterations", "2",
-                          "--val-every", "2"), check=True)
+    unet(
+        *train_arguments(
+            data, weights, tmp_path / "fold1", "--fold", "1", "--folds", "3", "--iterations", "2", "--val-every", "2"
+        ),
+        check=True,
+    )
     settings = torch.load(tmp_path / "fold1" / "model.pt", weights_only=True)["metadata"]["settings"]
     assert settings["frames"] == [0, 1, 4, 5] and settings["val_frames"] == [2, 3]
     both = unet(*train_arguments(data, weights, tmp_path / "both", "--fold", "1", "--folds", "3", "--frames", "0-1"))
@@ -142,10 +147,22 @@ def test_a_small_network_overfits_one_synthetic_image_within_seconds(synthetic, 
     data = load_data(*synthetic, frames=[0])
     data.held_out = data.train  # the pixel error on the training image itself
     start = time.perf_counter()
-    train(data, tmp_path / "model", model_settings=ModelSettings(base_channels=16, depth=2, dropout=0.0),
-          augment=AugmentSettings.identity(),
-          settings=TrainSettings(iterations=150, learning_rate=0.01, lr_schedule="constant", warmup=20,
-                                 input_size=92, log_every=25, val_every=150, device="cpu"))
+    train(
+        data,
+        tmp_path / "model",
+        model_settings=ModelSettings(base_channels=16, depth=2, dropout=0.0),
+        augment=AugmentSettings.identity(),
+        settings=TrainSettings(
+            iterations=150,
+            learning_rate=0.01,
+            lr_schedule="constant",
+            warmup=20,
+            input_size=92,
+            log_every=25,
+            val_every=150,
+            device="cpu",
+        ),
+    )
     seconds = time.perf_counter() - start
     log = read_log(tmp_path / "model" / "log.csv")
     first, last = float(log[0]["loss"]), float(log[-1]["loss"])
@@ -159,8 +176,22 @@ def test_a_small_network_overfits_one_synthetic_image_within_seconds(synthetic, 
 def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
     data, weights = synthetic
     out = tmp_path / "model"
-    flags = ["--frames", "0-3", "--val-frames", "4-5", "--iterations", "12", "--checkpoint-every", "6",
-             "--val-every", "6", "--seed", "3", "--device", "cpu"]
+    flags = [
+        "--frames",
+        "0-3",
+        "--val-frames",
+        "4-5",
+        "--iterations",
+        "12",
+        "--checkpoint-every",
+        "6",
+        "--val-every",
+        "6",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    ]
     args = ["train", "--data", str(data), "--weights", str(weights), "--out", str(out), *TINY, *flags]
     assert main(args) == 0
     log = read_log(out / "log.csv")
@@ -193,8 +224,22 @@ def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_final_weights(synthetic, tmp_path):
     data, weights = synthetic
-    flags = ["--iterations", "100", "--checkpoint-every", "10", "--frames", "0-4", "--val-frames", "5",
-             "--val-every", "7", "--seed", "5", "--device", "cpu"]
+    flags = [
+        "--iterations",
+        "100",
+        "--checkpoint-every",
+        "10",
+        "--frames",
+        "0-4",
+        "--val-frames",
+        "5",
+        "--val-every",
+        "7",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+    ]
     assert main(train_arguments(data, weights, tmp_path / "straight", *flags)) == 0  # in this process
 
     out = tmp_path / "killed"
@@ -228,8 +273,24 @@ def test_an_infinite_loss_stops_with_a_clear_error_and_keeps_the_last_good_check
     write_tiff(weights / "weights.tif", poisoned)
     seed, first_poisoned = first_draw_of_frame(4, data, weights)
     out = tmp_path / "model"
-    result = unet(*train_arguments(data, weights, out, "--iterations", "100", "--checkpoint-every", "1",
-                                   "--log-every", "1", "--seed", str(seed), "--device", "cpu"), env=ONE_THREAD)
+    result = unet(
+        *train_arguments(
+            data,
+            weights,
+            out,
+            "--iterations",
+            "100",
+            "--checkpoint-every",
+            "1",
+            "--log-every",
+            "1",
+            "--seed",
+            str(seed),
+            "--device",
+            "cpu",
+        ),
+        env=ONE_THREAD,
+    )
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith(f"unet train: error: the loss became inf at iteration {first_poisoned} ")
@@ -260,10 +321,20 @@ def test_the_rule_trains_a_fold_with_its_frames_and_the_config_settings(tmp_path
     # so the frames of the fold are unknown while Snakemake builds the DAG and must be read when the job runs.
     workdir = copy_workflow(tmp_path)
     target = "results/models/demo-em/fold1/seed2/model.pt"
-    result = snakemake(workdir, "--cores", "1", "--configfile", "config/demo.yaml", "--config",
-                       "model={base_channels: 4, depth: 2}", "seeds=[2]",
-                       "train={iterations: 4, input_size: 60, warmup: 0, checkpoint_every: 2, log_every: 2, val_every: 2}",
-                       "--", target, env=ONE_THREAD)
+    result = snakemake(
+        workdir,
+        "--cores",
+        "1",
+        "--configfile",
+        "config/demo.yaml",
+        "--config",
+        "model={base_channels: 4, depth: 2}",
+        "seeds=[2]",
+        "train={iterations: 4, input_size: 60, warmup: 0, checkpoint_every: 2, log_every: 2, val_every: 2}",
+        "--",
+        target,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metadata = torch.load(workdir / target, weights_only=True)["metadata"]
     assert metadata["seed"] == 2 and metadata["iterations"] == 4

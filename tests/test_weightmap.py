@@ -13,16 +13,17 @@ from matplotlib import image as mpimg
 from scipy import ndimage
 from skimage.measure import label as connected_components
 
-from helpers import copy_workflow, snakemake, unet
-from unet.io import (NORMALIZATION_PERCENTILES, DataError, Split, load_training_set, read_tiff, write_split,
-                     write_tiff)
+from unet.io import NORMALIZATION_PERCENTILES, DataError, Split, load_training_set, read_tiff, write_split, write_tiff
 from unet.weightmap import TOLERANCE, border_reach, class_weights, separate_instances, weight_map, weight_maps
+
+from helpers import copy_workflow, snakemake, unet
 
 HELA_FRAMES = {"01": [2, 21], "02": [6]}
 
 
-def naive_weight_map(label: np.ndarray, kind: str, w0: float = 10.0, sigma: float = 5.0) -> tuple[np.ndarray,
-                                                                                                  np.ndarray]:
+def naive_weight_map(
+    label: np.ndarray, kind: str, w0: float = 10.0, sigma: float = 5.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The definitions computed the obvious way, independently of the package: one full-image distance
     transform per object. Returns (target, weights)."""
     if kind == "binary":
@@ -88,11 +89,11 @@ def test_two_squares_with_a_gap_get_the_formula_exactly():
     total, cells = label.size, label.sum()
     background, cell = total / (2 * (total - cells)), total / (2 * cells)
     # Gap pixel at column 12: 1 px from the left square, 2 px from the right one.
-    assert maps.weights[10, 12] == pytest.approx(background + 10 * math.exp(-(1 + 2) ** 2 / 50), rel=1e-6)
+    assert maps.weights[10, 12] == pytest.approx(background + 10 * math.exp(-((1 + 2) ** 2) / 50), rel=1e-6)
     # Cell pixels carry the class weight alone; a far corner has a negligible border term.
     assert maps.weights[10, 8] == pytest.approx(cell, rel=1e-6)
     d1, d2 = math.hypot(5, 5), math.hypot(14, 5)  # corner (0, 0) to the squares' nearest pixels
-    assert maps.weights[0, 0] == pytest.approx(background + 10 * math.exp(-(d1 + d2) ** 2 / 50), abs=1e-6)
+    assert maps.weights[0, 0] == pytest.approx(background + 10 * math.exp(-((d1 + d2) ** 2) / 50), abs=1e-6)
 
 
 def test_touching_instances_are_split_by_a_background_border():
@@ -129,7 +130,7 @@ def test_fewer_than_two_objects_have_no_border_term():
 
 def test_the_reach_bounds_the_neglected_terms():
     reach = border_reach(10.0, 5.0)
-    assert 10.0 * math.exp(-reach**2 / 50) == pytest.approx(TOLERANCE)
+    assert 10.0 * math.exp(-(reach**2) / 50) == pytest.approx(TOLERANCE)
     assert border_reach(TOLERANCE / 2, 5.0) == 0
     label = np.zeros((8, 8), dtype=np.uint8)
     label[:, :3] = label[:, 5:] = 1
@@ -150,8 +151,18 @@ def hela_split(shared_data, tmp_path_factory):
     images, labels = hela(shared_data, "01", [2, 21])
     extra = tifffile.imread(shared_data / "ctc" / "DIC-C2DH-HeLa" / "01" / "t003.tif")[None]
     directory = tmp_path_factory.mktemp("data") / "DIC-C2DH-HeLa" / "01"
-    write_split(directory, Split("DIC-C2DH-HeLa", "01", "instance", np.concatenate([images[:1], extra, images[1:]]),
-                                 [2, 3, 21], labels, [2, 21]))
+    write_split(
+        directory,
+        Split(
+            "DIC-C2DH-HeLa",
+            "01",
+            "instance",
+            np.concatenate([images[:1], extra, images[1:]]),
+            [2, 3, 21],
+            labels,
+            [2, 21],
+        ),
+    )
     return directory, labels
 
 
@@ -206,8 +217,19 @@ def test_snakemake_rules_make_the_weights_and_both_figures(hela_split, tmp_path)
     figures = [tmp_path / "results" / "figures" / f"{kind}-DIC-C2DH-HeLa.png" for kind in ("weightmap", "augment")]
     (tmp_path / "override.yaml").write_text("weightmap: {w0: 12.0}\n")  # the rules pass the config on
     targets = [path.relative_to(tmp_path) for path in [weights, *figures]]
-    result = snakemake(tmp_path, "--cores", "1", "--configfile", "override.yaml", "--allowed-rules", "weightmap",
-                       "weightmap_figure", "augment_figure", "--", *targets)
+    result = snakemake(
+        tmp_path,
+        "--cores",
+        "1",
+        "--configfile",
+        "override.yaml",
+        "--allowed-rules",
+        "weightmap",
+        "weightmap_figure",
+        "augment_figure",
+        "--",
+        *targets,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(read_tiff(weights), weight_maps(labels, "instance", w0=12.0)[1])
     assert all(mpimg.imread(figure).shape[0] > 300 for figure in figures)

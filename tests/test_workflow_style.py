@@ -7,12 +7,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
+
 from helpers import CONFIG, DEMO_CONFIG, REPO
 from workflow_rules import workflow_rules
 
@@ -48,6 +49,12 @@ def test_lint_reports_nothing(configfile: Path) -> None:
 
 def test_snakefmt_leaves_the_rule_files_unchanged() -> None:
     result = run(sys.executable, "-m", "snakefmt", "--check", "--diff", *RULE_FILES)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check", "--diff"]], ids=["lint", "format"])
+def test_ruff_leaves_the_python_files_unchanged(command: list[str]) -> None:
+    result = run(sys.executable, "-m", "ruff", *command, "unet", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -102,7 +109,8 @@ def test_gpu_check_finds_mismatches(tmp_path: Path) -> None:
 
 
 def gpu_problems(profile: Path, rules: list) -> list[str]:
-    """How a profile's set-resources miss the workflow's rules, or give a GPU to other rules than training and prediction."""
+    """How a profile's set-resources miss the workflow's rules, or give a GPU to other rules than training and
+    prediction."""
     per_rule = yaml.safe_load(profile.read_text()).get("set-resources", {})
     with_gpu = {rule for rule, resources in per_rule.items() if resources.get("gpu")}
     needs_gpu = {rule.name for rule in rules if rule.shellcmd and GPU_COMMAND.search(rule.shellcmd)}

@@ -51,8 +51,8 @@ from torch.nn import functional as F
 
 from unet.figures import figure, show_weights
 from unet.io import load_training_set
-from unet.settings import (AugmentSettings, ModelSettings, TrainSettings, add_arguments as add_settings_arguments,
-                           from_arguments)
+from unet.settings import AugmentSettings, ModelSettings, TrainSettings, from_arguments
+from unet.settings import add_arguments as add_settings_arguments
 from unet.sizes import output_size
 
 
@@ -81,11 +81,19 @@ class Augmenter:
     (B, out, out) float32, out = `unet.sizes.output_size(input_size, depth)`.
     """
 
-    def __init__(self, images, targets, weights, input_size: int = TrainSettings.input_size,
-                 config: AugmentSettings = AugmentSettings(), device: str | torch.device = "cpu", seed: int = 0,
-                 depth: int = ModelSettings.depth):
+    def __init__(
+        self,
+        images,
+        targets,
+        weights,
+        input_size: int = TrainSettings.input_size,
+        config: AugmentSettings | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        depth: int = ModelSettings.depth,
+    ):
         images, targets, weights = _stacks(images, targets, weights)
-        self.config = config
+        self.config = config or AugmentSettings()
         self.device = torch.device(device)
         self.input_size = input_size
         self.output_size = output_size(input_size, depth)
@@ -97,7 +105,7 @@ class Augmenter:
         self._generator = torch.Generator().manual_seed(int(seed))
         # Offsets of the tile's rows (and columns) from the tile centre.
         self._offsets = (torch.arange(input_size, dtype=torch.float32) - (input_size - 1) / 2).to(self.device)
-        self._bicubic = _bicubic_matrix(config.elastic_grid, input_size).to(self.device)
+        self._bicubic = _bicubic_matrix(self.config.elastic_grid, input_size).to(self.device)
 
     def sample(self, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.apply(self.draw(batch_size))
@@ -190,8 +198,11 @@ def _bicubic_matrix(points: int, size: int) -> torch.Tensor:
 
 
 def _stacks(images, targets, weights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    stacks = {"images": torch.as_tensor(images).float(), "targets": torch.as_tensor(targets),
-              "weights": torch.as_tensor(weights).float()}
+    stacks = {
+        "images": torch.as_tensor(images).float(),
+        "targets": torch.as_tensor(targets),
+        "weights": torch.as_tensor(weights).float(),
+    }
     shapes = {name: tuple(stack.shape) for name, stack in stacks.items()}
     if stacks["images"].ndim != 3 or len(set(shapes.values())) != 1:
         raise ValueError(f"augment: images, targets and weights must be (N, H, W) stacks of one shape, found {shapes}")
@@ -218,12 +229,14 @@ def plot_augmentation(augmenter: Augmenter, path: str | Path, *, samples: int = 
     image, target, weight = (tensor.cpu().numpy() for tensor in augmenter.apply(parameters))
     with figure(path, samples, 4, size=(13, 3.3 * samples), title=title, dpi=90) as (drawing, axes):
         for row, sample_axes in enumerate(axes):
-            _draw_sample(drawing, sample_axes, augmenter, parameters, row, grids[row], image[row, 0], target[row],
-                         weight[row])
+            _draw_sample(
+                drawing, sample_axes, augmenter, parameters, row, grids[row], image[row, 0], target[row], weight[row]
+            )
 
 
-def _draw_sample(drawing, axes, augmenter: Augmenter, parameters: SampleParameters, row: int, grid, image, target,
-                 weight) -> None:
+def _draw_sample(
+    drawing, axes, augmenter: Augmenter, parameters: SampleParameters, row: int, grid, image, target, weight
+) -> None:
     from matplotlib import patches
 
     angle = math.degrees(parameters.angle[row].item())
@@ -232,8 +245,11 @@ def _draw_sample(drawing, axes, augmenter: Augmenter, parameters: SampleParamete
     axes[0].set_title(f"32 px grid: {angle:.0f} deg{flip}")
     axes[1].imshow(image, cmap="gray")
     inner = (augmenter.margin - 0.5, augmenter.margin - 0.5)
-    axes[1].add_patch(patches.Rectangle(inner, augmenter.output_size, augmenter.output_size, fill=False,
-                                        edgecolor="yellow", linewidth=1.5))
+    axes[1].add_patch(
+        patches.Rectangle(
+            inner, augmenter.output_size, augmenter.output_size, fill=False, edgecolor="yellow", linewidth=1.5
+        )
+    )
     axes[1].set_title(f"input tile {augmenter.input_size} px")
     axes[2].imshow(target, cmap="gray", vmin=0, vmax=1)
     axes[2].set_title(f"target {augmenter.output_size} px")
@@ -246,19 +262,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figure", metavar="PNG", type=Path, required=True, help="where the figure goes")
     parser.add_argument("--samples", type=int, default=3, help="augmented samples shown (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    parser.add_argument("--input-size", type=int, default=TrainSettings.input_size,
-                        help="input tile side, as `train.input_size` (default %(default)s)")
-    parser.add_argument("--depth", type=int, default=ModelSettings.depth,
-                        help="U-Net depth, for the output size, as `model.depth` (default %(default)s)")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=TrainSettings.input_size,
+        help="input tile side, as `train.input_size` (default %(default)s)",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=ModelSettings.depth,
+        help="U-Net depth, for the output size, as `model.depth` (default %(default)s)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
     add_settings_arguments(parser, AugmentSettings)
 
 
 def run(args: argparse.Namespace) -> int:
     training = load_training_set(args.data, args.weights)
-    augmenter = Augmenter(training.images, training.targets, training.weights, input_size=args.input_size,
-                          config=from_arguments(AugmentSettings, args), device=args.device, seed=args.seed,
-                          depth=args.depth)
-    plot_augmentation(augmenter, args.figure, samples=args.samples,
-                      title=f"{args.data}: augmented training samples (seed {args.seed})")
+    augmenter = Augmenter(
+        training.images,
+        training.targets,
+        training.weights,
+        input_size=args.input_size,
+        config=from_arguments(AugmentSettings, args),
+        device=args.device,
+        seed=args.seed,
+        depth=args.depth,
+    )
+    plot_augmentation(
+        augmenter,
+        args.figure,
+        samples=args.samples,
+        title=f"{args.data}: augmented training samples (seed {args.seed})",
+    )
     return 0

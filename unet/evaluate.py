@@ -23,9 +23,20 @@ import numpy as np
 
 from unet import metrics
 from unet.figures import figure
-from unet.io import (DataError, add_fold_arguments, fold_of, format_frames, held_out_frames, numbered_files, parse_frames,
-                     read_stack, read_tiff, write_json)
-from unet.settings import EvaluateSettings, add_arguments as add_settings_arguments, from_arguments
+from unet.io import (
+    DataError,
+    add_fold_arguments,
+    fold_of,
+    format_frames,
+    held_out_frames,
+    numbered_files,
+    parse_frames,
+    read_stack,
+    read_tiff,
+    write_json,
+)
+from unet.settings import EvaluateSettings, from_arguments
+from unet.settings import add_arguments as add_settings_arguments
 
 ISBI_KEYS = ("warping_error", "rand_error", "rand_error_unrestricted", "pixel_error", "vrand", "vinfo")
 ISBI_NAMES = {
@@ -42,29 +53,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocols = parser.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
 
     isbi = protocols.add_parser(
-        "isbi", help="ISBI 2012: warping, Rand and pixel error, V_rand and V_info (Fiji's definitions)",
-        description="Score a cell-probability stack against binary labels with the ISBI 2012 metrics.")
-    isbi.add_argument("probabilities", type=Path, metavar="PROBABILITIES.tif",
-                      help="float32 (N, H, W) stack, 1 = cell, values in [0, 1]")
+        "isbi",
+        help="ISBI 2012: warping, Rand and pixel error, V_rand and V_info (Fiji's definitions)",
+        description="Score a cell-probability stack against binary labels with the ISBI 2012 metrics.",
+    )
+    isbi.add_argument(
+        "probabilities",
+        type=Path,
+        metavar="PROBABILITIES.tif",
+        help="float32 (N, H, W) stack, 1 = cell, values in [0, 1]",
+    )
     isbi.add_argument("labels", type=Path, metavar="LABELS.tif", help="label stack, cell > 0 (0/1 or 0/255)")
-    isbi.add_argument("--slices", metavar="SPEC",
-                      help="pages of LABELS (0-based, e.g. 0-9) that the probability stack covers, in its order "
-                           "(default: all pages)")
+    isbi.add_argument(
+        "--slices",
+        metavar="SPEC",
+        help="pages of LABELS (0-based, e.g. 0-9) that the probability stack covers, in its order (default: all pages)",
+    )
     add_fold_arguments(isbi, "score the label pages of")
     add_settings_arguments(isbi, EvaluateSettings)
     _add_output_arguments(isbi)
 
     ctc = protocols.add_parser(
-        "ctc", help="Cell Tracking Challenge: SEG and foreground IoU on the annotated frames",
-        description="Score a CTC result folder against the official ground truth (XX_GT/SEG).")
+        "ctc",
+        help="Cell Tracking Challenge: SEG and foreground IoU on the annotated frames",
+        description="Score a CTC result folder against the official ground truth (XX_GT/SEG).",
+    )
     ctc.add_argument("res_dir", type=Path, metavar="RES_DIR", help="folder with maskTTT.tif (or maskTTTT.tif)")
     ctc.add_argument("gt_dir", type=Path, metavar="GT_DIR", help="the official XX_GT folder (with SEG/man_segTTT.tif)")
     _add_output_arguments(ctc)
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--figure", type=Path, metavar="PNG",
-                        help="also draw the prediction against the ground truth for the first scored frames")
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        metavar="PNG",
+        help="also draw the prediction against the ground truth for the first scored frames",
+    )
     parser.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
     parser.add_argument("--out", type=Path, metavar="FILE", help="also write the scores as JSON to FILE (atomically)")
 
@@ -84,19 +109,26 @@ def run(args: argparse.Namespace) -> int:
 def evaluate_isbi(args: argparse.Namespace) -> tuple[dict, str]:
     settings = from_arguments(EvaluateSettings, args)
     prob, labels, slices = read_isbi_pair(args.probabilities, args.labels, args.slices, fold_of(args))
-    scores = _finite_or_null(metrics.isbi_metrics(prob, labels, rand_normalisation=settings.rand_normalisation,
-                                                  radius=settings.warping_radius))
+    scores = _finite_or_null(
+        metrics.isbi_metrics(
+            prob, labels, rand_normalisation=settings.rand_normalisation, radius=settings.warping_radius
+        )
+    )
     scores["meta"] = {
-        "probabilities": str(args.probabilities), "labels": str(args.labels), "slices": slices,
-        "rand_normalisation": settings.rand_normalisation, "warping_radius": settings.warping_radius,
+        "probabilities": str(args.probabilities),
+        "labels": str(args.labels),
+        "slices": slices,
+        "rand_normalisation": settings.rand_normalisation,
+        "warping_radius": settings.warping_radius,
     }
     if args.figure:
         plot_isbi_overlay(args.figure, prob, labels, slices)
     return scores, isbi_table(scores)
 
 
-def read_isbi_pair(prob_path: Path, labels_path: Path, spec: str | None = None,
-                   fold: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def read_isbi_pair(
+    prob_path: Path, labels_path: Path, spec: str | None = None, fold: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """The probability stack and the label pages it covers (`spec`, or the pages held out by `fold` =
     (fold, folds)); bad input raises `DataError` naming the file."""
     if spec and fold:
@@ -109,8 +141,10 @@ def read_isbi_pair(prob_path: Path, labels_path: Path, spec: str | None = None,
     if outside:
         raise DataError(f"{labels_path}: has {len(labels)} pages, --slices asks for {outside}")
     if len(prob) != len(slices):
-        raise DataError(f"{prob_path}: has {len(prob)} pages but {len(slices)} label pages are selected "
-                        f"({'--slices ' + spec if spec else 'all of ' + str(labels_path)})")
+        raise DataError(
+            f"{prob_path}: has {len(prob)} pages but {len(slices)} label pages are selected "
+            f"({'--slices ' + spec if spec else 'all of ' + str(labels_path)})"
+        )
     labels = labels[slices]
     if prob.shape[1:] != labels.shape[1:]:
         raise DataError(f"{prob_path}: pages are {prob.shape[1:]} but {labels_path} pages are {labels.shape[1:]}")
@@ -124,8 +158,11 @@ def read_isbi_pair(prob_path: Path, labels_path: Path, spec: str | None = None,
 
 def isbi_table(scores: dict) -> str:
     meta = scores.get("meta", {})
-    lines = [f"ISBI 2012 metrics (Fiji's definitions), {len(meta.get('slices', []))} slices",
-             "", f"{'metric':<38} {'best':>10}  threshold"]
+    lines = [
+        f"ISBI 2012 metrics (Fiji's definitions), {len(meta.get('slices', []))} slices",
+        "",
+        f"{'metric':<38} {'best':>10}  threshold",
+    ]
     for key in ISBI_KEYS:
         lines.append(f"{ISBI_NAMES[key]:<38} {_number(scores[key]['value']):>10}  {scores[key]['threshold']}")
     thresholds = list(scores["rand_error"]["per_threshold"])
@@ -143,10 +180,18 @@ def isbi_table(scores: dict) -> str:
 def evaluate_ctc(args: argparse.Namespace) -> tuple[dict, str]:
     frames, res_masks, gt_masks = read_ctc_pair(args.res_dir, args.gt_dir)
     seg, iou = metrics.ctc_seg(res_masks, gt_masks), metrics.foreground_iou(res_masks, gt_masks)
-    per_frame = [{"frame": frame, **seg_frame, "iou": iou_frame}
-                 for frame, seg_frame, iou_frame in zip(frames, seg.pop("per_frame"), iou.pop("per_frame"))]
-    scores = _finite_or_null({"seg": seg, "iou": iou, "frames": per_frame,
-                              "meta": {"res_dir": str(args.res_dir), "gt_dir": str(args.gt_dir)}})
+    per_frame = [
+        {"frame": frame, **seg_frame, "iou": iou_frame}
+        for frame, seg_frame, iou_frame in zip(frames, seg.pop("per_frame"), iou.pop("per_frame"))
+    ]
+    scores = _finite_or_null(
+        {
+            "seg": seg,
+            "iou": iou,
+            "frames": per_frame,
+            "meta": {"res_dir": str(args.res_dir), "gt_dir": str(args.gt_dir)},
+        }
+    )
     if args.figure:
         plot_ctc_overlay(args.figure, frames, res_masks, gt_masks)
     return scores, ctc_table(scores)
@@ -164,8 +209,10 @@ def read_ctc_pair(res_dir: Path, gt_dir: Path) -> tuple[list[int], list[np.ndarr
     results = numbered_files(res_dir, "mask")
     missing = [frame for frame in annotated if frame not in results]
     if missing:
-        raise DataError(f"{res_dir}: no result mask for annotated frame(s) {missing} "
-                        f"(expected e.g. {res_dir / f'mask{missing[0]:03d}.tif'})")
+        raise DataError(
+            f"{res_dir}: no result mask for annotated frame(s) {missing} "
+            f"(expected e.g. {res_dir / f'mask{missing[0]:03d}.tif'})"
+        )
     frames = sorted(annotated)
     gt_masks = [_mask(annotated[frame]) for frame in frames]
     res_masks = [_mask(results[frame]) for frame in frames]
@@ -186,13 +233,19 @@ def _mask(path: Path) -> np.ndarray:
 
 def ctc_table(scores: dict) -> str:
     seg, iou = scores["seg"], scores["iou"]
-    lines = [f"Cell Tracking Challenge segmentation, {len(scores['frames'])} annotated frames",
-             "", f"SEG             {_number(seg['value'])}  ({seg['matched']} of {seg['objects']} objects matched)",
-             f"foreground IoU  {_number(iou['value'])}", "",
-             f"{'frame':>5} {'objects':>7} {'matched':>7} {'SEG':>8} {'IoU':>8}"]
+    lines = [
+        f"Cell Tracking Challenge segmentation, {len(scores['frames'])} annotated frames",
+        "",
+        f"SEG             {_number(seg['value'])}  ({seg['matched']} of {seg['objects']} objects matched)",
+        f"foreground IoU  {_number(iou['value'])}",
+        "",
+        f"{'frame':>5} {'objects':>7} {'matched':>7} {'SEG':>8} {'IoU':>8}",
+    ]
     for row in scores["frames"]:
-        lines.append(f"{row['frame']:>5} {row['objects']:>7} {row['matched']:>7} "
-                     f"{_number(row['seg']):>8} {_number(row['iou']):>8}")
+        lines.append(
+            f"{row['frame']:>5} {row['objects']:>7} {row['matched']:>7} "
+            f"{_number(row['seg']):>8} {_number(row['iou']):>8}"
+        )
     return "\n".join(lines)
 
 
@@ -217,8 +270,9 @@ def plot_isbi_overlay(path: Path, prob: np.ndarray, labels: np.ndarray, slices: 
             axes[row, 1].set_title("cells (gray), false membrane (red), missed membrane (cyan)")
 
 
-def plot_ctc_overlay(path: Path, frames: list[int], res_masks: list[np.ndarray], gt_masks: list[np.ndarray],
-                     count: int = 2) -> None:
+def plot_ctc_overlay(
+    path: Path, frames: list[int], res_masks: list[np.ndarray], gt_masks: list[np.ndarray], count: int = 2
+) -> None:
     """Per annotated frame: the result instances in colour with the ground-truth outlines in white."""
     from skimage.color import label2rgb
     from skimage.segmentation import find_boundaries

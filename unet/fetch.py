@@ -36,9 +36,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import tifffile
@@ -97,16 +97,28 @@ CATALOGUE: dict[str, Entry] = {
     # md5 as pinned by torchvision's sstem loader.
     "isbi2012": Entry(
         "isbi",
-        {"train": tuple(Remote(ISBI_BASE + name, name, (f"md5:{digest}",)) for name, digest in zip(ISBI_FILES, (
-            "465461edbe0254630c4ec5577f1e7764", "657fe6b728c6dd0152e295c6d800001d", "9767660d7abe4e0ecbdd0061a16058ad",
-        )))},
+        {
+            "train": tuple(
+                Remote(ISBI_BASE + name, name, (f"md5:{digest}",))
+                for name, digest in zip(
+                    ISBI_FILES,
+                    (
+                        "465461edbe0254630c4ec5577f1e7764",
+                        "657fe6b728c6dd0152e295c6d800001d",
+                        "9767660d7abe4e0ecbdd0061a16058ad",
+                    ),
+                )
+            )
+        },
     ),
     # sha256 as pinned by torch-em; HeLa's training archive was re-released (the second digest is another
     # library's pin), so both are accepted.
     "DIC-C2DH-HeLa": _ctc(
         "DIC-C2DH-HeLa",
-        train=("832fed2d05bb7488cf9c51a2994b75f8f3f53b3c3098856211f2d39023c34e1a",
-               "fac24746fa0ad5ddf6f27044c785edef36bfa39f7917da4ad79730a7748787af"),
+        train=(
+            "832fed2d05bb7488cf9c51a2994b75f8f3f53b3c3098856211f2d39023c34e1a",
+            "fac24746fa0ad5ddf6f27044c785edef36bfa39f7917da4ad79730a7748787af",
+        ),
         test=("5e5d5f2aa90aef99d750cf03f5c12d799d50b892f98c86950e07a2c5955ac01f",),
     ),
     "PhC-C2DH-U373": _ctc(
@@ -201,7 +213,7 @@ class _Final(Exception):
     """A transfer failure that retrying cannot cure (404, a missing local file)."""
 
 
-def _hashers(checksums: Iterable[str]) -> dict[str, "hashlib._Hash"]:
+def _hashers(checksums: Iterable[str]) -> dict[str, hashlib._Hash]:
     algorithms = {checksum.partition(":")[0] for checksum in checksums} or {"sha256"}
     return {algorithm: hashlib.new(algorithm) for algorithm in sorted(algorithms)}
 
@@ -217,8 +229,10 @@ def verify_digests(dataset: str, source: str, checksums: tuple[str, ...], hasher
         return
     found = ", ".join(f"{algorithm}:{digest}" for algorithm, digest in actual.items())
     if not checksums:
-        raise DataError(f"{dataset}: {source}: no checksum is pinned for {_url_name(source) or source}; its "
-                        f"checksum is {found}: check the file and add it to datasets.{dataset}.checksums")
+        raise DataError(
+            f"{dataset}: {source}: no checksum is pinned for {_url_name(source) or source}; its "
+            f"checksum is {found}: check the file and add it to datasets.{dataset}.checksums"
+        )
     raise DataError(f"{dataset}: {source}: checksum mismatch: expected {' or '.join(checksums)}, actual {found}")
 
 
@@ -231,8 +245,16 @@ def file_hashers(path: Path, checksums: tuple[str, ...]) -> dict:
     return hashers
 
 
-def download(dataset: str, remote: Remote, target: Path, *, attempts: int = 4, timeout: float = 60.0,
-             backoff: float = 2.0, progress: bool = True) -> None:
+def download(
+    dataset: str,
+    remote: Remote,
+    target: Path,
+    *,
+    attempts: int = 4,
+    timeout: float = 60.0,
+    backoff: float = 2.0,
+    progress: bool = True,
+) -> None:
     """Download `remote` to `target`: retried, checksummed, and renamed into place only when verified."""
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, found {attempts}")
@@ -249,8 +271,10 @@ def download(dataset: str, remote: Remote, target: Path, *, attempts: int = 4, t
             except _Final as error:
                 raise DataError(f"{dataset}: {remote.url}: {error}; no file was written") from None
         else:
-            raise DataError(f"{dataset}: {remote.url}: unreachable after {attempts} attempts "
-                            f"(last error: {errors[-1]}); no file was written")
+            raise DataError(
+                f"{dataset}: {remote.url}: unreachable after {attempts} attempts "
+                f"(last error: {errors[-1]}); no file was written"
+            )
         verify_digests(dataset, remote.url, remote.checksums, hashers)
 
 
@@ -265,8 +289,16 @@ def _transfer(remote: Remote, tmp: Path, *, timeout: float, progress: bool) -> d
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
             # A log file (not a terminal) gets an update every 10 s rather than a stream of them.
-            with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.name, file=sys.stderr,
-                      disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 10) as bar:
+            with tqdm(
+                total=expected,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=remote.name,
+                file=sys.stderr,
+                disable=not progress,
+                mininterval=0.5 if sys.stderr.isatty() else 10,
+            ) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     for hasher in hashers.values():
@@ -332,8 +364,10 @@ def extract(archive: Path, target: Path, *, label: str | None = None) -> None:
         for member in members:
             _check_member(label, member.name, target)
             if not (member.isfile() or member.isdir()):
-                raise DataError(f"{label}: refusing member {member.name!r}: only plain files and folders are "
-                                "accepted, not links or devices")
+                raise DataError(
+                    f"{label}: refusing member {member.name!r}: only plain files and folders are "
+                    "accepted, not links or devices"
+                )
         # Python's own "data" filter (where it exists) re-checks the same things.
         extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         handle.extractall(target, members=members, **extra)
@@ -378,8 +412,10 @@ def membrane_mask(labels: np.ndarray, *, source: str) -> np.ndarray:
         return high
     if 0.55 <= fraction <= 0.95:
         return ~high
-    raise DataError(f"{source}: value {values[1]} covers {fraction:.1%} of the pixels; membranes should cover "
-                    "5-45 %, so neither reading of the encoding is plausible")
+    raise DataError(
+        f"{source}: value {values[1]} covers {fraction:.1%} of the pixels; membranes should cover "
+        "5-45 %, so neither reading of the encoding is plausible"
+    )
 
 
 # --- the official layouts ---------------------------------------------------------------------------
@@ -436,7 +472,7 @@ def check_listing(dataset: str, listing: Path, relative: str, copy: Path) -> Non
         name = name.strip().lstrip("*").removeprefix("./")
         if not name.startswith(relative + "/"):
             continue
-        path = copy / name[len(relative) + 1:]
+        path = copy / name[len(relative) + 1 :]
         if not path.is_file():
             raise DataError(f"{dataset}: {listing}:{number} lists {name}, which the copy lacks")
         expected = (f"sha256:{digest.lower()}",)
@@ -455,9 +491,20 @@ def check_given_checksums(dataset: str, root: Path, overrides: Mapping[str, str]
 # --- fetch ------------------------------------------------------------------------------------------
 
 
-def fetch(dataset: str, out: str | os.PathLike, *, source: str | None = None, mirror: str | os.PathLike | None = None,
-          checksums: Mapping[str, str] | None = None, protocol: str | None = None, part: str = "train",
-          attempts: int = 4, timeout: float = 60.0, backoff: float = 2.0, progress: bool = True) -> Path:
+def fetch(
+    dataset: str,
+    out: str | os.PathLike,
+    *,
+    source: str | None = None,
+    mirror: str | os.PathLike | None = None,
+    checksums: Mapping[str, str] | None = None,
+    protocol: str | None = None,
+    part: str = "train",
+    attempts: int = 4,
+    timeout: float = 60.0,
+    backoff: float = 2.0,
+    progress: bool = True,
+) -> Path:
     """Put `dataset` into `out` in its official layout from `source`, `mirror` or the catalogue.
 
     `checksums` (file name or URL -> `algo:hex`) override the pinned ones. Returns `out`.
@@ -474,17 +521,30 @@ def fetch(dataset: str, out: str | os.PathLike, *, source: str | None = None, mi
             raise DataError(f"{dataset}: give a source or a mirror, not both")
         source = str(mirror_path(mirror, dataset, protocol, part))
         if not Path(source).is_dir():
-            raise DataError(f"{dataset}: the mirror {mirror} has no {Path(source).relative_to(mirror)}/ "
-                            f"(expected the official {protocol} layout at {source})")
-    overrides = {key: parse_checksum(value, what=f"{dataset}: checksum of {key}")
-                 for key, value in (checksums or {}).items()}
+            raise DataError(
+                f"{dataset}: the mirror {mirror} has no {Path(source).relative_to(mirror)}/ "
+                f"(expected the official {protocol} layout at {source})"
+            )
+    overrides = {
+        key: parse_checksum(value, what=f"{dataset}: checksum of {key}") for key, value in (checksums or {}).items()
+    }
     out = Path(out)
     with atomic_directory(out) as staging:
         if source is not None and not _is_url(source):
             root = _from_local(dataset, Path(source), staging, protocol, part, overrides)
         else:
-            root = _from_urls(dataset, source, staging, protocol, part, overrides, attempts=attempts,
-                              timeout=timeout, backoff=backoff, progress=progress)
+            root = _from_urls(
+                dataset,
+                source,
+                staging,
+                protocol,
+                part,
+                overrides,
+                attempts=attempts,
+                timeout=timeout,
+                backoff=backoff,
+                progress=progress,
+            )
         if mirror is not None and (Path(mirror) / MIRROR_LISTING).is_file():
             check_listing(dataset, Path(mirror) / MIRROR_LISTING, str(Path(source).relative_to(mirror)), root)
         check_layout(dataset, root, protocol, part)
@@ -513,8 +573,10 @@ def _from_local(dataset, source: Path, staging, protocol, part, overrides) -> Pa
     if not source.is_file():
         raise DataError(f"{dataset}: source {source} is neither a URL nor an existing file or folder")
     defaults = CATALOGUE[dataset].parts.get(part, ()) if dataset in CATALOGUE else ()
-    pinned = next((remote for remote in defaults + tuple(KNOWN_REMOTES.values()) if remote.name == source.name),
-                  Remote(str(source), source.name))
+    pinned = next(
+        (remote for remote in defaults + tuple(KNOWN_REMOTES.values()) if remote.name == source.name),
+        Remote(str(source), source.name),
+    )
     _check_override_names(dataset, overrides, {source.name, str(source)})
     remote = with_overrides(replace(pinned, url=str(source)), overrides)
     verify_digests(dataset, str(source), remote.checksums, file_hashers(source, remote.checksums))
@@ -526,8 +588,10 @@ def _check_override_names(dataset: str, overrides: Mapping[str, str], names: set
     """A checksum given for a file that is not fetched is a typo, not something to ignore."""
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise DataError(f"{dataset}: checksums are given for {unknown}, which this source does not provide "
-                        f"(it provides {sorted(names)})")
+        raise DataError(
+            f"{dataset}: checksums are given for {unknown}, which this source does not provide "
+            f"(it provides {sorted(names)})"
+        )
 
 
 def copy_files(source: Path, target: Path) -> None:
@@ -579,24 +643,48 @@ def _checksum_flag(text: str) -> tuple[str, str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help=f"data set name ({', '.join(CATALOGUE)} or another with --protocol)")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/raw/DATASET")
-    parser.add_argument("--source", help="URL (http, https, file; a folder URL ends in /), local file or archive, "
-                                         "or local folder in the official layout (default: the catalogue's)")
-    parser.add_argument("--mirror", type=Path, help="local folder laid out like ../shared/data "
-                                                    "(isbi2012/, ctc/NAME/, ctc-test/NAME/)")
-    parser.add_argument("--checksum", action="append", type=_checksum_flag, default=[], metavar="NAME=ALGO:HEX",
-                        help="accept this checksum (md5: or sha256:) for the file or archive NAME (or URL); repeatable")
+    parser.add_argument(
+        "--source",
+        help="URL (http, https, file; a folder URL ends in /), local file or archive, "
+        "or local folder in the official layout (default: the catalogue's)",
+    )
+    parser.add_argument(
+        "--mirror", type=Path, help="local folder laid out like ../shared/data (isbi2012/, ctc/NAME/, ctc-test/NAME/)"
+    )
+    parser.add_argument(
+        "--checksum",
+        action="append",
+        type=_checksum_flag,
+        default=[],
+        metavar="NAME=ALGO:HEX",
+        help="accept this checksum (md5: or sha256:) for the file or archive NAME (or URL); repeatable",
+    )
     parser.add_argument("--protocol", choices=PROTOCOLS, help="isbi or ctc, for a data set outside the catalogue")
-    parser.add_argument("--part", choices=PARTS, default="train",
-                        help="train: the training data; test: the CTC challenge's test sequences")
+    parser.add_argument(
+        "--part",
+        choices=PARTS,
+        default="train",
+        help="train: the training data; test: the CTC challenge's test sequences",
+    )
     parser.add_argument("--attempts", type=int, default=4, help="download attempts before giving up")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before an attempt fails")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="progress bar on stderr")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on stderr"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    out = fetch(args.dataset, args.out, source=args.source, mirror=args.mirror, checksums=dict(args.checksum),
-                protocol=args.protocol, part=args.part, attempts=args.attempts, timeout=args.timeout,
-                progress=args.progress)
+    out = fetch(
+        args.dataset,
+        args.out,
+        source=args.source,
+        mirror=args.mirror,
+        checksums=dict(args.checksum),
+        protocol=args.protocol,
+        part=args.part,
+        attempts=args.attempts,
+        timeout=args.timeout,
+        progress=args.progress,
+    )
     print(f"{args.dataset}: official layout in {out}", file=sys.stderr)
     return 0

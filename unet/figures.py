@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from unet.io import atomic_path
 
 
 @contextlib.contextmanager
-def figure(path: str | Path, rows: int = 1, columns: int = 1, *, size: tuple[float, float] | None = None,
-           title: str = "", dpi: int = 100, hide_image_axes: bool = True, layout: str = "constrained",
-           **subplots) -> Iterator[tuple]:
+def figure(
+    path: str | Path,
+    rows: int = 1,
+    columns: int = 1,
+    *,
+    size: tuple[float, float] | None = None,
+    title: str = "",
+    dpi: int = 100,
+    hide_image_axes: bool = True,
+    layout: str = "constrained",
+    **subplots,
+) -> Iterator[tuple]:
     """Yield `(figure, axes)` (axes as a rows x columns array); when the block succeeds, hide the axes of image
     panels, add the title and write the PNG to `path` atomically. The figure is closed either way."""
     import matplotlib

@@ -21,9 +21,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import tifffile
@@ -317,9 +318,13 @@ def held_out_frames(frames: list[int], folds: int, fold: int) -> list[int]:
 
 def add_fold_arguments(parser, selected: str) -> None:
     """`--fold K --folds N`: select the frames held out by cross-validation fold K (`held_out_frames`)."""
-    parser.add_argument("--fold", type=int, metavar="K",
-                        help=f"{selected} the labelled frames held out by cross-validation fold K (0-based) "
-                             "of --folds contiguous blocks")
+    parser.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help=f"{selected} the labelled frames held out by cross-validation fold K (0-based) "
+        "of --folds contiguous blocks",
+    )
     parser.add_argument("--folds", type=int, metavar="N", help="number of cross-validation folds (with --fold)")
 
 
@@ -348,8 +353,10 @@ def load_training_set(data_dir: str | Path, weight_dir: str | Path, frames: list
     targets, weights = (read_stack(Path(weight_dir) / name) for name in ("target.tif", "weights.tif"))
     for name, stack in (("target.tif", targets), ("weights.tif", weights)):
         if stack.shape != split.labels.shape:
-            raise DataError(f"{Path(weight_dir) / name}: shape {stack.shape} does not match the labels "
-                            f"{split.labels.shape} of {data_dir}; recompute it with `unet weightmap`")
+            raise DataError(
+                f"{Path(weight_dir) / name}: shape {stack.shape} does not match the labels "
+                f"{split.labels.shape} of {data_dir}; recompute it with `unet weightmap`"
+            )
     chosen = split.labelled if frames is None else list(frames)
     unknown = sorted(set(chosen) - set(split.labelled))
     if unknown:

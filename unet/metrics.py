@@ -31,7 +31,7 @@ by frame.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -60,9 +60,15 @@ WARPING_THRESHOLDS = fiji_thresholds(0.0, 0.9)
 # ISBI 2012
 
 
-def isbi_metrics(prob, labels, *, rand_normalisation: str = "n2", radius: int = WARPING_RADIUS,
-                 thresholds: Sequence[float] = THRESHOLDS,
-                 warping_thresholds: Sequence[float] = WARPING_THRESHOLDS) -> dict:
+def isbi_metrics(
+    prob,
+    labels,
+    *,
+    rand_normalisation: str = "n2",
+    radius: int = WARPING_RADIUS,
+    thresholds: Sequence[float] = THRESHOLDS,
+    warping_thresholds: Sequence[float] = WARPING_THRESHOLDS,
+) -> dict:
     """All ISBI 2012 metrics, sharing the work they have in common.
 
     Keys: `warping_error`, `rand_error` (foreground-restricted, the challenge's),
@@ -369,8 +375,9 @@ def warp_ground_truth(truth_cells: np.ndarray, prob_slice: np.ndarray, th: float
     return source[1:-1, 1:-1], np.stack([left // (width + 2) - 1, left % (width + 2) - 1])
 
 
-def warped_splits_and_mergers(truth_cells: np.ndarray, prob_slice: np.ndarray, th: float,
-                              radius: int = WARPING_RADIUS) -> tuple[int, int]:
+def warped_splits_and_mergers(
+    truth_cells: np.ndarray, prob_slice: np.ndarray, th: float, radius: int = WARPING_RADIUS
+) -> tuple[int, int]:
     """(split pixels, merger pixels) left after warping one ground-truth slice to the proposal at `th`."""
     warped, (rows, columns) = warp_ground_truth(truth_cells, prob_slice, th)
     return _warping.count_splits_and_mergers(warped, _components(warped), rows, columns, radius)
@@ -418,11 +425,20 @@ def ctc_seg(res_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray]) -> 
     for res, gt in _aligned_masks(res_masks, gt_masks):
         jaccards = _matched_jaccards(res, gt)
         matched = int(np.count_nonzero(jaccards))
-        per_frame.append({"objects": int(jaccards.size), "matched": matched,
-                          "seg": float(jaccards.mean()) if jaccards.size else math.nan})
+        per_frame.append(
+            {
+                "objects": int(jaccards.size),
+                "matched": matched,
+                "seg": float(jaccards.mean()) if jaccards.size else math.nan,
+            }
+        )
         total, n_objects, n_matched = total + float(jaccards.sum()), n_objects + jaccards.size, n_matched + matched
-    return {"value": total / n_objects if n_objects else math.nan, "objects": int(n_objects), "matched": n_matched,
-            "per_frame": per_frame}
+    return {
+        "value": total / n_objects if n_objects else math.nan,
+        "objects": int(n_objects),
+        "matched": n_matched,
+        "per_frame": per_frame,
+    }
 
 
 def _matched_jaccards(res: np.ndarray, gt: np.ndarray) -> np.ndarray:

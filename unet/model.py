@@ -57,7 +57,9 @@ class UNet(nn.Module):
     ):
         super().__init__()
         if depth < 1 or base_channels < 1:
-            raise ValueError(f"depth and base_channels must be positive, got depth={depth}, base_channels={base_channels}")
+            raise ValueError(
+                f"depth and base_channels must be positive, got depth={depth}, base_channels={base_channels}"
+            )
         self.config = dict(
             in_channels=in_channels,
             num_classes=num_classes,

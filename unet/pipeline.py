@@ -19,14 +19,21 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-from unet.settings import (STAGE_SETTINGS, SettingError, StageSettings, SyntheticCellsSettings, SyntheticEmSettings,
-                           paper_values)
+from unet.settings import (
+    STAGE_SETTINGS,
+    SettingError,
+    StageSettings,
+    SyntheticCellsSettings,
+    SyntheticEmSettings,
+    paper_values,
+)
 from unet.sizes import InvalidSizeError, check_prediction_tile, output_size
 
 PROTOCOLS = ("isbi", "ctc")
@@ -172,8 +179,9 @@ def check_config(config: Mapping[str, Any], schema: str | Path) -> None:
     _check_schema(config, schema)
     unknown = [name for name in config["experiments"] if name not in config["datasets"]]
     if unknown:
-        raise ConfigError(f"config: experiments {unknown} are not keys of `datasets` "
-                          f"(known: {sorted(config['datasets'])})")
+        raise ConfigError(
+            f"config: experiments {unknown} are not keys of `datasets` (known: {sorted(config['datasets'])})"
+        )
     for dataset in config["experiments"]:
         _check_tile_sizes(config, dataset)
         _check_folds(config, dataset)
@@ -197,28 +205,34 @@ def _check_tile_sizes(config: Mapping[str, Any], dataset: str) -> None:
         try:
             check(size, depth)
         except InvalidSizeError as error:
-            raise ConfigError(f"config: {_where(config, dataset, stage, 'input_size')} = {size}: {error} "
-                              f"(model.depth = {depth})") from None
+            raise ConfigError(
+                f"config: {_where(config, dataset, stage, 'input_size')} = {size}: {error} (model.depth = {depth})"
+            ) from None
 
 
 def _check_folds(config: Mapping[str, Any], dataset: str) -> None:
     spec = config["datasets"][dataset]
     if spec["protocol"] != "isbi":
         return
-    frames = synthetic_settings(config, dataset).train_slices if spec["source"] == "synthetic" else \
-        KNOWN_LABELLED_FRAMES.get(dataset)
+    frames = (
+        synthetic_settings(config, dataset).train_slices
+        if spec["source"] == "synthetic"
+        else KNOWN_LABELLED_FRAMES.get(dataset)
+    )
     folds = config["isbi"]["folds"]
     if frames is not None and folds > frames:
-        raise ConfigError(f"config: isbi.folds = {folds}: more folds than the {frames} labelled training slices "
-                          f"of {dataset}")
+        raise ConfigError(
+            f"config: isbi.folds = {folds}: more folds than the {frames} labelled training slices of {dataset}"
+        )
 
 
 def synthetic_settings(config: Mapping[str, Any], dataset: str) -> StageSettings:
     """The generator settings of a synthetic data set (`datasets.NAME.synthetic`)."""
     spec = config["datasets"][dataset]
     try:
-        return SYNTHETIC_SETTINGS[spec["protocol"]].from_mapping(spec.get("synthetic", {}),
-                                                                 f"datasets.{dataset}.synthetic")
+        return SYNTHETIC_SETTINGS[spec["protocol"]].from_mapping(
+            spec.get("synthetic", {}), f"datasets.{dataset}.synthetic"
+        )
     except SettingError as error:
         raise ConfigError(f"config: {error}") from None
 
@@ -256,9 +270,13 @@ def paper_deviations(config: Mapping[str, Any], dataset: str) -> str:
     differences = []
     for stage, settings_class in STAGE_SETTINGS.items():
         settings = stage_settings(config, stage, dataset)
-        differences += [f"{key} {getattr(settings, key)} (paper {paper})"
-                        for key, paper in paper_values(settings_class).items() if getattr(settings, key) != paper]
+        differences += [
+            f"{key} {getattr(settings, key)} (paper {paper})"
+            for key, paper in paper_values(settings_class).items()
+            if getattr(settings, key) != paper
+        ]
     train = stage_settings(config, "train", dataset)
-    schedule = (f"{train.iterations} iterations, learning rate {train.learning_rate} "
-                f"({train.lr_schedule}; not published)")
+    schedule = (
+        f"{train.iterations} iterations, learning rate {train.learning_rate} ({train.lr_schedule}; not published)"
+    )
     return ", ".join(differences + [schedule]) if differences else f"the paper's settings, {schedule}"

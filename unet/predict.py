@@ -46,12 +46,25 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from unet.io import (DataError, add_fold_arguments, atomic_directory, fold_of, format_frames, held_out_frames,
-                     normalize_intensity, parse_frames, read_split, read_stack, write_tiff)
 from unet.device import resolve_device, uses_bf16
+from unet.io import (
+    DataError,
+    add_fold_arguments,
+    atomic_directory,
+    fold_of,
+    format_frames,
+    held_out_frames,
+    normalize_intensity,
+    parse_frames,
+    read_split,
+    read_stack,
+    write_tiff,
+)
 from unet.model import load_model
-from unet.settings import PredictSettings, add_arguments as add_settings_arguments, from_arguments
+from unet.settings import PredictSettings, from_arguments
+from unet.settings import add_arguments as add_settings_arguments
 from unet.sizes import border, check_prediction_tile, output_size, valid_input_size_at_least
+
 
 @dataclass(frozen=True)
 class Transform:
@@ -176,8 +189,9 @@ def predict_probabilities(
         with torch.inference_mode(), autocast:
             for start in range(0, len(images), images_per_chunk):
                 chunk = source[start : start + images_per_chunk].to(device, non_blocking=True)
-                result[start : start + len(chunk)].copy_(_predict_chunk(model, chunk, tiler, transforms, batch_size),
-                                                         non_blocking=True)
+                result[start : start + len(chunk)].copy_(
+                    _predict_chunk(model, chunk, tiler, transforms, batch_size), non_blocking=True
+                )
         if cuda:
             torch.cuda.synchronize(device)
     finally:
@@ -198,8 +212,10 @@ class _Tiler:
 
     def _mirror_indices(self, shape: tuple[int, int], transposed: bool, device: torch.device) -> list[torch.Tensor]:
         padding = self._layout(transposed).padding(shape)
-        return [torch.as_tensor(np.pad(np.arange(size), pad, mode="reflect"), device=device)
-                for size, pad in zip(shape, padding)]
+        return [
+            torch.as_tensor(np.pad(np.arange(size), pad, mode="reflect"), device=device)
+            for size, pad in zip(shape, padding)
+        ]
 
     def _layout(self, transposed: bool) -> TileLayout:
         return replace(self.layout, counts=self.layout.counts[::-1]) if transposed else self.layout
@@ -240,8 +256,12 @@ def _predict_chunk(model, images: torch.Tensor, tiler: _Tiler, transforms, batch
     return mean / len(transforms)
 
 
-def instance_masks(probabilities: np.ndarray, min_area: int = PredictSettings.min_area, *,
-                   connectivity: int = PredictSettings.connectivity) -> np.ndarray:
+def instance_masks(
+    probabilities: np.ndarray,
+    min_area: int = PredictSettings.min_area,
+    *,
+    connectivity: int = PredictSettings.connectivity,
+) -> np.ndarray:
     """Instance labels (N, H, W) uint16: connected components of `probabilities > 0.5`, small ones removed.
 
     Components with fewer than `min_area` pixels become background; the others
@@ -268,8 +288,9 @@ def write_submission(path: str | os.PathLike, probabilities: np.ndarray) -> None
     """The ISBI 2012 submission: a float32 stack in [0, 1], 1 = certainly not membrane (our cell probability)."""
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 3 or probabilities.dtype != np.float32:
-        raise ValueError(f"a submission is a float32 (N, H, W) stack, found {probabilities.dtype} "
-                         f"{probabilities.shape}")
+        raise ValueError(
+            f"a submission is a float32 (N, H, W) stack, found {probabilities.dtype} {probabilities.shape}"
+        )
     if probabilities.size and not (0.0 <= probabilities.min() and probabilities.max() <= 1.0):
         raise ValueError(f"submission values must lie in [0, 1], found [{probabilities.min()}, {probabilities.max()}]")
     write_tiff(path, probabilities)
@@ -299,15 +320,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--data", metavar="DATA_SPLIT_DIR", help="a prepared split (results/data/{dataset}/{split})")
     source.add_argument("--images", metavar="TIF", help="a plain image stack instead of a prepared split")
     parser.add_argument("--model", required=True, metavar="MODEL_PT", help="model written by `unet train`")
-    parser.add_argument("--out", required=True, metavar="PROBABILITIES_TIF",
-                        help="float32 cell probabilities (N, H, W)")
+    parser.add_argument(
+        "--out", required=True, metavar="PROBABILITIES_TIF", help="float32 cell probabilities (N, H, W)"
+    )
     parser.add_argument("--frames", metavar="SPEC", help="frame ids to predict, e.g. 0-9,20-29 (default: all)")
     add_fold_arguments(parser, "predict")
     parser.add_argument("--submission", metavar="FILE", help="also write the ISBI 2012 submission stack here")
-    parser.add_argument("--instances", metavar="RES_DIR",
-                        help="also write Cell Tracking Challenge instance masks RES_DIR/maskTTT.tif for every frame")
-    parser.add_argument("--device", default="auto",
-                        help="torch device: auto (GPU if available), cpu, cuda, cuda:1 (default: %(default)s)")
+    parser.add_argument(
+        "--instances",
+        metavar="RES_DIR",
+        help="also write Cell Tracking Challenge instance masks RES_DIR/maskTTT.tif for every frame",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (GPU if available), cpu, cuda, cuda:1 (default: %(default)s)",
+    )
     add_settings_arguments(parser, PredictSettings)
 
 
@@ -315,27 +343,39 @@ def run(args: argparse.Namespace) -> int:
     settings = from_arguments(PredictSettings, args)
     images, frames, every_frame = _read_images(args)
     if args.instances and not every_frame:
-        raise ValueError("--instances writes a Cell Tracking Challenge result folder, which needs a mask for every "
-                         "frame of the sequence: do not select frames with --frames or --fold")
+        raise ValueError(
+            "--instances writes a Cell Tracking Challenge result folder, which needs a mask for every "
+            "frame of the sequence: do not select frames with --frames or --fold"
+        )
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # one tile shape throughout: let cuDNN pick its fastest kernels
     model = load_model(args.model, device)
     start = time.perf_counter()
     probabilities = predict_probabilities(
-        model, images, input_size=settings.input_size, batch_size=settings.batch_size, tta=settings.tta,
-        device=device, precision=settings.precision,
+        model,
+        images,
+        input_size=settings.input_size,
+        batch_size=settings.batch_size,
+        tta=settings.tta,
+        device=device,
+        precision=settings.precision,
     )
     seconds = time.perf_counter() - start
     write_tiff(args.out, probabilities)
     if args.submission:
         write_submission(args.submission, probabilities)
     if args.instances:
-        write_ctc_masks(args.instances, instance_masks(probabilities, settings.min_area, connectivity=settings.connectivity),
-                        frames)
+        write_ctc_masks(
+            args.instances, instance_masks(probabilities, settings.min_area, connectivity=settings.connectivity), frames
+        )
     layout = tile_layout(images.shape[1:], settings.input_size, model.depth)
-    print(f"unet predict: frames {format_frames(frames)} ({len(frames)} of {images.shape[1]}x{images.shape[2]}) on "
-          f"{device}, tta {settings.tta} ({len(TTA[settings.tta])} variants), {layout.counts[0]}x{layout.counts[1]} tiles "
-          f"of {layout.tile} px: {1000 * seconds / len(frames):.1f} ms per frame", file=sys.stderr)
+    print(
+        f"unet predict: frames {format_frames(frames)} ({len(frames)} of {images.shape[1]}x{images.shape[2]}) on "
+        f"{device}, tta {settings.tta} ({len(TTA[settings.tta])} variants), "
+        f"{layout.counts[0]}x{layout.counts[1]} tiles of {layout.tile} px: "
+        f"{1000 * seconds / len(frames):.1f} ms per frame",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -361,7 +401,9 @@ def _read_images(args: argparse.Namespace) -> tuple[np.ndarray, list[int], bool]
     index = {frame: i for i, frame in enumerate(all_frames)}
     missing = [frame for frame in frames if frame not in index]
     if missing:
-        raise DataError(f"{source}: frames {format_frames(sorted(missing))} are not among its frames "
-                        f"{format_frames(sorted(all_frames))}")
+        raise DataError(
+            f"{source}: frames {format_frames(sorted(missing))} are not among its frames "
+            f"{format_frames(sorted(all_frames))}"
+        )
     every_frame = sorted(frames) == sorted(all_frames)
     return normalize_intensity(images[[index[frame] for frame in frames]]), frames, every_frame

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -18,8 +18,15 @@ from unet.io import DataError, Split, numbered_files, read_stack, read_tiff, wri
 from unet.pipeline import PROTOCOLS, SPLITS
 
 
-def prepare(dataset: str, raw: str | os.PathLike, out: str | os.PathLike, *, protocol: str | None = None,
-            splits: Iterable[str] | None = None, part: str = "train") -> list[Path]:
+def prepare(
+    dataset: str,
+    raw: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    protocol: str | None = None,
+    splits: Iterable[str] | None = None,
+    part: str = "train",
+) -> list[Path]:
     """Write the canonical form of each split of `raw` into `out/<split>/`; returns the split folders."""
     protocol = protocol_of(dataset, protocol)
     raw, out = Path(raw), Path(out)
@@ -72,8 +79,9 @@ def read_ctc_split(dataset: str, raw: Path, sequence: str, *, labelled: bool = T
     return Split(dataset, sequence, "instance", images, frames, labels.astype(np.uint16), list(label_files))
 
 
-def unannotated_cells(annotated: np.ndarray, markers: np.ndarray, silver: np.ndarray | None,
-                      fallback_radius: float) -> np.ndarray:
+def unannotated_cells(
+    annotated: np.ndarray, markers: np.ndarray, silver: np.ndarray | None, fallback_radius: float
+) -> np.ndarray:
     """Where a labelled frame shows cells that its ground truth leaves without a mask: a bool (H, W) mask.
 
     The paper trains on "partially annotated" images. A cell counts as shown when the
@@ -117,12 +125,12 @@ def _stack(paths: Iterable[Path], shape: tuple[int, ...] | None = None) -> np.nd
             raise DataError(f"{path}: expected a 2D image, found shape {array.shape}")
         shape = shape or array.shape
         if array.shape != shape or (arrays and array.dtype != arrays[0].dtype):
-            raise DataError(f"{path}: {array.shape} {array.dtype} differs from the other frames ({shape}"
-                            f"{f' {arrays[0].dtype}' if arrays else ''})")
+            raise DataError(
+                f"{path}: {array.shape} {array.dtype} differs from the other frames ({shape}"
+                f"{f' {arrays[0].dtype}' if arrays else ''})"
+            )
         arrays.append(array)
     return np.stack(arrays)
-
-
 
 
 # --- CLI ---------------------------------------------------------------------------------------------
@@ -134,12 +142,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder; each split goes to OUT/SPLIT/")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="isbi or ctc, for a data set outside the catalogue")
     parser.add_argument("--splits", nargs="+", help="splits to write (default: isbi train test, ctc 01 02)")
-    parser.add_argument("--part", choices=PARTS, default="train",
-                        help="test: the CTC challenge's test sequences, which have no labels")
+    parser.add_argument(
+        "--part", choices=PARTS, default="train", help="test: the CTC challenge's test sequences, which have no labels"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    for folder in prepare(args.dataset, args.raw, args.out, protocol=args.protocol, splits=args.splits,
-                          part=args.part):
+    for folder in prepare(args.dataset, args.raw, args.out, protocol=args.protocol, splits=args.splits, part=args.part):
         print(f"{args.dataset}: prepared {folder}", file=sys.stderr)
     return 0

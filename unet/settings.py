@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 PAPER_TILE = 572  # the paper's input tile side (Fig. 1): 388 x 388 outputs
 
@@ -24,13 +25,28 @@ class SettingError(ValueError):
     """A setting out of its bounds, of the wrong type, or unknown; the message names its config key."""
 
 
-def setting(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
-            exclusive_minimum: float | None = None, exclusive_maximum: float | None = None,
-            choices: tuple | None = None, pattern: str | None = None, paper: bool = False):
+def setting(
+    default: Any,
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: float | None = None,
+    exclusive_maximum: float | None = None,
+    choices: tuple | None = None,
+    pattern: str | None = None,
+    paper: bool = False,
+):
     """A settings field: its default, its flag's help text, its bounds (as the schema writes them), and
     whether the default is the paper's value."""
-    bounds = {"minimum": minimum, "maximum": maximum, "exclusiveMinimum": exclusive_minimum,
-              "exclusiveMaximum": exclusive_maximum, "enum": choices, "pattern": pattern}
+    bounds = {
+        "minimum": minimum,
+        "maximum": maximum,
+        "exclusiveMinimum": exclusive_minimum,
+        "exclusiveMaximum": exclusive_maximum,
+        "enum": choices,
+        "pattern": pattern,
+    }
     metadata = {"help": help, "paper": paper, "bounds": {k: v for k, v in bounds.items() if v is not None}}
     return field(default=default, metadata=metadata)
 
@@ -77,12 +93,21 @@ def _problem(value: Any, spec: dataclasses.Field) -> str | None:
         return f"must be of type {expected.__name__}"
     bounds = spec.metadata["bounds"]
     checks = {
-        "minimum": lambda limit: value >= limit, "maximum": lambda limit: value <= limit,
-        "exclusiveMinimum": lambda limit: value > limit, "exclusiveMaximum": lambda limit: value < limit,
-        "enum": lambda options: value in options, "pattern": lambda pattern: re.fullmatch(pattern, value),
+        "minimum": lambda limit: value >= limit,
+        "maximum": lambda limit: value <= limit,
+        "exclusiveMinimum": lambda limit: value > limit,
+        "exclusiveMaximum": lambda limit: value < limit,
+        "enum": lambda options: value in options,
+        "pattern": lambda pattern: re.fullmatch(pattern, value),
     }
-    words = {"minimum": "must be >=", "maximum": "must be <=", "exclusiveMinimum": "must be >",
-             "exclusiveMaximum": "must be <", "enum": "must be one of", "pattern": "must match"}
+    words = {
+        "minimum": "must be >=",
+        "maximum": "must be <=",
+        "exclusiveMinimum": "must be >",
+        "exclusiveMaximum": "must be <",
+        "enum": "must be one of",
+        "pattern": "must match",
+    }
     for name, limit in bounds.items():
         if not checks[name](limit):
             return f"{words[name]} {list(limit) if name == 'enum' else limit}"
@@ -108,8 +133,9 @@ class ModelSettings(StageSettings):
     SECTION: ClassVar[str] = "model"
     base_channels: int = setting(64, "feature channels of the first level, doubled per level", minimum=1, paper=True)
     depth: int = setting(4, "number of 2x2 poolings", minimum=1, maximum=6, paper=True)
-    dropout: float = setting(0.5, "dropout probability after the last two contracting levels", minimum=0,
-                             maximum=1, paper=True)
+    dropout: float = setting(
+        0.5, "dropout probability after the last two contracting levels", minimum=0, maximum=1, paper=True
+    )
 
 
 @dataclass(frozen=True)
@@ -117,17 +143,35 @@ class AugmentSettings(StageSettings):
     """The `augment` section: the training samples' deformations (paper, section 3.1)."""
 
     SECTION: ClassVar[str] = "augment"
-    elastic_grid: int = setting(3, "control points per axis of the coarse displacement grid spanning the input "
-                                   "tile (paper: 3)", minimum=2, paper=True)
-    elastic_std: float = setting(10.0, "standard deviation in pixels of each component of a coarse displacement "
-                                       "(paper: 10; 0 = no elastic deformation)", minimum=0, paper=True)
-    rotation: float = setting(180.0, "rotation angle drawn uniformly from [-ROTATION, ROTATION] degrees (180 = any "
-                                     "orientation; 0 = none)", minimum=0, maximum=180)
+    elastic_grid: int = setting(
+        3,
+        "control points per axis of the coarse displacement grid spanning the input tile (paper: 3)",
+        minimum=2,
+        paper=True,
+    )
+    elastic_std: float = setting(
+        10.0,
+        "standard deviation in pixels of each component of a coarse displacement "
+        "(paper: 10; 0 = no elastic deformation)",
+        minimum=0,
+        paper=True,
+    )
+    rotation: float = setting(
+        180.0,
+        "rotation angle drawn uniformly from [-ROTATION, ROTATION] degrees (180 = any orientation; 0 = none)",
+        minimum=0,
+        maximum=180,
+    )
     flip: bool = setting(True, "mirror the tile with probability 1/2")
-    gray_contrast: float = setting(0.1, "contrast factor drawn from [1 - C, 1 + C], applied around the tile mean "
-                                        "(0 = none)", minimum=0, exclusive_maximum=1)
-    gray_brightness: float = setting(0.1, "offset drawn from [-B, B] added to the normalised tile (0 = none)",
-                                     minimum=0)
+    gray_contrast: float = setting(
+        0.1,
+        "contrast factor drawn from [1 - C, 1 + C], applied around the tile mean (0 = none)",
+        minimum=0,
+        exclusive_maximum=1,
+    )
+    gray_brightness: float = setting(
+        0.1, "offset drawn from [-B, B] added to the normalised tile (0 = none)", minimum=0
+    )
 
     @classmethod
     def identity(cls) -> AugmentSettings:
@@ -142,8 +186,9 @@ class TrainSettings(StageSettings):
     SECTION: ClassVar[str] = "train"
     iterations: int = setting(60000, "optimiser steps", minimum=1)
     learning_rate: float = setting(0.0003, "peak learning rate, for the mean-reduced loss", exclusive_minimum=0)
-    lr_schedule: str = setting("poly", "constant, or poly: lr * (1 - step / iterations) ** 0.9",
-                               choices=("constant", "poly"))
+    lr_schedule: str = setting(
+        "poly", "constant, or poly: lr * (1 - step / iterations) ** 0.9", choices=("constant", "poly")
+    )
     warmup: int = setting(200, "iterations of linear warm-up: lr * (step + 1) / warmup", minimum=0)
     momentum: float = setting(0.99, "SGD momentum (paper: 0.99)", minimum=0, exclusive_maximum=1, paper=True)
     batch_size: int = setting(1, "tiles per step (paper: 1)", minimum=1, paper=True)
@@ -151,9 +196,10 @@ class TrainSettings(StageSettings):
     checkpoint_every: int = setting(5000, "iterations between checkpoints", minimum=1)
     log_every: int = setting(100, "iterations between rows of log.csv", minimum=1)
     val_every: int = setting(1000, "iterations between held-out scores", minimum=1)
-    device: str = setting("auto", "auto (cuda if available), cpu, cuda or cuda:N", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
-    precision: str = setting("bf16", "bf16 autocast on CUDA; the CPU always computes in fp32",
-                             choices=("bf16", "fp32"))
+    device: str = setting(
+        "auto", "auto (cuda if available), cpu, cuda or cuda:N", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"
+    )
+    precision: str = setting("bf16", "bf16 autocast on CUDA; the CPU always computes in fp32", choices=("bf16", "fp32"))
     channels_last: bool = setting(True, "channels_last memory format on CUDA")
     compile: bool = setting(False, "torch.compile the forward pass and loss")
 
@@ -163,13 +209,18 @@ class PredictSettings(StageSettings):
     """The `predict` section: overlap-tile prediction (paper, sections 2 and 3)."""
 
     SECTION: ClassVar[str] = "predict"
-    input_size: int = setting(PAPER_TILE, "largest input tile side, a valid U-Net input (paper: 572); results do "
-                                          "not depend on it", minimum=1)
+    input_size: int = setting(
+        PAPER_TILE, "largest input tile side, a valid U-Net input (paper: 572); results do not depend on it", minimum=1
+    )
     batch_size: int = setting(8, "tiles per forward pass, augmented variants included", minimum=1)
-    tta: str = setting("d4", "test-time augmentation: d4 = 8 rotations/flips (EM), flips = 4 flips (cells), none",
-                       choices=("none", "flips", "d4"))
-    precision: str = setting("auto", "bf16 autocast or fp32; auto = bf16 on CUDA, fp32 on the CPU",
-                             choices=("auto", "bf16", "fp32"))
+    tta: str = setting(
+        "d4",
+        "test-time augmentation: d4 = 8 rotations/flips (EM), flips = 4 flips (cells), none",
+        choices=("none", "flips", "d4"),
+    )
+    precision: str = setting(
+        "auto", "bf16 autocast or fp32; auto = bf16 on CUDA, fp32 on the CPU", choices=("auto", "bf16", "fp32")
+    )
     min_area: int = setting(0, "instances smaller than this many pixels are removed", minimum=0)
     connectivity: int = setting(8, "pixel connectivity of instances", choices=(4, 8))
 
@@ -179,10 +230,14 @@ class EvaluateSettings(StageSettings):
     """The `evaluate` section: the settings of `unet evaluate isbi` (CTC scoring has none)."""
 
     SECTION: ClassVar[str] = "evaluate"
-    rand_normalisation: str = setting("n2", "Rand error pair counting: n2 = Fiji since January 2015 (sums of "
-                                            "squares), pairs = Fiji before (n(n-1)/2)", choices=("n2", "pairs"))
-    warping_radius: int = setting(20, "window radius in pixels for telling splits from hole deletions (the "
-                                      "challenge's 20)", minimum=1)
+    rand_normalisation: str = setting(
+        "n2",
+        "Rand error pair counting: n2 = Fiji since January 2015 (sums of squares), pairs = Fiji before (n(n-1)/2)",
+        choices=("n2", "pairs"),
+    )
+    warping_radius: int = setting(
+        20, "window radius in pixels for telling splits from hole deletions (the challenge's 20)", minimum=1
+    )
 
 
 @dataclass(frozen=True)
@@ -219,8 +274,9 @@ STAGE_SETTINGS: dict[str, type[StageSettings]] = {
 # --- settings <-> command-line flags ------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser, settings_class: type[StageSettings],
-                  defaults: StageSettings | None = None) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, settings_class: type[StageSettings], defaults: StageSettings | None = None
+) -> None:
     """One flag per field (`input_size` -> `--input-size`), in a group titled after the config section.
 
     `defaults` (e.g. the settings saved in a model) replaces the dataclass defaults.
@@ -234,8 +290,9 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type[StageSet
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            group.add_argument(flag, type=type(default), default=default, help=text,
-                               choices=spec.metadata["bounds"].get("enum"))
+            group.add_argument(
+                flag, type=type(default), default=default, help=text, choices=spec.metadata["bounds"].get("enum")
+            )
 
 
 def from_arguments(settings_class: type[StageSettings], args: argparse.Namespace):

@@ -18,7 +18,9 @@ def output_size(input_size: int, depth: int = 4) -> int:
     for level in range(depth):
         size -= 4
         if size <= 0 or size % 2:
-            raise InvalidSizeError(_invalid_input(input_size, depth, f"level {level + 1} would pool an odd or empty map"))
+            raise InvalidSizeError(
+                _invalid_input(input_size, depth, f"level {level + 1} would pool an odd or empty map")
+            )
         size //= 2
     size -= 4
     for _ in range(depth):
@@ -82,6 +84,8 @@ def check_prediction_tile(input_size: int, depth: int = 4) -> int:
     least one step of the pooling grid (tiles step by multiples of 2**depth, `unet.predict.tile_layout`)."""
     output = output_size(input_size, depth)
     if output < 2**depth:
-        raise InvalidSizeError(f"input size {input_size} leaves an output of {output} px, less than the {2**depth} px "
-                               f"step between tiles; use at least {valid_input_size_at_least(input_size + 1, depth)}")
+        raise InvalidSizeError(
+            f"input size {input_size} leaves an output of {output} px, less than the {2**depth} px "
+            f"step between tiles; use at least {valid_input_size_at_least(input_size + 1, depth)}"
+        )
     return output

@@ -32,8 +32,8 @@ from scipy import ndimage
 
 from unet.io import atomic_directory, write_tiff
 from unet.pipeline import CTC_SEQUENCES
-from unet.settings import SyntheticCellsSettings, SyntheticEmSettings, add_arguments as add_settings_arguments, \
-    from_arguments
+from unet.settings import SyntheticCellsSettings, SyntheticEmSettings, from_arguments
+from unet.settings import add_arguments as add_settings_arguments
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -107,9 +107,15 @@ def em_volume(rng: np.random.Generator, slices: int, size: int, cell_size: float
     return np.stack([image for image, _ in sections]), np.stack([label for _, label in sections])
 
 
-def synthesize_em(out: str | os.PathLike, *, seed: int = SyntheticEmSettings.seed, size: int = SyntheticEmSettings.size,
-                  train_slices: int = SyntheticEmSettings.train_slices, test_slices: int = SyntheticEmSettings.test_slices,
-                  cell_size: float = SyntheticEmSettings.cell_size) -> Path:
+def synthesize_em(
+    out: str | os.PathLike,
+    *,
+    seed: int = SyntheticEmSettings.seed,
+    size: int = SyntheticEmSettings.size,
+    train_slices: int = SyntheticEmSettings.train_slices,
+    test_slices: int = SyntheticEmSettings.test_slices,
+    cell_size: float = SyntheticEmSettings.cell_size,
+) -> Path:
     """Write an EM-like data set in the ISBI 2012 layout into `out`."""
     SyntheticEmSettings(seed, size, train_slices, test_slices, cell_size)  # checks the values
     train_rng, test_rng = (np.random.default_rng([seed, part]) for part in (0, 1))
@@ -155,11 +161,14 @@ def place_cells(rng: np.random.Generator, count: int, size: int, cell_size: floa
             if np.all((candidate > low) & (candidate < high)) and apart:
                 break
         centres.append(candidate)
-    return Cells(np.array(centres, np.float32), radii.astype(np.float32),
-                 rng.uniform(0, 0.12, (count, 3)).astype(np.float32),
-                 rng.uniform(0, 2 * np.pi, (count, 3)).astype(np.float32),
-                 rng.normal(0, 0.8, (count, 2)).astype(np.float32),
-                 rng.uniform(-0.06, 0.08, count).astype(np.float32))
+    return Cells(
+        np.array(centres, np.float32),
+        radii.astype(np.float32),
+        rng.uniform(0, 0.12, (count, 3)).astype(np.float32),
+        rng.uniform(0, 2 * np.pi, (count, 3)).astype(np.float32),
+        rng.normal(0, 0.8, (count, 2)).astype(np.float32),
+        rng.uniform(-0.06, 0.08, count).astype(np.float32),
+    )
 
 
 def cell_frame(rng: np.random.Generator, cells: Cells, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,8 +177,9 @@ def cell_frame(rng: np.random.Generator, cells: Cells, size: int) -> tuple[np.nd
     offset = grid[None] - cells.centres[:, :, None, None]  # (n, 2, H, W)
     angle = np.arctan2(offset[:, 0], offset[:, 1])
     harmonics = np.arange(2, 5, dtype=np.float32)[None, :, None, None]
-    outline = 1 + (cells.shape[:, :, None, None] * np.cos(harmonics * angle[:, None] + cells.phases[:, :, None, None])
-                   ).sum(axis=1)
+    outline = 1 + (
+        cells.shape[:, :, None, None] * np.cos(harmonics * angle[:, None] + cells.phases[:, :, None, None])
+    ).sum(axis=1)
     rho = np.hypot(offset[:, 0], offset[:, 1]) / (cells.radii[:, None, None] * outline)  # < 1 inside cell i
     nearest = np.argmin(rho, axis=0)
     two = np.partition(rho, 1, axis=0)[:2] if len(rho) > 1 else np.stack([rho[0], np.full_like(rho[0], np.inf)])
@@ -186,8 +196,9 @@ def cell_frame(rng: np.random.Generator, cells: Cells, size: int) -> tuple[np.nd
     return to_uint8(image), labels
 
 
-def cell_sequence(rng: np.random.Generator, frames: int, size: int, count: int, cell_size: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def cell_sequence(
+    rng: np.random.Generator, frames: int, size: int, count: int, cell_size: float
+) -> tuple[np.ndarray, np.ndarray]:
     """A sequence: (uint8 images (T, H, W), uint16 labels (T, H, W)); cells drift and wobble but stay in view."""
     cells = place_cells(rng, count, size, cell_size)
     low, high = 0.3 * cell_size, size - 0.3 * cell_size
@@ -209,8 +220,7 @@ def annotated_frames(frames: int, annotated: int) -> list[int]:
     return sorted({int(round(t)) for t in np.linspace(0, frames - 1, min(annotated, frames))})
 
 
-def write_ctc_sequence(root: Path, sequence: str, images: np.ndarray, labels: np.ndarray,
-                       annotated: list[int]) -> None:
+def write_ctc_sequence(root: Path, sequence: str, images: np.ndarray, labels: np.ndarray, annotated: list[int]) -> None:
     """Write one sequence in the Cell Tracking Challenge layout (each label is one track over all frames)."""
     digits = max(3, len(str(len(images) - 1)))
     for t, (image, label) in enumerate(zip(images, labels)):
@@ -222,10 +232,16 @@ def write_ctc_sequence(root: Path, sequence: str, images: np.ndarray, labels: np
     (root / f"{sequence}_GT" / "TRA" / "man_track.txt").write_text("\n".join(tracks) + "\n")
 
 
-def synthesize_cells(out: str | os.PathLike, *, seed: int = SyntheticCellsSettings.seed,
-                     size: int = SyntheticCellsSettings.size, frames: int = SyntheticCellsSettings.frames,
-                     annotated: int = SyntheticCellsSettings.annotated, cell_count: int = SyntheticCellsSettings.cell_count,
-                     cell_size: float = SyntheticCellsSettings.cell_size) -> Path:
+def synthesize_cells(
+    out: str | os.PathLike,
+    *,
+    seed: int = SyntheticCellsSettings.seed,
+    size: int = SyntheticCellsSettings.size,
+    frames: int = SyntheticCellsSettings.frames,
+    annotated: int = SyntheticCellsSettings.annotated,
+    cell_count: int = SyntheticCellsSettings.cell_count,
+    cell_size: float = SyntheticCellsSettings.cell_size,
+) -> Path:
     """Write sequences `01` and `02` of touching cells in the Cell Tracking Challenge layout into `out`."""
     SyntheticCellsSettings(seed, size, frames, annotated, cell_count, cell_size)  # checks the values
     with atomic_directory(out) as tmp:
@@ -245,8 +261,10 @@ GENERATORS = {"em": synthesize_em, "cells": synthesize_cells}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
-    helps = {"em": "EM sections with binary membrane labels (ISBI 2012 layout)",
-             "cells": "sequences of touching cells with instance labels (CTC layout)"}
+    helps = {
+        "em": "EM sections with binary membrane labels (ISBI 2012 layout)",
+        "cells": "sequences of touching cells with instance labels (CTC layout)",
+    }
     for kind, settings_class in SETTINGS.items():
         sub = kinds.add_parser(kind, help=helps[kind])
         sub.add_argument("out", type=Path, help=f"output folder, e.g. results/raw/demo-{kind}")

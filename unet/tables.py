@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -53,12 +53,14 @@ TABLE2_EXTRA = ["iou"]
 
 ISBI_PROTOCOL = (
     "Ours: held-out contiguous blocks of the public training slices (30 for ISBI 2012; cross-validation), "
-    "scored with the challenge's metrics as Fiji computes them. Paper: the 30 hidden test slices, scored by the organisers."
+    "scored with the challenge's metrics as Fiji computes them. "
+    "Paper: the 30 hidden test slices, scored by the organisers."
 )
 CTC_PROTOCOL = (
     "Ours: SEG (the challenge's measure) on the annotated frames of one public training sequence, "
     "model trained on the other sequence (both directions). Paper: the hidden test sequences, scored by the organisers."
 )
+
 
 @dataclass(frozen=True)
 class Score:
@@ -73,8 +75,9 @@ def read_score(path: str | Path) -> Score:
     path = Path(path)
     named = parse_score_path(path)
     if not named:
-        raise DataError(f"{path}: score files must be named {{dataset}}/{{run}}/seed{{seed}}.json, "
-                        f"the run one of {RUN_PATTERN}")
+        raise DataError(
+            f"{path}: score files must be named {{dataset}}/{{run}}/seed{{seed}}.json, the run one of {RUN_PATTERN}"
+        )
     raw = read_json(path)
     values = {}
     for key, entry in raw.items():
@@ -117,15 +120,28 @@ def _by_dataset(scores: list[Score], key: str) -> dict[str, list[Score]]:
 def table1(scores: list[Score]) -> pd.DataFrame:
     """The paper's Table 1 rows, then ours per ISBI-protocol data set."""
     rows = [
-        {"rank": rank, "group": group, "source": "paper (hidden test set)", "n": None,
-         "warping_error": w, "warping_error_sd": None, "rand_error": r, "rand_error_sd": None,
-         "pixel_error": p, "pixel_error_sd": None}
+        {
+            "rank": rank,
+            "group": group,
+            "source": "paper (hidden test set)",
+            "n": None,
+            "warping_error": w,
+            "warping_error_sd": None,
+            "rand_error": r,
+            "rand_error_sd": None,
+            "pixel_error": p,
+            "pixel_error_sd": None,
+        }
         for rank, group, w, r, p in PAPER_TABLE1
     ]
     for dataset, group in sorted(_by_dataset(scores, "warping_error").items()):
         summary = _summary(group, TABLE1_METRICS + TABLE1_EXTRA)
-        row = {"rank": "-", "group": f"ours ({dataset})", "source": "held-out folds of public training data",
-               "n": len(group)}
+        row = {
+            "rank": "-",
+            "group": f"ours ({dataset})",
+            "source": "held-out folds of public training data",
+            "n": len(group),
+        }
         for metric, (mean, sd) in summary.items():
             row[metric], row[f"{metric}_sd"] = mean, sd
         rows.append(row)
@@ -167,11 +183,14 @@ def table1_markdown(frame: pd.DataFrame, settings_note: str) -> str:
     ]
     for row in frame.to_dict("records"):
         ours = row["source"] != "paper (hidden test set)"
-        cells = [_cell(row, metric, digits, ours) for metric, digits in
-                 (("warping_error", 6), ("rand_error", 4), ("pixel_error", 4))]
+        cells = [
+            _cell(row, metric, digits, ours)
+            for metric, digits in (("warping_error", 6), ("rand_error", 4), ("pixel_error", 4))
+        ]
         extras = [_cell(row, metric, 4, ours) if ours else "" for metric in ("vrand", "vinfo")]
-        lines.append(f"| {row['rank']} | {row['group']} | " + " | ".join(cells + extras) +
-                     f" | {_count(row.get('n'))} |")
+        lines.append(
+            f"| {row['rank']} | {row['group']} | " + " | ".join(cells + extras) + f" | {_count(row.get('n'))} |"
+        )
     lines += ["", _differences(settings_note)]
     return "\n".join(lines) + "\n"
 
@@ -184,8 +203,11 @@ def table2_markdown(frame: pd.DataFrame, settings_note: str) -> str:
         "",
         CTC_PROTOCOL,
         "",
-        "| method | " + " | ".join(f"{name} SEG" for name in names) + " | "
-        + " | ".join(f"{name} IoU" for name in names) + " |",
+        "| method | "
+        + " | ".join(f"{name} SEG" for name in names)
+        + " | "
+        + " | ".join(f"{name} IoU" for name in names)
+        + " |",
         "|---|" + "---|" * (2 * len(names)),
     ]
     for row in frame.to_dict("records"):
@@ -194,11 +216,18 @@ def table2_markdown(frame: pd.DataFrame, settings_note: str) -> str:
         iou = [_cell(row, f"{d} IoU", 4, ours, sd_key=f"{d} IoU_sd") if ours else "" for d in datasets]
         lines.append(f"| {row['method']} | " + " | ".join(seg + iou) + " |")
     ours = frame.iloc[-1]
-    counts = ", ".join(f"{PAPER_TABLE2_COLUMNS.get(d, d)}: n = {_count(ours.get(f'{d} n'))}"
-                       for d in datasets if _count(ours.get(f"{d} n")))
-    lines += ["", f"Our rows average the runs and seeds ({counts}). IoU is the plain foreground IoU, "
-              "a different and usually higher number than SEG; the paper's \"IOU\" is the SEG measure.",
-              "", _differences(settings_note)]
+    counts = ", ".join(
+        f"{PAPER_TABLE2_COLUMNS.get(d, d)}: n = {_count(ours.get(f'{d} n'))}"
+        for d in datasets
+        if _count(ours.get(f"{d} n"))
+    )
+    lines += [
+        "",
+        f"Our rows average the runs and seeds ({counts}). IoU is the plain foreground IoU, "
+        'a different and usually higher number than SEG; the paper\'s "IOU" is the SEG measure.',
+        "",
+        _differences(settings_note),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -257,8 +286,13 @@ def rule_times(benchmark_dir: str | Path, exclude_datasets: Sequence[str] = ()) 
     if not rows:
         raise DataError(f"{benchmark_dir}: no benchmark files")
     jobs = pd.DataFrame(rows)
-    summary = jobs.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"), mean_s=("s", "mean"),
-                                       max_s=("s", "max"), max_rss_mb=("max_rss", "max"))
+    summary = jobs.groupby("rule").agg(
+        jobs=("s", "size"),
+        total_s=("s", "sum"),
+        mean_s=("s", "mean"),
+        max_s=("s", "max"),
+        max_rss_mb=("max_rss", "max"),
+    )
     return summary.sort_values("total_s", ascending=False).reset_index()
 
 
@@ -278,11 +312,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", nargs="*", help="score files named {dataset}/{run}/seed{seed}.json")
     parser.add_argument("--out", required=True, help="folder for table1.csv/.md and table2.csv/.md")
     parser.add_argument("--settings-note", default="", help="how our settings differ from the paper's, for the tables")
-    parser.add_argument("--rule-times", metavar="BENCHMARK_DIR",
-                        help="instead of the tables, summarise Snakemake's per-job benchmark files into "
-                             "rule_times.csv and rule_times.png")
-    parser.add_argument("--exclude-datasets", nargs="*", default=[], metavar="DATASET",
-                        help="with --rule-times: leave out the benchmark files of these data sets")
+    parser.add_argument(
+        "--rule-times",
+        metavar="BENCHMARK_DIR",
+        help="instead of the tables, summarise Snakemake's per-job benchmark files into "
+        "rule_times.csv and rule_times.png",
+    )
+    parser.add_argument(
+        "--exclude-datasets",
+        nargs="*",
+        default=[],
+        metavar="DATASET",
+        help="with --rule-times: leave out the benchmark files of these data sets",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

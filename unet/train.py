@@ -44,12 +44,22 @@ from torch.nn import functional as F
 from unet.augment import Augmenter
 from unet.device import resolve_device
 from unet.figures import figure
-from unet.io import (DataError, TrainingSet, add_fold_arguments, atomic_path, fold_of, format_frames, held_out_frames,
-                     load_training_set, parse_frames, read_json)
+from unet.io import (
+    DataError,
+    TrainingSet,
+    add_fold_arguments,
+    atomic_path,
+    fold_of,
+    format_frames,
+    held_out_frames,
+    load_training_set,
+    parse_frames,
+    read_json,
+)
 from unet.model import UNet, save_model
 from unet.predict import predict_probabilities
-from unet.settings import AugmentSettings, ModelSettings, TrainSettings, add_arguments as add_settings_arguments, \
-    from_arguments
+from unet.settings import AugmentSettings, ModelSettings, TrainSettings, from_arguments
+from unet.settings import add_arguments as add_settings_arguments
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -72,16 +82,33 @@ class DivergedError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, metavar="DATA_SPLIT_DIR",
-                        help="prepared split (images.tif, labels.tif, frames.json)")
-    parser.add_argument("--weights", required=True, type=Path, metavar="WEIGHT_DIR",
-                        help="target.tif and weights.tif of that split (unet weightmap)")
-    parser.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR",
-                        help="where model.pt, checkpoint.pt, log.csv and loss.png go")
-    parser.add_argument("--frames", metavar="SPEC",
-                        help="labelled frame ids to train on, e.g. 0-19 (default: all but --val-frames)")
-    parser.add_argument("--val-frames", metavar="SPEC",
-                        help="labelled frame ids for the periodic held-out pixel error (default: none)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        metavar="DATA_SPLIT_DIR",
+        help="prepared split (images.tif, labels.tif, frames.json)",
+    )
+    parser.add_argument(
+        "--weights",
+        required=True,
+        type=Path,
+        metavar="WEIGHT_DIR",
+        help="target.tif and weights.tif of that split (unet weightmap)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="MODEL_DIR",
+        help="where model.pt, checkpoint.pt, log.csv and loss.png go",
+    )
+    parser.add_argument(
+        "--frames", metavar="SPEC", help="labelled frame ids to train on, e.g. 0-19 (default: all but --val-frames)"
+    )
+    parser.add_argument(
+        "--val-frames", metavar="SPEC", help="labelled frame ids for the periodic held-out pixel error (default: none)"
+    )
     add_fold_arguments(parser, "hold out (and validate on)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and augmentation")
     for settings_class in (ModelSettings, AugmentSettings, TrainSettings):
@@ -118,8 +145,9 @@ class TrainingData:
     weight_dir: Path
 
 
-def load_data(data_dir: Path, weight_dir: Path, frames: list[int] | None = None,
-              val_frames: list[int] | None = None) -> TrainingData:
+def load_data(
+    data_dir: Path, weight_dir: Path, frames: list[int] | None = None, val_frames: list[int] | None = None
+) -> TrainingData:
     """Read a prepared split and its weight maps, check the maps, select the frames.
 
     `frames` defaults to every labelled frame that is not in `val_frames`.
@@ -140,14 +168,18 @@ def load_data(data_dir: Path, weight_dir: Path, frames: list[int] | None = None,
 def _check_targets_and_weights(training: TrainingSet, weight_dir: Path) -> None:
     targets, weights = training.targets, training.weights
     if targets.dtype != np.uint8 or not set(np.unique(targets).tolist()) <= {0, 1}:
-        raise DataError(f"{weight_dir / 'target.tif'}: expected uint8 classes 0 and 1, found {targets.dtype} "
-                        f"values {np.unique(targets)[:10].tolist()}")
+        raise DataError(
+            f"{weight_dir / 'target.tif'}: expected uint8 classes 0 and 1, found {targets.dtype} "
+            f"values {np.unique(targets)[:10].tolist()}"
+        )
     bad = ~np.isfinite(weights) | (weights < 0)
     if bad.any():
         index, row, column = np.argwhere(bad)[0]
-        raise DataError(f"{weight_dir / 'weights.tif'}: {int(bad.sum())} weights are negative, NaN or infinite "
-                        f"(first in frame {training.frames[index]} at pixel ({row}, {column}): "
-                        f"{weights[index, row, column]})")
+        raise DataError(
+            f"{weight_dir / 'weights.tif'}: {int(bad.sum())} weights are negative, NaN or infinite "
+            f"(first in frame {training.frames[index]} at pixel ({row}, {column}): "
+            f"{weights[index, row, column]})"
+        )
 
 
 # --- the step -----------------------------------------------------------------------
@@ -183,16 +215,18 @@ class Trainer:
         cuda = device.type == "cuda"
         self.memory_format = torch.channels_last if cuda and settings.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.memory_format).train()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=settings.learning_rate,
-                                         momentum=settings.momentum, fused=cuda or None)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, fused=cuda or None
+        )
         self.precision = "bf16" if cuda and settings.precision == "bf16" else "fp32"  # bf16 only on CUDA
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         self.forward_loss = torch.compile(_forward_loss) if settings.compile else _forward_loss
         if cuda:
             torch.backends.cudnn.benchmark = True
 
-    def step(self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-             learning_rate: float) -> torch.Tensor:
+    def step(
+        self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, learning_rate: float
+    ) -> torch.Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         self.optimizer.zero_grad(set_to_none=True)
@@ -207,8 +241,9 @@ class Trainer:
 
         Whole frames, by the overlap-tile prediction (`unet.predict`, no test-time augmentation).
         """
-        probabilities = predict_probabilities(self.model, held_out.images, input_size=input_size, tta="none",
-                                              precision=self.precision)
+        probabilities = predict_probabilities(
+            self.model, held_out.images, input_size=input_size, tta="none", precision=self.precision
+        )
         self.model.to(memory_format=self.memory_format)  # prediction leaves it channels-last
         return float(((probabilities > 0.5) != held_out.targets).mean())
 
@@ -232,20 +267,31 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_checkpoint(path: Path, *, iteration: int, trainer: Trainer, augmenter: Augmenter, settings: dict,
-                    log: list[dict], elapsed: float) -> None:
+def save_checkpoint(
+    path: Path,
+    *,
+    iteration: int,
+    trainer: Trainer,
+    augmenter: Augmenter,
+    settings: dict,
+    log: list[dict],
+    elapsed: float,
+) -> None:
     with atomic_path(path) as tmp:
-        torch.save({
-            "iteration": iteration,
-            "settings": settings,
-            "config": dict(trainer.model.config),
-            "state_dict": trainer.model.state_dict(),
-            "optimizer": trainer.optimizer.state_dict(),
-            "rng": _rng_state(trainer.device),
-            "augmenter": augmenter.state_dict(),
-            "log": log,
-            "elapsed_s": elapsed,
-        }, tmp)
+        torch.save(
+            {
+                "iteration": iteration,
+                "settings": settings,
+                "config": dict(trainer.model.config),
+                "state_dict": trainer.model.state_dict(),
+                "optimizer": trainer.optimizer.state_dict(),
+                "rng": _rng_state(trainer.device),
+                "augmenter": augmenter.state_dict(),
+                "log": log,
+                "elapsed_s": elapsed,
+            },
+            tmp,
+        )
 
 
 def load_checkpoint(path: Path) -> dict | None:
@@ -300,10 +346,14 @@ class _Log:
             first = iteration - self.count + 1
             when = f"at iteration {iteration}" if first == iteration else f"between iterations {first} and {iteration}"
             raise DivergedError(f"the loss became {loss} {when} (learning rate {learning_rate:.3g})")
-        row = {"iteration": iteration, "loss": loss, "learning_rate": learning_rate,
-               "elapsed_s": round(self.elapsed(), 3),
-               "samples_per_s": self.count * self.batch_size / max(now - self.since, 1e-9),
-               "val_pixel_error": None}
+        row = {
+            "iteration": iteration,
+            "loss": loss,
+            "learning_rate": learning_rate,
+            "elapsed_s": round(self.elapsed(), 3),
+            "samples_per_s": self.count * self.batch_size / max(now - self.since, 1e-9),
+            "val_pixel_error": None,
+        }
         self.rows.append(row)
         self.loss_sum, self.count = None, 0
         return row
@@ -333,14 +383,26 @@ def _draw_loss(axis, rows: list[dict]) -> None:
     validated = [r for r in rows if r["val_pixel_error"] is not None]
     if validated:
         right = axis.twinx()
-        right.plot([r["iteration"] for r in validated], [r["val_pixel_error"] for r in validated], "o-",
-                   color="C1", label="held-out pixel error")
+        right.plot(
+            [r["iteration"] for r in validated],
+            [r["val_pixel_error"] for r in validated],
+            "o-",
+            color="C1",
+            label="held-out pixel error",
+        )
         right.set_ylabel("held-out pixel error", color="C1")
     axis.set_title("training loss")
 
 
-def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, augment: AugmentSettings,
-          settings: TrainSettings, seed: int = 0) -> UNet:
+def train(
+    data: TrainingData,
+    out_dir: Path,
+    *,
+    model_settings: ModelSettings,
+    augment: AugmentSettings,
+    settings: TrainSettings,
+    seed: int = 0,
+) -> UNet:
     """Train (or resume, or finish) a run in `out_dir`; returns the trained model."""
     out_dir = Path(out_dir)
     device = resolve_device(settings.device)
@@ -354,8 +416,14 @@ def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, a
     }
     torch.manual_seed(seed)
     trainer = Trainer(UNet(**dataclasses.asdict(model_settings)), settings, device)
-    augmenter = Augmenter(*data.train[:3], input_size=settings.input_size, config=augment, device=device, seed=seed,
-                          depth=model_settings.depth)
+    augmenter = Augmenter(
+        *data.train[:3],
+        input_size=settings.input_size,
+        config=augment,
+        device=device,
+        seed=seed,
+        depth=model_settings.depth,
+    )
     _remove_leftovers(out_dir)
     start, log = _resume(out_dir / CHECKPOINT, run_settings, trainer, augmenter, settings.batch_size)
     last_checkpoint = start or None
@@ -376,16 +444,28 @@ def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, a
                 raise DivergedError(f"the weights became NaN or infinite by iteration {iteration}")
         except DivergedError as error:
             progress.close()
-            kept = (f"the last good checkpoint (iteration {last_checkpoint}) is kept in {out_dir / CHECKPOINT}"
-                    if last_checkpoint else "no checkpoint had been written yet")
-            raise DivergedError(f"{error}; training stopped, {kept}. Lower --learning-rate "
-                                f"or check the weight maps in {data.weight_dir}") from None
+            kept = (
+                f"the last good checkpoint (iteration {last_checkpoint}) is kept in {out_dir / CHECKPOINT}"
+                if last_checkpoint
+                else "no checkpoint had been written yet"
+            )
+            raise DivergedError(
+                f"{error}; training stopped, {kept}. Lower --learning-rate "
+                f"or check the weight maps in {data.weight_dir}"
+            ) from None
         if due_val:
             row["val_pixel_error"] = trainer.held_out_pixel_error(data.held_out, settings.input_size)
         progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         if due_checkpoint:
-            save_checkpoint(out_dir / CHECKPOINT, iteration=iteration, trainer=trainer, augmenter=augmenter,
-                            settings=run_settings, log=log.rows, elapsed=log.elapsed())
+            save_checkpoint(
+                out_dir / CHECKPOINT,
+                iteration=iteration,
+                trainer=trainer,
+                augmenter=augmenter,
+                settings=run_settings,
+                log=log.rows,
+                elapsed=log.elapsed(),
+            )
             last_checkpoint = iteration
         write_log(out_dir / LOG, log.rows)
         log.restart_interval()
@@ -393,9 +473,17 @@ def train(data: TrainingData, out_dir: Path, *, model_settings: ModelSettings, a
 
     write_log(out_dir / LOG, log.rows)
     plot_loss(out_dir / FIGURE, log.rows)
-    save_model(out_dir / MODEL, trainer.model, iterations=settings.iterations, seed=seed, settings=run_settings,
-               final_loss=log.rows[-1]["loss"] if log.rows else None, elapsed_s=log.elapsed(),
-               device=str(device), torch=str(torch.__version__))
+    save_model(
+        out_dir / MODEL,
+        trainer.model,
+        iterations=settings.iterations,
+        seed=seed,
+        settings=run_settings,
+        final_loss=log.rows[-1]["loss"] if log.rows else None,
+        elapsed_s=log.elapsed(),
+        device=str(device),
+        torch=str(torch.__version__),
+    )
     return trainer.model
 
 
@@ -406,16 +494,18 @@ def _remove_leftovers(out_dir: Path) -> None:
             leftover.unlink()
 
 
-def _resume(path: Path, run_settings: dict, trainer: Trainer, augmenter: Augmenter,
-            batch_size: int) -> tuple[int, _Log]:
+def _resume(
+    path: Path, run_settings: dict, trainer: Trainer, augmenter: Augmenter, batch_size: int
+) -> tuple[int, _Log]:
     """Restore the state of the checkpoint at `path` if it was written with the same settings."""
     checkpoint = load_checkpoint(path)
     if checkpoint is None:
         return 0, _Log([], 0.0, batch_size)
     changed = _differences(checkpoint["settings"], run_settings)
     if changed:
-        print(f"unet train: {path} was written with other settings ({'; '.join(changed)}); starting over",
-              file=sys.stderr)
+        print(
+            f"unet train: {path} was written with other settings ({'; '.join(changed)}); starting over", file=sys.stderr
+        )
         return 0, _Log([], 0.0, batch_size)
     trainer.model.load_state_dict(checkpoint["state_dict"])
     trainer.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -429,5 +519,12 @@ def _progress_bar(total: int, initial: int):
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc="train", unit="it", dynamic_ncols=True,
-                mininterval=0.5 if interactive else 60, file=sys.stderr)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc="train",
+        unit="it",
+        dynamic_ncols=True,
+        mininterval=0.5 if interactive else 60,
+        file=sys.stderr,
+    )

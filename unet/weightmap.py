@@ -37,7 +37,8 @@ from scipy import ndimage
 
 from unet.figures import figure, show_weights
 from unet.io import DataError, read_split, write_tiff
-from unet.settings import WeightmapSettings, add_arguments as add_settings_arguments, from_arguments
+from unet.settings import WeightmapSettings, from_arguments
+from unet.settings import add_arguments as add_settings_arguments
 
 TOLERANCE = 1e-6  # border terms below this are left out
 _NEIGHBOURS_8 = np.ones((3, 3), dtype=bool)
@@ -49,8 +50,9 @@ class WeightMap(NamedTuple):
     separation: np.ndarray  # bool (H, W): cell pixels turned into background to split touching cells
 
 
-def weight_map(label: np.ndarray, kind: str, *, w0: float = WeightmapSettings.w0,
-               sigma: float = WeightmapSettings.sigma) -> WeightMap:
+def weight_map(
+    label: np.ndarray, kind: str, *, w0: float = WeightmapSettings.w0, sigma: float = WeightmapSettings.sigma
+) -> WeightMap:
     """Target and loss weights of one labelled frame; `kind` is `binary` (cell > 0) or `instance` (ids)."""
     objects, separation = label_objects(label, kind)
     target = (objects > 0).astype(np.uint8)
@@ -93,16 +95,18 @@ def border_reach(w0: float, sigma: float) -> float:
     return sigma * math.sqrt(2 * math.log(w0 / TOLERANCE)) if w0 > TOLERANCE else 0.0
 
 
-def border_weights(objects: np.ndarray, *, w0: float = WeightmapSettings.w0,
-                   sigma: float = WeightmapSettings.sigma) -> np.ndarray:
+def border_weights(
+    objects: np.ndarray, *, w0: float = WeightmapSettings.w0, sigma: float = WeightmapSettings.sigma
+) -> np.ndarray:
     """w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) on background pixels, 0 on objects; exact to `TOLERANCE`."""
     if w0 < 0 or sigma <= 0:
         raise ValueError(f"weightmap: need w0 >= 0 and sigma > 0, found w0={w0}, sigma={sigma}")
     reach = math.ceil(border_reach(w0, sigma))
     boxes = ndimage.find_objects(objects)
     # (first row, end row, first column, end column) per object id - 1; an id without pixels gets an empty box.
-    bounds = np.array([(b[0].start, b[0].stop, b[1].start, b[1].stop) if b else (0, 0, 0, 0) for b in boxes],
-                      dtype=np.int64).reshape(-1, 4)
+    bounds = np.array(
+        [(b[0].start, b[0].stop, b[1].start, b[1].stop) if b else (0, 0, 0, 0) for b in boxes], dtype=np.int64
+    ).reshape(-1, 4)
     nearest, second = _two_nearest_squared(np.ascontiguousarray(objects, dtype=np.int32), bounds, reach)
     border = w0 * np.exp(-((np.sqrt(nearest) + np.sqrt(second)) ** 2) / (2 * sigma**2))
     border[objects > 0] = 0
@@ -158,7 +162,8 @@ def _two_nearest_squared(objects, bounds, reach):  # pragma: no cover - compiled
                 while count > 0:
                     previous = sites[count - 1]
                     crossing = ((f + column * column) - (vertical[row, previous] + previous * previous)) / (
-                        2.0 * (column - previous))
+                        2.0 * (column - previous)
+                    )
                     if crossing > boundaries[count - 1]:
                         break
                     count -= 1
@@ -184,15 +189,17 @@ def _two_nearest_squared(objects, bounds, reach):  # pragma: no cover - compiled
     return nearest, second
 
 
-def weight_maps(labels: np.ndarray, kind: str, *, w0: float = WeightmapSettings.w0,
-                sigma: float = WeightmapSettings.sigma) -> tuple[np.ndarray, np.ndarray]:
+def weight_maps(
+    labels: np.ndarray, kind: str, *, w0: float = WeightmapSettings.w0, sigma: float = WeightmapSettings.sigma
+) -> tuple[np.ndarray, np.ndarray]:
     """(targets uint8, weights float32), (M, H, W) each, for a (M, H, W) label stack."""
     maps = [weight_map(label, kind, w0=w0, sigma=sigma) for label in labels]
     return np.stack([m.target for m in maps]), np.stack([m.weights for m in maps])
 
 
-def plot_weight_map(image: np.ndarray, label: np.ndarray, kind: str, maps: WeightMap, path: str | Path,
-                    *, title: str = "") -> None:
+def plot_weight_map(
+    image: np.ndarray, label: np.ndarray, kind: str, maps: WeightMap, path: str | Path, *, title: str = ""
+) -> None:
     """The report's version of the paper's Fig. 3: image, ground truth, target with separation border, weights."""
     with figure(path, 1, 4, size=(17, 4.6), title=title, dpi=110) as (drawing, panels):
         _draw_weight_map(drawing, panels[0], image, label, kind, maps)
@@ -216,8 +223,13 @@ def _draw_weight_map(drawing, axes, image: np.ndarray, label: np.ndarray, kind: 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA_SPLIT_DIR", type=Path, help="prepared split (results/data/...)")
-    parser.add_argument("out", metavar="OUT_DIR", type=Path, nargs="?",
-                        help="where target.tif and weights.tif go; without it only --figure is drawn")
+    parser.add_argument(
+        "out",
+        metavar="OUT_DIR",
+        type=Path,
+        nargs="?",
+        help="where target.tif and weights.tif go; without it only --figure is drawn",
+    )
     parser.add_argument("--figure", metavar="PNG", type=Path, help="draw the paper's Fig. 3 for one labelled frame")
     parser.add_argument("--figure-frame", type=int, help="frame id for --figure (default: the first labelled frame)")
     add_settings_arguments(parser, WeightmapSettings)
