@@ -39,15 +39,32 @@ def test_invalid_sizes_are_rejected_with_the_nearest_valid_ones():
         UNet(base_channels=2)(torch.zeros(1, 1, 570, 572))
 
 
-def test_initialisation_follows_he_with_incoming_nodes():
+def test_initialisation_follows_he_with_incoming_nodes_and_a_gain_of_one_where_no_relu_follows():
     torch.manual_seed(0)
     model = UNet()
-    conv = model.down[1][2]  # 128 -> 128, 3x3: N = 1152
+    conv = model.down[1][2]  # 128 -> 128, 3x3: N = 1152, a ReLU follows
     assert conv.weight.std().item() == pytest.approx((2 / 1152) ** 0.5, rel=0.02)
-    upconv = model.upconv[0]  # 1024 -> 512, 2x2 stride 2: N = 1024
-    assert upconv.weight.std().item() == pytest.approx((2 / 1024) ** 0.5, rel=0.02)
+    upconv = model.upconv[0]  # 1024 -> 512, 2x2 stride 2: N = 1024, no ReLU
+    assert upconv.weight.std().item() == pytest.approx((1 / 1024) ** 0.5, rel=0.02)
+    assert model.up[-1][2].weight.std().item() == pytest.approx((2 / 576) ** 0.5, rel=0.02)
+    assert model.head.weight.std().item() == pytest.approx((1 / 64) ** 0.5, rel=0.3)  # only 128 weights
     biases = [m.bias for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     assert len(biases) == 23 and all(not b.detach().any() for b in biases)
+
+
+def test_initial_outputs_are_near_neutral_and_the_signal_keeps_its_scale_through_the_expanding_path():
+    """With g = 2 on the up-convolutions and the head too, each up level doubled the signal's power: on this
+    noise tile the logit difference had std 3.2 and the last up level 1.9 times the bottom's scale."""
+    torch.manual_seed(0)
+    model = UNet(base_channels=16, dropout=0.0).eval()
+    scale = {}
+    for name, module in (("bottom", model.down[-1]), ("last up level", model.up[-1])):
+        module.register_forward_hook(lambda _, __, out, name=name: scale.__setitem__(name, out.pow(2).mean().sqrt()))
+    tile = torch.rand(2, 1, 380, 380, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(tile)
+    assert (logits[:, 1] - logits[:, 0]).std() < 2.0
+    assert 0.5 < scale["last up level"] / scale["bottom"] < 1.2
 
 
 def test_saved_model_loads_with_its_configuration(tmp_path):

@@ -10,10 +10,17 @@
   31,030,658 parameters, 572x572 in, 388x388 out.
 - Dropout "at the end of the contracting path": as in the authors' release,
   after the last two contracting levels (the deepest skip level and the bottom).
-- Initialisation: Gaussian with std sqrt(2 / N), N the incoming nodes of a
+- Initialisation: Gaussian with std sqrt(g / N), N the incoming nodes of a
   neuron: in_channels * 3 * 3 for a 3x3 convolution, in_channels for the 2x2
   stride-2 up-convolution (each output pixel sees one input pixel) and for the
-  1x1 head. Biases start at zero.
+  1x1 head. Biases start at zero. The paper's g = 2 (He et al. 2015) keeps the
+  signal's scale through a convolution that a ReLU follows, because the ReLU
+  halves its second moment. The up-convolutions and the head have no ReLU after
+  them; there He et al.'s derivation gives g = 1 (choice): with g = 2 there too,
+  each up level doubles the signal's power, and the 16-channel network starts
+  with cell-minus-background logits of std 2.7 instead of 0.4, i.e. confidently
+  wrong, which large learning rates with momentum 0.99 turn into a dead network
+  (config/README.md, `train`, gives the runs).
 """
 
 from __future__ import annotations
@@ -85,14 +92,16 @@ class UNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Gaussian weights of std sqrt(g / fan-in): g = 2 before a ReLU, 1 for the up-convolutions and the head."""
         for module in self.modules():
             if isinstance(module, nn.ConvTranspose2d):
-                fan_in = module.in_channels  # stride == kernel: one input pixel per output pixel
+                fan_in, gain = module.in_channels, 1.0  # stride == kernel: one input pixel per output pixel
             elif isinstance(module, nn.Conv2d):
                 fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+                gain = 1.0 if module is self.head else 2.0
             else:
                 continue
-            nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan_in))
+            nn.init.normal_(module.weight, std=math.sqrt(gain / fan_in))
             nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
