@@ -21,7 +21,7 @@ from unet.cli import main
 from unet.io import DataError, Split, write_split, write_tiff
 from unet.model import load_model
 from unet.settings import AugmentSettings, ModelSettings, TrainSettings
-from unet.train import learning_rate_at, load_data, train, weighted_cross_entropy
+from unet.train import learning_rate_at, load_data, load_held_out, train, weighted_cross_entropy
 
 from helpers import copy_workflow, snakemake, unet
 
@@ -82,13 +82,20 @@ def weights_of(path: Path) -> dict[str, torch.Tensor]:
 # --- pure functions ---------------------------------------------------------------------
 
 
-def test_weighted_cross_entropy_is_the_pixel_mean_of_weight_times_cross_entropy():
+def test_weighted_cross_entropy_is_the_weighted_mean_of_the_cross_entropy():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 2, 5, 5, generator=generator)
     target = torch.randint(0, 2, (2, 5, 5), generator=generator)
     weight = torch.rand(2, 5, 5, generator=generator) * 10
     log_p = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
-    assert weighted_cross_entropy(logits, target, weight).item() == pytest.approx((-log_p * weight).mean().item())
+    expected = (-log_p * weight).sum() / weight.sum()
+    assert weighted_cross_entropy(logits, target, weight).item() == pytest.approx(expected.item())
+    # Scaling the weights changes nothing; pixels of zero weight count for nothing, not as zeros in a mean.
+    assert weighted_cross_entropy(logits, target, 7 * weight).item() == pytest.approx(expected.item())
+    ignored = weight.clone()
+    ignored[0] = 0
+    only_second = (-log_p[1] * weight[1]).sum() / weight[1].sum()
+    assert weighted_cross_entropy(logits, target, ignored).item() == pytest.approx(only_second.item())
     assert weighted_cross_entropy(logits, target, torch.zeros_like(weight)).item() == 0
     assert weighted_cross_entropy(logits.bfloat16(), target, weight).dtype == torch.float32
 
@@ -144,8 +151,9 @@ def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, caps
 
 
 def test_a_small_network_overfits_one_synthetic_image_within_seconds(synthetic, tmp_path):
-    data = load_data(*synthetic, frames=[0])
-    data.held_out = data.train  # the pixel error on the training image itself
+    data_dir, weights = synthetic
+    data = load_data(data_dir, weights, frames=[0])
+    data.held_out = load_held_out(data_dir, [0])  # the scores of the training image itself
     start = time.perf_counter()
     train(
         data,
@@ -167,9 +175,9 @@ def test_a_small_network_overfits_one_synthetic_image_within_seconds(synthetic, 
     log = read_log(tmp_path / "model" / "log.csv")
     first, last = float(log[0]["loss"]), float(log[-1]["loss"])
     # The weighted loss starts near ln 2 = 0.69 and must fall below 0.05 (about 95 % of pixels
-    # confidently right); the pixel error on the image itself must be under 2 %.
+    # confidently right); the foreground IoU of the image itself must exceed 0.95.
     assert first > 0.3 and last < 0.05, (first, last)
-    assert float(log[-1]["val_pixel_error"]) < 0.02
+    assert float(log[-1]["val_iou"]) > 0.95 and log[-1]["val_seg"] == ""  # binary labels: no SEG
     assert seconds < 60
 
 
@@ -195,16 +203,19 @@ def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
     args = ["train", "--data", str(data), "--weights", str(weights), "--out", str(out), *TINY, *flags]
     assert main(args) == 0
     log = read_log(out / "log.csv")
-    assert list(log[0]) == ["iteration", "loss", "learning_rate", "elapsed_s", "samples_per_s", "val_pixel_error"]
+    assert list(log[0]) == ["iteration", "loss", "learning_rate", "elapsed_s", "samples_per_s", "val_iou", "val_seg"]
     assert [row["iteration"] for row in log] == ["5", "6", "10", "12"]
-    assert [row["val_pixel_error"] != "" for row in log] == [False, True, False, True]
-    assert all(0 <= float(row["val_pixel_error"]) <= 1 for row in log if row["val_pixel_error"])
+    assert [row["val_iou"] != "" for row in log] == [False, True, False, True]
+    assert all(0 <= float(row["val_iou"]) <= 1 for row in log if row["val_iou"])
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = load_model(out / "model.pt")
     assert model.config["base_channels"] == 4 and model.config["depth"] == 2
     metadata = torch.load(out / "model.pt", weights_only=True)["metadata"]
     assert metadata["iterations"] == 12 and metadata["seed"] == 3
     assert metadata["settings"]["frames"] == [0, 1, 2, 3] and metadata["settings"]["val_frames"] == [4, 5]
+    # What a user of the model needs to predict as it was trained: the data's kind, prediction defaults, scaling.
+    assert metadata["label_kind"] == "binary" and metadata["normalization"] == {"percentiles": [1.0, 99.0]}
+    assert metadata["predict"] == {"tta": "d4", "min_area": 0, "connectivity": 8}
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["iteration"] == 12
     before = weights_of(out / "model.pt")
@@ -265,6 +276,97 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_final_weights(synthetic, 
     assert losses[0] == losses[1]
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_run_stopped_by_a_cluster_signal_checkpoints_where_it_is_and_resumes_identically(synthetic, tmp_path, stop):
+    """A time limit or a preemption (SIGTERM), or `sbatch --signal` ahead of it (SIGUSR1): the run writes a
+    checkpoint at the iteration it reached, exits with 128 + the signal, and a new start continues exactly."""
+    data, weights = synthetic
+    flags = [
+        "--iterations",
+        "100",
+        "--checkpoint-every",
+        "10",
+        "--log-every",
+        "4",
+        "--frames",
+        "0-4",
+        "--val-frames",
+        "5",
+        "--val-every",
+        "7",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+    ]
+    assert main(train_arguments(data, weights, tmp_path / "straight", *flags)) == 0
+
+    out = tmp_path / "stopped"
+    process = subprocess.Popen(
+        unet_train(data, weights, out, *flags), stderr=subprocess.PIPE, text=True, env=ONE_THREAD
+    )
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(0.01)
+    process.send_signal(stop)
+    stderr = process.communicate()[1]
+    assert process.returncode == 128 + stop, stderr
+    stopped_at = torch.load(out / "checkpoint.pt", weights_only=True)["iteration"]
+    assert 10 <= stopped_at < 100
+    assert f"stopped by {signal.Signals(stop).name} at iteration {stopped_at}" in stderr
+    assert not (out / "model.pt").exists() and (out / "loss.png").is_file()  # the figure of the run so far
+
+    resumed = unet(*train_arguments(data, weights, out, *flags), check=True, env=ONE_THREAD)
+    assert f"resuming from {out / 'checkpoint.pt'} at iteration {stopped_at}" in resumed.stderr
+    straight, again = weights_of(tmp_path / "straight" / "model.pt"), weights_of(out / "model.pt")
+    assert all(torch.equal(straight[k], again[k]) for k in straight), "resumed weights differ"
+    # The log's losses too: the loss of the interval the signal cut carried over in the checkpoint.
+    logs = [read_log(run / "log.csv") for run in (tmp_path / "straight", out)]
+    assert [(row["iteration"], row["loss"]) for row in logs[0]] == [(row["iteration"], row["loss"]) for row in logs[1]]
+
+
+def test_cell_runs_score_the_held_out_sequence_with_seg(tmp_path):
+    """--val-data: the labelled frames of another split (the other CTC sequence) give the held-out IoU and SEG."""
+    rng = np.random.default_rng(0)
+    rows, columns = np.mgrid[:64, :64]
+    labels = np.zeros((2, 64, 64), np.uint16)
+    for frame in labels:
+        for cell, (row, column) in enumerate(rng.integers(12, 52, (3, 2)), start=1):
+            frame[(rows - row) ** 2 + (columns - column) ** 2 < 64] = cell
+    images = np.clip(60 + 120 * (labels > 0) + rng.normal(0, 20, labels.shape), 0, 255).astype(np.uint8)
+    for sequence in ("01", "02"):
+        write_split(tmp_path / sequence, Split("cells", sequence, "instance", images, [0, 1], labels, [0, 1]))
+    write_tiff(tmp_path / "weights" / "target.tif", (labels > 0).astype(np.uint8))
+    write_tiff(tmp_path / "weights" / "weights.tif", np.ones(labels.shape, np.float32))
+    out = tmp_path / "model"
+    unet(
+        *train_arguments(
+            tmp_path / "01",
+            tmp_path / "weights",
+            out,
+            "--val-data",
+            tmp_path / "02",
+            "--iterations",
+            "10",
+            "--val-every",
+            "5",
+            "--device",
+            "cpu",
+        ),
+        check=True,
+        env=ONE_THREAD,
+    )
+    scored = [row for row in read_log(out / "log.csv") if row["val_iou"]]
+    assert [row["iteration"] for row in scored] == ["5", "10"]
+    assert all(0 <= float(row["val_seg"]) <= 1 for row in scored)
+    assert torch.load(out / "model.pt", weights_only=True)["metadata"]["label_kind"] == "instance"
+    both = unet(
+        *train_arguments(tmp_path / "01", tmp_path / "weights", out, "--val-data", tmp_path / "02", "--val-frames", "1")
+    )
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
 def test_an_infinite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
     data, weights = write_synthetic(tmp_path / "data", tmp_path / "weights")
     # Poison frame 4's weight map with a finite but huge value: the mean loss over a window of it overflows.
@@ -293,7 +395,8 @@ def test_an_infinite_loss_stops_with_a_clear_error_and_keeps_the_last_good_check
     )
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith(f"unet train: error: the loss became inf at iteration {first_poisoned} ")
+    # (the weighted mean of huge weights: inf / inf)
+    assert message.startswith(f"unet train: error: the loss became nan at iteration {first_poisoned} ")
     assert f"last good checkpoint (iteration {first_poisoned - 1}) is kept in {out / 'checkpoint.pt'}" in message
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["iteration"] == first_poisoned - 1

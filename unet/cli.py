@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as error:
         print(f"unet {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if not hasattr(error, "exit_status"):  # a stop the command handled, e.g. unet.train.Interrupted
+            raise
+        print(f"unet {args.command}: {error}", file=sys.stderr)
+        return error.exit_status
 
 
 if __name__ == "__main__":

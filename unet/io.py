@@ -9,6 +9,9 @@ The canonical form of a prepared data set split (`results/data/{dataset}/{split}
 - `labels.tif`: the annotated frames only, (M, H, W); uint8 with values {0, 1}
   (1 = cell) for `kind: binary`, uint16 instance ids (0 = background) for
   `kind: instance`. Absent when the split has no labels (e.g. a test volume).
+- `unannotated.tif`: beside `labels.tif`, (M, H, W) uint8, 1 where the frame shows a
+  cell that its ground truth leaves without a mask (`unet.prepare.unannotated_cells`;
+  all 0 for fully annotated data such as ISBI 2012). Training gives these pixels no weight.
 - `frames.json`: `{"dataset", "split", "kind", "frames": [...], "labelled": [...]}`;
   `frames[i]` is the frame id of `images[i]`, `labelled[j]` the frame id of `labels[j]`.
 """
@@ -16,6 +19,7 @@ The canonical form of a prepared data set split (`results/data/{dataset}/{split}
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -30,6 +34,7 @@ import numpy as np
 import tifffile
 
 KINDS = ("binary", "instance")
+UNANNOTATED = "unannotated.tif"
 
 
 class DataError(ValueError):
@@ -59,6 +64,19 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
             tmp.unlink()
 
 
+def remove_leftovers(path: str | os.PathLike) -> None:
+    """Delete the temporaries (`.NAME.*` beside `path`) that `atomic_path` or `atomic_directory` left when the
+    process writing `path` was killed; a later write of the same output owns them."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; it replaces `path` (and all it held) only if the block succeeds.
@@ -68,6 +86,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)  # a killed earlier attempt's staging folder (downloads can be hundreds of MB)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
@@ -91,13 +110,15 @@ def _give_default_mode(path: Path, mode: int) -> None:
     os.chmod(path, mode & ~umask)
 
 
-def write_tiff(path: str | os.PathLike, array: np.ndarray, *, imagej: bool = True) -> None:
+def write_tiff(
+    path: str | os.PathLike, array: np.ndarray, *, imagej: bool = True, compression: str | None = None
+) -> None:
     """Write a 2D image or a (N, H, W) stack atomically; ImageJ-compatible by default."""
     array = np.ascontiguousarray(array)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, array, imagej=imagej and array.dtype != np.int64, metadata=None)
+        tifffile.imwrite(tmp, array, imagej=imagej and array.dtype != np.int64, metadata=None, compression=compression)
 
 
 def read_tiff(path: str | os.PathLike) -> np.ndarray:
@@ -189,6 +210,8 @@ class Split:
     frames: list[int]
     labels: np.ndarray | None = None
     labelled: list[int] = field(default_factory=list)
+    # bool (M, H, W), beside `labels`: cells the ground truth shows but leaves without a mask (`unet.prepare`).
+    unannotated: np.ndarray | None = None
 
     def labelled_images(self) -> np.ndarray:
         """The images that have labels, in the order of `labels`."""
@@ -197,12 +220,18 @@ class Split:
 
 
 def write_split(directory: str | os.PathLike, split: Split) -> None:
-    """Write a split in the canonical form; `frames.json` is written last, so it marks completion."""
-    directory = Path(directory)
+    """Write a split in the canonical form, into a folder that replaces `directory` whole when complete."""
     _validate_split(split, source=str(directory))
+    with atomic_directory(directory) as staging:
+        _write_split_files(staging, split)
+
+
+def _write_split_files(directory: Path, split: Split) -> None:
     write_tiff(directory / "images.tif", split.images)
     if split.labels is not None:
         write_tiff(directory / "labels.tif", split.labels)
+        unannotated = split.unannotated if split.unannotated is not None else np.zeros(split.labels.shape, bool)
+        write_tiff(directory / UNANNOTATED, unannotated, compression="zlib")  # mostly zeros
     write_json(
         directory / "frames.json",
         {
@@ -224,6 +253,7 @@ def read_split(directory: str | os.PathLike) -> Split:
     if missing:
         raise DataError(f"{meta_path}: missing keys {sorted(missing)}")
     labels = read_stack(directory / "labels.tif") if meta["labelled"] else None
+    unannotated = directory / UNANNOTATED
     split = Split(
         dataset=meta["dataset"],
         split=meta["split"],
@@ -232,6 +262,7 @@ def read_split(directory: str | os.PathLike) -> Split:
         frames=list(meta["frames"]),
         labels=labels,
         labelled=list(meta["labelled"]),
+        unannotated=read_stack(unannotated) > 0 if labels is not None and unannotated.is_file() else None,
     )
     _validate_split(split, source=str(directory))
     return split
@@ -251,6 +282,7 @@ def _validate_split(split: Split, *, source: str) -> None:
         fail(f"frames.json lists {len(split.frames)} frames but images.tif has {len(split.images)}")
     if len(set(split.frames)) != len(split.frames):
         fail("frames.json lists a frame id twice")
+    check_finite(split.images, f"{source}/images.tif", frames=split.frames)
     if split.labels is None:
         if split.labelled:
             fail("frames.json lists labelled frames but there is no labels.tif")
@@ -271,6 +303,28 @@ def _validate_split(split: Split, *, source: str) -> None:
             fail(f"binary labels.tif must hold only 0 and 1, found values {np.unique(split.labels)[:10].tolist()}")
     elif split.labels.dtype not in (np.uint8, np.uint16):
         fail(f"instance labels.tif must be uint16 (or uint8), found {split.labels.dtype}")
+    if split.unannotated is not None:
+        if split.unannotated.shape != split.labels.shape:
+            fail(f"{UNANNOTATED} shape {split.unannotated.shape} does not match labels.tif {split.labels.shape}")
+        if (split.unannotated & (split.labels > 0)).any():
+            fail(f"{UNANNOTATED} marks pixels of annotated objects")
+
+
+def check_finite(images: np.ndarray, source: str, *, frames: list[int] | None = None) -> None:
+    """A `DataError` naming `source`, the count and the first pixel (frame, row, column) if a float image holds
+    NaN or infinity: caught where the data enters, not as a NaN loss or a NaN prediction later."""
+    if not np.issubdtype(images.dtype, np.floating):
+        return
+    bad = ~np.isfinite(images)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        if images.ndim == 3:
+            where = f"frame {frames[first[0]] if frames else first[0]}, pixel ({first[1]}, {first[2]})"
+        else:
+            where = f"pixel {first}"
+        raise DataError(
+            f"{source}: {int(bad.sum())} pixels are NaN or infinite (the first at {where}: {images[first]})"
+        )
 
 
 def parse_frames(spec: str) -> list[int]:

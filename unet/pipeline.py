@@ -27,11 +27,13 @@ from typing import Any
 import yaml
 
 from unet.settings import (
+    MODEL_PREDICT_KEYS,
     STAGE_SETTINGS,
     SettingError,
     StageSettings,
     SyntheticCellsSettings,
     SyntheticEmSettings,
+    cli_flags,
     paper_values,
 )
 from unet.sizes import InvalidSizeError, check_prediction_tile, output_size
@@ -68,6 +70,7 @@ class Run:
     split: str
     fold: int | None
     predicts: str
+    held_out: str | None = None  # another split whose labelled frames training scores (CTC: the other sequence)
 
     def fold_flags(self, folds: int) -> str:
         """`--fold K --folds N` for a fold run (training holds the block out; prediction and evaluation take it),
@@ -87,7 +90,7 @@ def parse_run(protocol: str, name: str, folds: int | None = None) -> Run:
         raise ValueError(f"isbi run {name!r}: expected {ALL_SLICES!r} or {limit}")
     if protocol == "ctc":
         if name in OTHER_SEQUENCE:
-            return Run(protocol, name, name, None, OTHER_SEQUENCE[name])
+            return Run(protocol, name, name, None, OTHER_SEQUENCE[name], held_out=OTHER_SEQUENCE[name])
         raise ValueError(f"ctc run {name!r}: expected a sequence, {' or '.join(CTC_SEQUENCES)}")
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
 
@@ -241,6 +244,12 @@ def _where(config: Mapping[str, Any], dataset: str, stage: str, key: str) -> str
     """The config key that sets `stage.key` for `dataset`: its own section's, if it has one."""
     own = config["datasets"][dataset].get(stage, {})
     return f"datasets.{dataset}.{stage}.{key}" if key in own else f"{stage}.{key}"
+
+
+def model_predict_flags(config: Mapping[str, Any], dataset: str) -> str:
+    """The `unet train --predict-KEY` flags: the prediction defaults a trained model carries for its users."""
+    predict = stage_settings(config, "predict", dataset)
+    return cli_flags({f"predict_{key}": getattr(predict, key) for key in MODEL_PREDICT_KEYS})
 
 
 def synthetic_flags(config: Mapping[str, Any], dataset: str) -> str:

@@ -124,6 +124,9 @@ class WeightmapSettings(StageSettings):
     SECTION: ClassVar[str] = "weightmap"
     w0: float = setting(10.0, "border term height (paper: 10)", minimum=0, paper=True)
     sigma: float = setting(5.0, "border term width in pixels (paper: about 5)", exclusive_minimum=0, paper=True)
+    ignore_margin: int = setting(
+        5, "pixels around an unannotated cell that also get no weight (the cell's extent is approximate)", minimum=0
+    )
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,7 @@ class TrainSettings(StageSettings):
     )
     warmup: int = setting(200, "iterations of linear warm-up: lr * (step + 1) / warmup", minimum=0)
     momentum: float = setting(0.99, "SGD momentum (paper: 0.99)", minimum=0, exclusive_maximum=1, paper=True)
+    grad_clip: float = setting(1.0, "largest global L2 norm of the gradient, a guard (0 = no clipping)", minimum=0)
     batch_size: int = setting(1, "tiles per step (paper: 1)", minimum=1, paper=True)
     input_size: int = setting(PAPER_TILE, "side of the input tile (paper: 572)", minimum=1, paper=True)
     checkpoint_every: int = setting(5000, "iterations between checkpoints", minimum=1)
@@ -265,6 +269,11 @@ class SyntheticCellsSettings(StageSettings):
     cell_size: float = setting(64.0, "typical cell diameter in pixels", exclusive_minimum=0)
 
 
+# The prediction settings that belong to the data, not the machine: a model carries them for its users
+# (`unet train --predict-KEY`, saved in model.pt), and `unet predict` takes them as its defaults.
+MODEL_PREDICT_KEYS = ("tta", "min_area", "connectivity")
+
+
 STAGE_SETTINGS: dict[str, type[StageSettings]] = {
     cls.SECTION: cls
     for cls in (WeightmapSettings, ModelSettings, AugmentSettings, TrainSettings, PredictSettings, EvaluateSettings)
@@ -275,31 +284,55 @@ STAGE_SETTINGS: dict[str, type[StageSettings]] = {
 
 
 def add_arguments(
-    parser: argparse.ArgumentParser, settings_class: type[StageSettings], defaults: StageSettings | None = None
+    parser: argparse.ArgumentParser,
+    settings_class: type[StageSettings],
+    defaults: StageSettings | None = None,
+    *,
+    keys: tuple[str, ...] | None = None,
+    prefix: str = "",
+    title: str | None = None,
 ) -> None:
     """One flag per field (`input_size` -> `--input-size`), in a group titled after the config section.
 
-    `defaults` (e.g. the settings saved in a model) replaces the dataclass defaults.
+    `defaults` (e.g. the settings saved in a model) replaces the dataclass defaults; `keys` limits the
+    fields, and `prefix` names their flags `--PREFIX-KEY` (for another stage's settings).
     """
-    group = parser.add_argument_group(f"{settings_class.SECTION} settings (config section `{settings_class.SECTION}`)")
+    section = settings_class.SECTION
+    group = parser.add_argument_group(title or f"{section} settings (config section `{section}`)")
     defaults = defaults or settings_class()
     for spec in dataclasses.fields(settings_class):
+        if keys is not None and spec.name not in keys:
+            continue
         default = getattr(defaults, spec.name)
-        flag = "--" + spec.name.replace("_", "-")
+        flag = _flag(spec.name, prefix)
         text = spec.metadata["help"] + " (default: %(default)s)"
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            group.add_argument(
-                flag, type=type(default), default=default, help=text, choices=spec.metadata["bounds"].get("enum")
-            )
+            choices = spec.metadata["bounds"].get("enum")
+            group.add_argument(flag, type=type(default), default=default, help=text, choices=choices)
 
 
-def from_arguments(settings_class: type[StageSettings], args: argparse.Namespace):
-    """The settings that `add_arguments` flags describe, from the parsed `args`; a bad value names its flag."""
-    values = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(settings_class)}
-    _check(settings_class, values, lambda key: "--" + key.replace("_", "-"))
+def from_arguments(
+    settings_class: type[StageSettings],
+    args: argparse.Namespace,
+    *,
+    keys: tuple[str, ...] | None = None,
+    prefix: str = "",
+    defaults: StageSettings | None = None,
+):
+    """The settings that `add_arguments` flags describe, from the parsed `args` (fields outside `keys` from
+    `defaults`); a bad value names its flag."""
+    values = dataclasses.asdict(defaults or settings_class())
+    for spec in dataclasses.fields(settings_class):
+        if keys is None or spec.name in keys:
+            values[spec.name] = getattr(args, _flag(spec.name, prefix)[2:].replace("-", "_"))
+    _check(settings_class, values, lambda key: _flag(key, prefix))
     return settings_class(**values)
+
+
+def _flag(key: str, prefix: str = "") -> str:
+    return "--" + (f"{prefix}-" if prefix else "") + key.replace("_", "-")
 
 
 def cli_flags(settings: Mapping[str, Any]) -> str:

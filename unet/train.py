@@ -2,25 +2,32 @@
 
 - Loss (paper, section 3): a pixel-wise soft-max over the two class maps, then the
   cross-entropy weighted per pixel by the precomputed weight map w(x). Our reduction
-  is the MEAN of w(x) * CE over the output pixels (and the batch); the paper writes
-  a sum over the 388x388 output pixels, i.e. ours times 150,544. With SGD this is
-  only a rescaling of the learning rate (see config/README.md).
+  (choice) is the weighted mean, sum_x w(x) CE(x) / sum_x w(x) over the output pixels
+  of the batch; the paper writes the sum. The mean keeps the learning rate independent
+  of the tile size and of how much weight a data set's maps carry (ISBI's average 1.75,
+  HeLa's 1.09), and pixels of zero weight (unannotated cells) do not dilute it.
 - Optimiser (paper): SGD, momentum 0.99, batch size 1 (one 572x572 tile). The
   learning rate, its schedule and the iterations are not published: ours are
-  configurable, with the defaults chosen and explained in config/README.md.
+  configurable, with the defaults chosen and explained in config/README.md. The
+  gradient's global norm is clipped at `grad_clip` (choice: a guard against the
+  first steps' large gradients; 0 turns it off).
 - Data: the augmentation stage (`unet.augment.Augmenter`) samples the tiles on the
   training device, so a step never waits for the host.
+- Held-out scores (monitoring only: the last model is kept, none is selected): every
+  `val_every` iterations the held-out frames (`--val-frames` or `--fold` of the training
+  split, or the labelled frames of `--val-data`, e.g. the other CTC sequence) are
+  predicted whole, by the overlap-tile prediction without test-time augmentation; the
+  log gets their foreground IoU and, for instance labels, their SEG.
 - On a GPU: bf16 autocast, channels_last, cudnn autotuning, optional torch.compile;
   the loss is only read back every `log_every` iterations. On the CPU the same code
   runs in fp32, and a resumed run is bit-identical to an uninterrupted one.
-- Checkpoints (`checkpoint.pt`, atomic) every `checkpoint_every` iterations hold the
-  model, the optimiser, the random states (torch, CUDA, augmenter), the iteration,
-  the log so far and the settings; a restarted run with the same settings resumes
-  from it, one with other settings starts over. It holds only tensors and plain
-  values: it loads with `weights_only=True`.
-- Outputs in MODEL_DIR: `model.pt` (`unet.model.save_model`, with metadata),
-  `checkpoint.pt`, `log.csv` (iteration, loss, learning rate, elapsed seconds,
-  samples/s, held-out pixel error) and `loss.png`.
+- Checkpoints (`unet.checkpoint`) every `checkpoint_every` iterations, and at once when
+  the process gets SIGTERM or SIGUSR1 (a cluster's time limit or preemption): the run
+  then exits with status 128 + the signal's number, and a run started again resumes.
+  `log.csv` and `loss.png` (`unet.training_log`) are rewritten at every checkpoint.
+- Outputs in MODEL_DIR: `model.pt` (`unet.model.save_model`, with the settings, the
+  prediction defaults for its users and the input scaling), `checkpoint.pt`, `log.csv`,
+  `loss.png`.
 - A NaN or infinite loss stops the run with an error that names the iterations;
   the last checkpoint, written only from finite losses and weights, is kept.
 """
@@ -28,57 +35,69 @@
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import dataclasses
-import math
+import signal
 import sys
-import time
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from unet import metrics
 from unet.augment import Augmenter
+from unet.checkpoint import CHECKPOINT, resume, save_checkpoint
 from unet.device import resolve_device
-from unet.figures import figure
 from unet.io import (
+    NORMALIZATION_PERCENTILES,
     DataError,
     TrainingSet,
     add_fold_arguments,
-    atomic_path,
     fold_of,
     format_frames,
     held_out_frames,
     load_training_set,
+    normalize_intensity,
     parse_frames,
     read_json,
+    read_split,
+    remove_leftovers,
 )
 from unet.model import UNet, save_model
-from unet.predict import predict_probabilities
-from unet.settings import AugmentSettings, ModelSettings, TrainSettings, from_arguments
+from unet.predict import instance_masks, predict_probabilities
+from unet.settings import (
+    MODEL_PREDICT_KEYS,
+    AugmentSettings,
+    ModelSettings,
+    PredictSettings,
+    TrainSettings,
+    from_arguments,
+)
 from unet.settings import add_arguments as add_settings_arguments
+from unet.training_log import FIGURE, LOG, DivergedError, TrainingLog, plot_loss, write_log
 
-CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
-LOG = "log.csv"
-FIGURE = "loss.png"
-LOG_COLUMNS = ("iteration", "loss", "learning_rate", "elapsed_s", "samples_per_s", "val_pixel_error")
 POLY_EXPONENT = 0.9  # nnU-Net's polynomial decay
-
-
 # Settings that change how a run is carried out or reported, not its result: a run may
 # resume from a checkpoint written with other values of these.
 RUN_CONTROL = ("checkpoint_every", "log_every", "val_every", "device", "channels_last", "compile")
+# A cluster's time limit or preemption (SIGTERM), or its advance notice (SIGUSR1, `sbatch --signal`).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
-class DivergedError(ValueError):
-    """The loss became NaN or infinite: the settings do not train on this data."""
+class Interrupted(Exception):
+    """Training stopped at a signal after writing a checkpoint; `exit_status` is 128 + the signal's number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_status = 128 + signum
 
 
-# --- settings and the command line -------------------------------------------------
+# --- the command line -----------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,12 +126,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--frames", metavar="SPEC", help="labelled frame ids to train on, e.g. 0-19 (default: all but --val-frames)"
     )
     parser.add_argument(
-        "--val-frames", metavar="SPEC", help="labelled frame ids for the periodic held-out pixel error (default: none)"
+        "--val-frames",
+        metavar="SPEC",
+        help="labelled frame ids of --data held out for the periodic held-out scores (default: none)",
     )
-    add_fold_arguments(parser, "hold out (and validate on)")
+    parser.add_argument(
+        "--val-data",
+        type=Path,
+        metavar="SPLIT_DIR",
+        help="another prepared split whose labelled frames give the held-out scores, e.g. the "
+        "other sequence of a cell data set (monitoring only)",
+    )
+    add_fold_arguments(parser, "hold out (and score)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and augmentation")
     for settings_class in (ModelSettings, AugmentSettings, TrainSettings):
         add_settings_arguments(parser, settings_class)
+    add_settings_arguments(
+        parser,
+        PredictSettings,
+        keys=MODEL_PREDICT_KEYS,
+        prefix="predict",
+        title="prediction defaults saved in model.pt for its users (config section `predict`)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,54 +155,99 @@ def run(args: argparse.Namespace) -> int:
         "model_settings": from_arguments(ModelSettings, args),
         "augment": from_arguments(AugmentSettings, args),
         "settings": from_arguments(TrainSettings, args),
+        "predict": from_arguments(PredictSettings, args, keys=MODEL_PREDICT_KEYS, prefix="predict"),
     }
-    frames, val_frames = (parse_frames(spec) if spec else None for spec in (args.frames, args.val_frames))
-    fold = fold_of(args)
-    if fold:
-        if frames or val_frames:
-            raise ValueError("select frames with --frames/--val-frames or with --fold, not both")
-        labelled = read_json(Path(args.data) / "frames.json")["labelled"]
-        val_frames = held_out_frames(labelled, fold[1], fold[0])
-        frames = [frame for frame in labelled if frame not in val_frames]
-    train(load_data(args.data, args.weights, frames, val_frames), args.out, seed=args.seed, **settings)
+    frames, val_frames = _frame_selection(args)
+    data = load_data(args.data, args.weights, frames, val_frames, args.val_data)
+    train(data, args.out, seed=args.seed, **settings)
     return 0
 
 
-# --- data ---------------------------------------------------------------------------
+def _frame_selection(args: argparse.Namespace) -> tuple[list[int] | None, list[int] | None]:
+    """(frames to train on, frames held out) from --frames/--val-frames or --fold/--folds."""
+    frames, val_frames = (parse_frames(spec) if spec else None for spec in (args.frames, args.val_frames))
+    fold = fold_of(args)
+    if fold and (frames or val_frames):
+        raise ValueError("select frames with --frames/--val-frames or with --fold, not both")
+    if (fold or val_frames) and args.val_data:
+        raise ValueError("hold out frames of --data (--val-frames, --fold) or give --val-data, not both")
+    if fold:
+        labelled = read_json(Path(args.data) / "frames.json")["labelled"]
+        val_frames = held_out_frames(labelled, fold[1], fold[0])
+        frames = [frame for frame in labelled if frame not in val_frames]
+    return frames, val_frames
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeldOut:
+    """Labelled frames scored during training: normalised images and their labels (binary or instances)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    kind: str
+    frames: list[int]
+    source: str
 
 
 @dataclass
 class TrainingData:
-    """The frames to train on and those held out (None without `--val-frames`), from one prepared split."""
+    """The frames to train on and those held out (None without any), with the folder of the weight maps."""
 
     train: TrainingSet
-    held_out: TrainingSet | None
+    held_out: HeldOut | None
     weight_dir: Path
+    kind: str = "binary"
 
 
 def load_data(
-    data_dir: Path, weight_dir: Path, frames: list[int] | None = None, val_frames: list[int] | None = None
+    data_dir: Path,
+    weight_dir: Path,
+    frames: list[int] | None = None,
+    val_frames: list[int] | None = None,
+    val_data: Path | None = None,
 ) -> TrainingData:
-    """Read a prepared split and its weight maps, check the maps, select the frames.
+    """Read a prepared split and its weight maps, check the maps, select the frames; the held-out frames are
+    `val_frames` of the same split or the labelled frames of `val_data`.
 
     `frames` defaults to every labelled frame that is not in `val_frames`.
     """
     val_frames = list(val_frames or [])
+    split = read_split(data_dir)
     if frames is None:
-        frames = [frame for frame in read_json(Path(data_dir) / "frames.json")["labelled"] if frame not in val_frames]
+        frames = [frame for frame in split.labelled if frame not in val_frames]
     both = sorted(set(frames) & set(val_frames))
     if both:
         raise ValueError(f"frames {format_frames(both)} are both trained on and held out (--frames, --val-frames)")
-    train = load_training_set(data_dir, weight_dir, frames)
-    held_out = load_training_set(data_dir, weight_dir, val_frames) if val_frames else None
-    for training in filter(None, (train, held_out)):
-        _check_targets_and_weights(training, Path(weight_dir))
-    return TrainingData(train, held_out, Path(weight_dir))
+    training = load_training_set(data_dir, weight_dir, frames)
+    _check_targets_and_weights(training, Path(weight_dir))
+    held_out = None
+    if val_frames:
+        held_out = load_held_out(data_dir, val_frames)
+    elif val_data is not None:
+        held_out = load_held_out(val_data)
+    return TrainingData(training, held_out, Path(weight_dir), split.kind)
+
+
+def load_held_out(data_dir: Path, frames: list[int] | None = None) -> HeldOut:
+    """The labelled frames (all, or `frames`) of a prepared split, for the held-out scores."""
+    split = read_split(data_dir)
+    if split.labels is None:
+        raise DataError(f"{data_dir}: the split has no labelled frames to hold out")
+    chosen = split.labelled if frames is None else list(frames)
+    unknown = sorted(set(chosen) - set(split.labelled))
+    if unknown:
+        raise DataError(f"{data_dir}: frames {unknown} are not labelled (labelled: {split.labelled})")
+    rows = [split.labelled.index(frame) for frame in chosen]
+    images = normalize_intensity(split.labelled_images()[rows])
+    return HeldOut(images, split.labels[rows], split.kind, chosen, str(data_dir))
 
 
 def _check_targets_and_weights(training: TrainingSet, weight_dir: Path) -> None:
     targets, weights = training.targets, training.weights
-    if targets.dtype != np.uint8 or not set(np.unique(targets).tolist()) <= {0, 1}:
+    if targets.dtype != np.uint8 or targets.max(initial=0) > 1:
         raise DataError(
             f"{weight_dir / 'target.tif'}: expected uint8 classes 0 and 1, found {targets.dtype} "
             f"values {np.unique(targets)[:10].tolist()}"
@@ -182,12 +262,16 @@ def _check_targets_and_weights(training: TrainingSet, weight_dir: Path) -> None:
         )
 
 
-# --- the step -----------------------------------------------------------------------
+# --- the step -------------------------------------------------------------------------------------
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Mean over the output pixels of w(x) times the soft-max cross-entropy, computed in fp32."""
-    return (F.cross_entropy(logits.float(), target, reduction="none") * weight).mean()
+    """The weighted mean of the soft-max cross-entropy, sum w(x) CE(x) / sum w(x), computed in fp32.
+
+    A batch whose weights are all zero (a tile inside an unannotated cell) has loss 0.
+    """
+    cross_entropy = F.cross_entropy(logits.float(), target, reduction="none")
+    return (cross_entropy * weight).sum() / weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def _forward_loss(model: torch.nn.Module, image, target, weight) -> torch.Tensor:
@@ -218,6 +302,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, fused=cuda or None
         )
+        self.grad_clip = settings.grad_clip
         self.precision = "bf16" if cuda and settings.precision == "bf16" else "fp32"  # bf16 only on CUDA
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         self.forward_loss = torch.compile(_forward_loss) if settings.compile else _forward_loss
@@ -233,165 +318,37 @@ class Trainer:
         with self.autocast:
             loss = self.forward_loss(self.model, image.contiguous(memory_format=self.memory_format), target, weight)
         loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
         self.optimizer.step()
         return loss.detach()
 
-    def held_out_pixel_error(self, held_out: TrainingSet, input_size: int) -> float:
-        """Fraction of the held-out pixels whose cell probability is on the wrong side of 0.5.
-
-        Whole frames, by the overlap-tile prediction (`unet.predict`, no test-time augmentation).
-        """
-        probabilities = predict_probabilities(
-            self.model, held_out.images, input_size=input_size, tta="none", precision=self.precision
-        )
+    def held_out_scores(self, held_out: HeldOut, input_size: int) -> dict[str, float]:
+        """The held-out frames' foreground IoU and, for instance labels, SEG (`held_out_scores`)."""
+        scores = held_out_scores(self.model, held_out, input_size, precision=self.precision)
         self.model.to(memory_format=self.memory_format)  # prediction leaves it channels-last
-        return float(((probabilities > 0.5) != held_out.targets).mean())
+        return scores
 
     def parameters_finite(self) -> bool:
         return bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())
 
 
-# --- checkpoints ----------------------------------------------------------------------
+def held_out_scores(
+    model: torch.nn.Module, held_out: HeldOut, input_size: int, precision: str = "auto"
+) -> dict[str, float]:
+    """Whole held-out frames predicted without test-time augmentation: the foreground IoU of `probability > 0.5`
+    against the labelled cells and, for instance labels, the Cell Tracking Challenge's SEG of the connected
+    components (`unet.predict.instance_masks` at its defaults)."""
+    probabilities = predict_probabilities(
+        model, held_out.images, input_size=input_size, tta="none", precision=precision
+    )
+    scores = {"val_iou": metrics.foreground_iou(probabilities > 0.5, held_out.labels > 0)["value"]}
+    if held_out.kind == "instance":
+        scores["val_seg"] = metrics.ctc_seg(instance_masks(probabilities), held_out.labels)["value"]
+    return scores
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def save_checkpoint(
-    path: Path,
-    *,
-    iteration: int,
-    trainer: Trainer,
-    augmenter: Augmenter,
-    settings: dict,
-    log: list[dict],
-    elapsed: float,
-) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(
-            {
-                "iteration": iteration,
-                "settings": settings,
-                "config": dict(trainer.model.config),
-                "state_dict": trainer.model.state_dict(),
-                "optimizer": trainer.optimizer.state_dict(),
-                "rng": _rng_state(trainer.device),
-                "augmenter": augmenter.state_dict(),
-                "log": log,
-                "elapsed_s": elapsed,
-            },
-            tmp,
-        )
-
-
-def load_checkpoint(path: Path) -> dict | None:
-    """The checkpoint at `path`, or None if there is none; an unreadable one is an error naming it."""
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise DataError(f"{path}: not a readable checkpoint ({error}); delete it to start over") from error
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
-    found = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return found
-
-
-# --- the loop -------------------------------------------------------------------------
-
-
-class _Log:
-    """Rows of log.csv: the mean loss since the last row, read back from the device only here."""
-
-    def __init__(self, rows: list[dict], elapsed: float, batch_size: int):
-        self.rows = rows
-        self.batch_size = batch_size
-        self.elapsed_before = elapsed
-        self.start = time.perf_counter()
-        self.since = self.start
-        self.loss_sum = None
-        self.count = 0
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
-        self.count += 1
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.start
-
-    def row(self, iteration: int, learning_rate: float) -> dict:
-        """Close the interval since the last row; `DivergedError` if any loss in it was not finite."""
-        loss = self.loss_sum.item() / self.count  # one host synchronisation per row
-        now = time.perf_counter()
-        if not math.isfinite(loss):
-            first = iteration - self.count + 1
-            when = f"at iteration {iteration}" if first == iteration else f"between iterations {first} and {iteration}"
-            raise DivergedError(f"the loss became {loss} {when} (learning rate {learning_rate:.3g})")
-        row = {
-            "iteration": iteration,
-            "loss": loss,
-            "learning_rate": learning_rate,
-            "elapsed_s": round(self.elapsed(), 3),
-            "samples_per_s": self.count * self.batch_size / max(now - self.since, 1e-9),
-            "val_pixel_error": None,
-        }
-        self.rows.append(row)
-        self.loss_sum, self.count = None, 0
-        return row
-
-    def restart_interval(self) -> None:
-        """Start timing the next interval now (after validation or a checkpoint)."""
-        self.since = time.perf_counter()
-
-
-def write_log(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-
-
-def plot_loss(path: Path, rows: list[dict]) -> None:
-    with figure(path, size=(6, 4), dpi=120, layout="tight") as (_, axes):
-        _draw_loss(axes[0, 0], rows)
-
-
-def _draw_loss(axis, rows: list[dict]) -> None:
-    axis.plot([r["iteration"] for r in rows], [r["loss"] for r in rows], color="C0", label="training loss")
-    axis.set_xlabel("iteration")
-    axis.set_ylabel("weighted cross-entropy (mean over pixels)")
-    axis.set_yscale("log")
-    validated = [r for r in rows if r["val_pixel_error"] is not None]
-    if validated:
-        right = axis.twinx()
-        right.plot(
-            [r["iteration"] for r in validated],
-            [r["val_pixel_error"] for r in validated],
-            "o-",
-            color="C1",
-            label="held-out pixel error",
-        )
-        right.set_ylabel("held-out pixel error", color="C1")
-    axis.set_title("training loss")
+# --- the loop -------------------------------------------------------------------------------------
 
 
 def train(
@@ -401,118 +358,172 @@ def train(
     model_settings: ModelSettings,
     augment: AugmentSettings,
     settings: TrainSettings,
+    predict: PredictSettings | None = None,
     seed: int = 0,
 ) -> UNet:
-    """Train (or resume, or finish) a run in `out_dir`; returns the trained model."""
-    out_dir = Path(out_dir)
-    device = resolve_device(settings.device)
-    run_settings = {
-        "model": dataclasses.asdict(model_settings),
-        "augment": dataclasses.asdict(augment),
-        "train": {k: v for k, v in dataclasses.asdict(settings).items() if k not in RUN_CONTROL},
-        "seed": seed,
-        "frames": data.train.frames,
-        "val_frames": data.held_out.frames if data.held_out else [],
-    }
-    torch.manual_seed(seed)
-    trainer = Trainer(UNet(**dataclasses.asdict(model_settings)), settings, device)
-    augmenter = Augmenter(
-        *data.train[:3],
-        input_size=settings.input_size,
-        config=augment,
-        device=device,
-        seed=seed,
-        depth=model_settings.depth,
-    )
-    _remove_leftovers(out_dir)
-    start, log = _resume(out_dir / CHECKPOINT, run_settings, trainer, augmenter, settings.batch_size)
-    last_checkpoint = start or None
+    """Train (or resume, or finish) a run in `out_dir`; returns the trained model.
 
-    progress = _progress_bar(settings.iterations, start)
-    for iteration in range(start + 1, settings.iterations + 1):
-        learning_rate = learning_rate_at(iteration - 1, settings)
-        log.add(trainer.step(*augmenter.sample(settings.batch_size), learning_rate))
-        progress.update()
-        final = iteration == settings.iterations
+    `Interrupted` when SIGTERM or SIGUSR1 stopped it after a checkpoint.
+    """
+    session = _Session(data, Path(out_dir), model_settings, augment, settings, seed)
+    with _stop_signals() as stop:
+        for iteration in range(session.start + 1, settings.iterations + 1):
+            learning_rate = learning_rate_at(iteration - 1, settings)
+            session.log.add(session.trainer.step(*session.augmenter.sample(settings.batch_size), learning_rate))
+            session.progress.update()
+            session.report(iteration, learning_rate)
+            if stop:
+                session.interrupt(iteration, stop[0])
+    return session.finish(predict or PredictSettings())
+
+
+class _Session:
+    """One training run in its folder: the trainer, the sampler, the log and the checkpoints."""
+
+    def __init__(
+        self,
+        data: TrainingData,
+        out_dir: Path,
+        model_settings: ModelSettings,
+        augment: AugmentSettings,
+        settings: TrainSettings,
+        seed: int,
+    ):
+        self.data, self.out_dir, self.settings, self.seed = data, out_dir, settings, seed
+        self.device = resolve_device(settings.device)
+        self.run_settings = {
+            "model": dataclasses.asdict(model_settings),
+            "augment": dataclasses.asdict(augment),
+            "train": {k: v for k, v in dataclasses.asdict(settings).items() if k not in RUN_CONTROL},
+            "seed": seed,
+            "frames": data.train.frames,
+            "val_frames": data.held_out.frames if data.held_out else [],
+        }
+        torch.manual_seed(seed)
+        self.trainer = Trainer(UNet(**dataclasses.asdict(model_settings)), settings, self.device)
+        self.augmenter = Augmenter(
+            *data.train[:3],
+            input_size=settings.input_size,
+            config=augment,
+            device=self.device,
+            seed=seed,
+            depth=model_settings.depth,
+        )
+        for name in (CHECKPOINT, MODEL, LOG, FIGURE):
+            remove_leftovers(out_dir / name)
+        resumed = resume(
+            out_dir / CHECKPOINT,
+            self.run_settings,
+            self.trainer.model,
+            self.trainer.optimizer,
+            self.augmenter,
+            self.device,
+        )
+        self.start = resumed.iteration
+        self.last_checkpoint = resumed.iteration or None
+        self.log = TrainingLog(resumed.rows, resumed.pending, resumed.elapsed_s, settings.batch_size)
+        self.progress = _progress_bar(settings.iterations, self.start)
+
+    def report(self, iteration: int, learning_rate: float) -> None:
+        """At the iterations due for it: a log row, the held-out scores, a checkpoint."""
+        settings, final = self.settings, iteration == self.settings.iterations
         due_checkpoint = iteration % settings.checkpoint_every == 0 or final
-        due_val = data.held_out is not None and (iteration % settings.val_every == 0 or final)
-        if not (iteration % settings.log_every == 0 or due_checkpoint or due_val):
-            continue
+        due_scores = self.data.held_out is not None and (iteration % settings.val_every == 0 or final)
+        if not (iteration % settings.log_every == 0 or due_checkpoint or due_scores):
+            return
+        row = self._row(iteration, learning_rate, check_weights=due_checkpoint)
+        if due_scores:
+            row.update(self.trainer.held_out_scores(self.data.held_out, settings.input_size))
+        self.progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+        if due_checkpoint:
+            self.checkpoint(iteration)
+        else:
+            write_log(self.out_dir / LOG, self.log.rows)
+        self.log.restart_interval()
+
+    def _row(self, iteration: int, learning_rate: float, *, check_weights: bool) -> dict:
         try:
-            row = log.row(iteration, learning_rate)
-            if due_checkpoint and not trainer.parameters_finite():
+            row = self.log.row(iteration, learning_rate)
+            if check_weights and not self.trainer.parameters_finite():
                 raise DivergedError(f"the weights became NaN or infinite by iteration {iteration}")
         except DivergedError as error:
-            progress.close()
+            self.progress.close()
             kept = (
-                f"the last good checkpoint (iteration {last_checkpoint}) is kept in {out_dir / CHECKPOINT}"
-                if last_checkpoint
+                f"the last good checkpoint (iteration {self.last_checkpoint}) is kept in {self.out_dir / CHECKPOINT}"
+                if self.last_checkpoint
                 else "no checkpoint had been written yet"
             )
             raise DivergedError(
-                f"{error}; training stopped, {kept}. Lower --learning-rate "
-                f"or check the weight maps in {data.weight_dir}"
+                f"{error}; training stopped, {kept}. Lower --learning-rate or check the weight maps "
+                f"in {self.data.weight_dir}"
             ) from None
-        if due_val:
-            row["val_pixel_error"] = trainer.held_out_pixel_error(data.held_out, settings.input_size)
-        progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-        if due_checkpoint:
-            save_checkpoint(
-                out_dir / CHECKPOINT,
-                iteration=iteration,
-                trainer=trainer,
-                augmenter=augmenter,
-                settings=run_settings,
-                log=log.rows,
-                elapsed=log.elapsed(),
-            )
-            last_checkpoint = iteration
-        write_log(out_dir / LOG, log.rows)
-        log.restart_interval()
-    progress.close()
+        return row
 
-    write_log(out_dir / LOG, log.rows)
-    plot_loss(out_dir / FIGURE, log.rows)
-    save_model(
-        out_dir / MODEL,
-        trainer.model,
-        iterations=settings.iterations,
-        seed=seed,
-        settings=run_settings,
-        final_loss=log.rows[-1]["loss"] if log.rows else None,
-        elapsed_s=log.elapsed(),
-        device=str(device),
-        torch=str(torch.__version__),
-    )
-    return trainer.model
-
-
-def _remove_leftovers(out_dir: Path) -> None:
-    """Delete the temporary files (`atomic_path`'s `.NAME.*`) of writes that a killed run left unfinished."""
-    for name in (CHECKPOINT, MODEL, LOG, FIGURE):
-        for leftover in out_dir.glob(f".{name}.*"):
-            leftover.unlink()
-
-
-def _resume(
-    path: Path, run_settings: dict, trainer: Trainer, augmenter: Augmenter, batch_size: int
-) -> tuple[int, _Log]:
-    """Restore the state of the checkpoint at `path` if it was written with the same settings."""
-    checkpoint = load_checkpoint(path)
-    if checkpoint is None:
-        return 0, _Log([], 0.0, batch_size)
-    changed = _differences(checkpoint["settings"], run_settings)
-    if changed:
-        print(
-            f"unet train: {path} was written with other settings ({'; '.join(changed)}); starting over", file=sys.stderr
+    def checkpoint(self, iteration: int) -> None:
+        """The checkpoint, `log.csv` and `loss.png` as of `iteration`."""
+        save_checkpoint(
+            self.out_dir / CHECKPOINT,
+            iteration=iteration,
+            model=self.trainer.model,
+            optimizer=self.trainer.optimizer,
+            augmenter=self.augmenter,
+            device=self.device,
+            settings=self.run_settings,
+            rows=self.log.rows,
+            pending=self.log.pending(),
+            elapsed_s=self.log.elapsed(),
         )
-        return 0, _Log([], 0.0, batch_size)
-    trainer.model.load_state_dict(checkpoint["state_dict"])
-    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-    augmenter.load_state_dict(checkpoint["augmenter"])
-    _set_rng_state(checkpoint["rng"], trainer.device)
-    print(f"unet train: resuming from {path} at iteration {checkpoint['iteration']}", file=sys.stderr)
-    return checkpoint["iteration"], _Log(checkpoint["log"], checkpoint["elapsed_s"], batch_size)
+        self.last_checkpoint = iteration
+        write_log(self.out_dir / LOG, self.log.rows)
+        if self.log.rows:
+            plot_loss(self.out_dir / FIGURE, self.log.rows)
+
+    def interrupt(self, iteration: int, signum: int) -> None:
+        """Checkpoint at `iteration` and raise `Interrupted`."""
+        if self.last_checkpoint != iteration:
+            self.checkpoint(iteration)
+        self.progress.close()
+        name = signal.Signals(signum).name
+        raise Interrupted(
+            signum,
+            f"stopped by {name} at iteration {iteration}; {self.out_dir / CHECKPOINT} holds "
+            f"the run: start it again with the same settings to resume",
+        )
+
+    def finish(self, predict: PredictSettings) -> UNet:
+        self.progress.close()
+        write_log(self.out_dir / LOG, self.log.rows)
+        plot_loss(self.out_dir / FIGURE, self.log.rows)
+        save_model(
+            self.out_dir / MODEL,
+            self.trainer.model,
+            iterations=self.settings.iterations,
+            seed=self.seed,
+            settings=self.run_settings,
+            label_kind=self.data.kind,
+            predict={key: getattr(predict, key) for key in MODEL_PREDICT_KEYS},
+            normalization={"percentiles": list(NORMALIZATION_PERCENTILES)},
+            final_loss=self.log.rows[-1]["loss"] if self.log.rows else None,
+            elapsed_s=self.log.elapsed(),
+            device=str(self.device),
+            torch=str(torch.__version__),
+        )
+        return self.trainer.model
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[list[int]]:
+    """Yield a list that SIGTERM or SIGUSR1 appends their number to (instead of ending the process)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may handle signals
+        yield received
+        return
+    previous = {signum: signal.signal(signum, lambda signum, _: received.append(signum)) for signum in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _progress_bar(total: int, initial: int):

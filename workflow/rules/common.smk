@@ -110,16 +110,31 @@ def split_files(dataset, split):
     return {name: f"{folder}/{name}.{ext}" for name, ext in SPLIT_FILES.items()}
 
 
-SPLIT_FILES = {"images": "tif", "labels": "tif", "frames": "json"}
+SPLIT_FILES = {"images": "tif", "labels": "tif", "unannotated": "tif", "frames": "json"}
 
 
-def training_inputs(dataset, split):
-    """A labelled split and its weight maps (`unet weightmap`): what training reads."""
+def training_inputs(dataset, split, held_out=None):
+    """A labelled split and its weight maps (`unet weightmap`): what training reads; and the split whose
+    labelled frames it scores as it goes (`held_out`, e.g. the other CTC sequence), if any.
+    """
     folder = f"results/weights/{dataset}/{split}"
-    return split_files(dataset, split) | {
+    inputs = split_files(dataset, split) | {
         "target": f"{folder}/target.tif",
         "weights": f"{folder}/weights.tif",
     }
+    if held_out:
+        inputs |= {
+            f"held_out_{k}": v for k, v in split_files(dataset, held_out).items()
+        }
+    return inputs
+
+
+def held_out_flags(wildcards):
+    """How a training job holds frames out for its scores: ISBI folds by `--fold`, CTC runs by `--val-data`."""
+    run = run_of(wildcards)
+    if run.held_out:
+        return f"--val-data results/data/{wildcards.dataset}/{run.held_out}"
+    return run.fold_flags(FOLDS)
 
 
 def prediction_inputs(wildcards, split=None):

@@ -89,6 +89,7 @@ rule prepare:
     output:
         images="results/data/{dataset}/{split}/images.tif",
         labels="results/data/{dataset}/{split}/labels.tif",
+        unannotated="results/data/{dataset}/{split}/unannotated.tif",
         frames="results/data/{dataset}/{split}/frames.json",
     log:
         "results/logs/prepare/{dataset}-{split}.log",

@@ -15,7 +15,9 @@ rule train:
     deliberately not an output, so Snakemake keeps it.
     """
     input:
-        unpack(lambda w: training_inputs(w.dataset, run_of(w).split)),
+        unpack(
+            lambda w: training_inputs(w.dataset, run_of(w).split, run_of(w).held_out)
+        ),
     output:
         model="results/models/{dataset}/{run}/seed{seed}/model.pt",
         log_csv="results/models/{dataset}/{run}/seed{seed}/log.csv",
@@ -42,8 +44,9 @@ rule train:
         data=subpath(input.frames, parent=True),
         weights=subpath(input.weights, parent=True),
         out=subpath(output.model, parent=True),
-        fold=lambda w: run_of(w).fold_flags(FOLDS),
+        held_out=lambda w: held_out_flags(w),
         settings=lambda w: flags(w, "model", "augment", "train"),
+        predict=lambda w: pipeline.model_predict_flags(config, w.dataset),
     shell:
         "unet train --data {params.data} --weights {params.weights} --out {params.out}"
-        " {params.fold} --seed {wildcards.seed} {params.settings} > {log} 2>&1"
+        " {params.held_out} --seed {wildcards.seed} {params.settings} {params.predict} > {log} 2>&1"

@@ -1,0 +1,116 @@
+"""Training checkpoints: everything a stopped run needs to continue as if it had never stopped.
+
+`checkpoint.pt` (written atomically) holds the model, the optimiser, the random states (torch,
+CUDA, augmenter), the iteration, the log so far with the loss of the unfinished log interval,
+the elapsed time and the settings. A run started again with the same settings resumes from it;
+on the CPU the result is bit-identical to an uninterrupted run. With other settings it starts
+over and says which differ. It holds only tensors and plain values: it loads with
+`weights_only=True`, so a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unet.io import DataError, atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Resumed:
+    """Where a run continues: the iteration done, the log rows so far, the unfinished interval, the time spent."""
+
+    iteration: int = 0
+    rows: list[dict] = field(default_factory=list)
+    pending: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    iteration: int,
+    model,
+    optimizer,
+    augmenter,
+    device: torch.device,
+    settings: dict,
+    rows: list[dict],
+    pending: dict,
+    elapsed_s: float,
+) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "iteration": iteration,
+                "settings": settings,
+                "config": dict(model.config),
+                "state_dict": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(device),
+                "augmenter": augmenter.state_dict(),
+                "log": rows,
+                "pending": pending,
+                "elapsed_s": elapsed_s,
+            },
+            tmp,
+        )
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at `path`, or None if there is none; an unreadable one is an error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise DataError(f"{path}: not a readable checkpoint ({error}); delete it to start over") from error
+
+
+def resume(path: Path, settings: dict, model, optimizer, augmenter, device: torch.device) -> Resumed:
+    """Restore the state of the checkpoint at `path` if it was written with the same `settings`."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint is None:
+        return Resumed()
+    changed = _differences(checkpoint["settings"], settings)
+    if changed:
+        print(
+            f"unet train: {path} was written with other settings ({'; '.join(changed)}); starting over", file=sys.stderr
+        )
+        return Resumed()
+    model.load_state_dict(checkpoint["state_dict"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    augmenter.load_state_dict(checkpoint["augmenter"])
+    _set_rng_state(checkpoint["rng"], device)
+    print(f"unet train: resuming from {path} at iteration {checkpoint['iteration']}", file=sys.stderr)
+    return Resumed(checkpoint["iteration"], checkpoint["log"], checkpoint.get("pending", {}), checkpoint["elapsed_s"])
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return found
