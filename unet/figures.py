@@ -45,7 +45,10 @@ def figure(
 
 
 def show_weights(drawing, axis, weights, title: str) -> None:
-    """A weight map panel: the paper's Fig. 3d colours, with a colour bar."""
-    shown = axis.imshow(weights, cmap="jet")
+    """A weight map panel: the paper's Fig. 3d colours, with a colour bar; masked pixels (no weight) in gray."""
+    from matplotlib import colormaps
+
+    colours = colormaps["jet"].with_extremes(bad=(0.6, 0.6, 0.6))
+    shown = axis.imshow(weights, cmap=colours)
     axis.set_title(title)
     drawing.colorbar(shown, ax=axis, fraction=0.046)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from unet.fetch import CATALOGUE, PARTS, protocol_of
-from unet.io import DataError, Split, numbered_files, read_stack, read_tiff, write_split
+from unet.io import DataError, Split, check_finite, numbered_files, read_stack, read_tiff, write_split
 from unet.pipeline import PROTOCOLS, SPLITS
 
 
@@ -27,24 +27,30 @@ def prepare(
     splits: Iterable[str] | None = None,
     part: str = "train",
 ) -> list[Path]:
-    """Write the canonical form of each split of `raw` into `out/<split>/`; returns the split folders."""
+    """Write the canonical form of each split of `raw` into `out/<split>/`; returns the split folders.
+
+    Every split is read and checked before any is written, so bad input leaves each earlier
+    prepared split as it was (and each split folder is replaced whole, `unet.io.write_split`).
+    """
     protocol = protocol_of(dataset, protocol)
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise DataError(f"{raw}: no such folder (fetch or synthesize {dataset} first)")
-    written = []
-    for split in splits or SPLITS[protocol]:
+    names = list(splits or SPLITS[protocol])
+    for split in names:
         if split not in SPLITS[protocol]:
             raise DataError(f"{dataset}: split {split!r} is not one of the {protocol} splits {SPLITS[protocol]}")
-        reader = read_isbi_split if protocol == "isbi" else read_ctc_split
-        write_split(out / split, reader(dataset, raw, split, labelled=part == "train"))
-        written.append(out / split)
-    return written
+    reader = read_isbi_split if protocol == "isbi" else read_ctc_split
+    prepared = [reader(dataset, raw, split, labelled=part == "train") for split in names]
+    for split in prepared:
+        write_split(out / split.split, split)
+    return [out / split for split in names]
 
 
 def read_isbi_split(dataset: str, raw: Path, split: str, *, labelled: bool = True) -> Split:
     """ISBI layout -> `Split`: train with binary labels (255 = cell becomes 1), test without."""
     images = read_stack(raw / f"{split}-volume.tif")
+    check_finite(images, str(raw / f"{split}-volume.tif"))
     frames = list(range(len(images)))
     if split == "test" or not labelled:
         return Split(dataset, split, "binary", images, frames)
@@ -73,10 +79,30 @@ def read_ctc_split(dataset: str, raw: Path, sequence: str, *, labelled: bool = T
     for frame, path in label_files.items():
         if frame not in frame_files:
             raise DataError(f"{path}: frame {frame} has no raw frame in {raw / sequence}")
-    labels = _stack(label_files.values(), shape=images.shape[1:])
-    if labels.dtype.kind not in "ui" or labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max:
-        raise DataError(f"{seg}: instance labels must be non-negative integers below 65536, found {labels.dtype}")
-    return Split(dataset, sequence, "instance", images, frames, labels.astype(np.uint16), list(label_files))
+    labels = _stack(label_files.values(), shape=images.shape[1:], instances=True).astype(np.uint16)
+    unannotated = unannotated_extents(raw, sequence, labels, list(label_files))
+    return Split(dataset, sequence, "instance", images, frames, labels, list(label_files), unannotated)
+
+
+def unannotated_extents(raw: Path, sequence: str, labels: np.ndarray, frames: list[int]) -> np.ndarray:
+    """`unannotated_cells` of each labelled frame of a CTC sequence, from its tracking markers (`XX_GT/TRA`)
+    and its silver truth (`XX_ST/SEG`) where the data set has one. Cells without either: a disc of the radius
+    of the sequence's median annotated cell (the equivalent radius of its area)."""
+    markers = numbered_files(raw / f"{sequence}_GT" / "TRA", "man_track")
+    silver = numbered_files(raw / f"{sequence}_ST" / "SEG", "man_seg")
+    areas = np.concatenate([np.bincount(label.ravel())[1:] for label in labels])
+    radius = float(np.sqrt(np.median(areas[areas > 0]) / np.pi)) if (areas > 0).any() else 0.0
+    extents = np.zeros(labels.shape, dtype=bool)
+    for row, (frame, label) in enumerate(zip(frames, labels)):
+        if frame in markers:
+            frame_silver = _label_image(silver[frame], label.shape) if frame in silver else None
+            extents[row] = unannotated_cells(label, _label_image(markers[frame], label.shape), frame_silver, radius)
+    return extents
+
+
+def _label_image(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A 2D integer label image of `shape`; anything else is a `DataError` naming the file."""
+    return _stack([path], shape=shape, instances=True)[0]
 
 
 def unannotated_cells(
@@ -116,13 +142,17 @@ def _disc(shape: tuple[int, int], where: np.ndarray, radius: float) -> np.ndarra
     return (rows - centre_row) ** 2 + (columns - centre_column) ** 2 <= radius**2
 
 
-def _stack(paths: Iterable[Path], shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Read 2D images of one shape and dtype into a (N, H, W) stack; a misfit names its file."""
+def _stack(paths: Iterable[Path], shape: tuple[int, ...] | None = None, *, instances: bool = False) -> np.ndarray:
+    """Read 2D images of one shape and dtype into a (N, H, W) stack; a misfit names its file. Images must be
+    finite; `instances` (label images) must hold integers from 0 to 65535."""
     arrays = []
     for path in paths:
         array = read_tiff(path)
         if array.ndim != 2:
             raise DataError(f"{path}: expected a 2D image, found shape {array.shape}")
+        if instances and (array.dtype.kind not in "ui" or array.min() < 0 or array.max() > np.iinfo(np.uint16).max):
+            raise DataError(f"{path}: instance labels must be non-negative integers below 65536, found {array.dtype}")
+        check_finite(array, str(path))
         shape = shape or array.shape
         if array.shape != shape or (arrays and array.dtype != arrays[0].dtype):
             raise DataError(

@@ -12,9 +12,13 @@
   are the smallest and second-smallest over all objects (infinite with fewer than two objects). The
   border term goes to background pixels only, separation borders included: in the paper's Fig. 3d
   the cell interiors carry the class weight alone.
-- w_c, per image: w_c(x) = n / (2 n_c(x)), n the image's pixel count and n_c that of x's class in the
-  target, so that both classes carry the same total weight and w_c averages to 1; an image with a
-  single class gets w_c = 1.
+- w_c, per image: w_c(x) = n / (2 n_c(x)), n the image's weighted pixel count and n_c that of x's
+  class in the target, so that both classes carry the same total weight and w_c averages to 1; an
+  image with a single class gets w_c = 1.
+- Unannotated cells (the paper's "partially annotated" images; `unet.prepare` finds them from the
+  challenge's tracking markers): their pixels, and those within `ignore_margin` px of them (choice:
+  5 px, as their extents come from the silver truth or a disc), get weight 0 and do not count in n,
+  unless they belong to an annotated object.
 
 Fast and exact to `TOLERANCE`: the border term is below `TOLERANCE` wherever d1 + d2 exceeds
 `reach = sigma * sqrt(2 ln(w0 / TOLERANCE))` (28.4 px with the defaults), so each object's distance
@@ -41,6 +45,7 @@ from unet.settings import WeightmapSettings, from_arguments
 from unet.settings import add_arguments as add_settings_arguments
 
 TOLERANCE = 1e-6  # border terms below this are left out
+IGNORED_COLOUR = (0.6, 0.6, 0.6)  # the figure's unannotated cells
 _NEIGHBOURS_8 = np.ones((3, 3), dtype=bool)
 
 
@@ -48,16 +53,34 @@ class WeightMap(NamedTuple):
     target: np.ndarray  # uint8 (H, W): 1 = cell, 0 = background and separation borders
     weights: np.ndarray  # float32 (H, W)
     separation: np.ndarray  # bool (H, W): cell pixels turned into background to split touching cells
+    ignored: np.ndarray  # bool (H, W): no weight (unannotated cells and their margin)
 
 
 def weight_map(
-    label: np.ndarray, kind: str, *, w0: float = WeightmapSettings.w0, sigma: float = WeightmapSettings.sigma
+    label: np.ndarray,
+    kind: str,
+    *,
+    w0: float = WeightmapSettings.w0,
+    sigma: float = WeightmapSettings.sigma,
+    unannotated: np.ndarray | None = None,
+    ignore_margin: int = WeightmapSettings.ignore_margin,
 ) -> WeightMap:
-    """Target and loss weights of one labelled frame; `kind` is `binary` (cell > 0) or `instance` (ids)."""
+    """Target and loss weights of one labelled frame; `kind` is `binary` (cell > 0) or `instance` (ids);
+    `unannotated`: bool, the cells it shows without a mask (no weight, with `ignore_margin` px around them)."""
     objects, separation = label_objects(label, kind)
     target = (objects > 0).astype(np.uint8)
-    weights = class_weights(target) + border_weights(objects, w0=w0, sigma=sigma)
-    return WeightMap(target, weights.astype(np.float32), separation)
+    ignored = ignored_pixels(unannotated, label, ignore_margin)
+    weights = class_weights(target, ~ignored) + border_weights(objects, w0=w0, sigma=sigma)
+    weights[ignored] = 0
+    return WeightMap(target, weights.astype(np.float32), separation, ignored)
+
+
+def ignored_pixels(unannotated: np.ndarray | None, label: np.ndarray, margin: int) -> np.ndarray:
+    """The pixels of no weight: within `margin` px (Euclidean) of an unannotated cell, outside annotated objects."""
+    if unannotated is None or not unannotated.any():
+        return np.zeros(label.shape, dtype=bool)
+    near = ndimage.distance_transform_edt(~unannotated) <= margin
+    return near & (label == 0)
 
 
 def label_objects(label: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -82,12 +105,13 @@ def separate_instances(instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(separation, 0, instances), separation
 
 
-def class_weights(target: np.ndarray) -> np.ndarray:
-    """w_c = n / (2 n_c) per pixel of class c (see the module docstring); 1 everywhere for a single class."""
-    counts = np.bincount(target.ravel(), minlength=2)[:2]
+def class_weights(target: np.ndarray, counted: np.ndarray | None = None) -> np.ndarray:
+    """w_c = n / (2 n_c) per pixel of class c over the `counted` pixels (default: all; see the module docstring);
+    1 everywhere for a single class."""
+    counts = np.bincount(target[counted] if counted is not None else target.ravel(), minlength=2)[:2]
     if counts.min() == 0:
         return np.ones(target.shape, dtype=np.float32)
-    return (target.size / (2 * counts)).astype(np.float32)[target]
+    return (counts.sum() / (2 * counts)).astype(np.float32)[target]
 
 
 def border_reach(w0: float, sigma: float) -> float:
@@ -190,10 +214,20 @@ def _two_nearest_squared(objects, bounds, reach):  # pragma: no cover - compiled
 
 
 def weight_maps(
-    labels: np.ndarray, kind: str, *, w0: float = WeightmapSettings.w0, sigma: float = WeightmapSettings.sigma
+    labels: np.ndarray,
+    kind: str,
+    *,
+    w0: float = WeightmapSettings.w0,
+    sigma: float = WeightmapSettings.sigma,
+    unannotated: np.ndarray | None = None,
+    ignore_margin: int = WeightmapSettings.ignore_margin,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(targets uint8, weights float32), (M, H, W) each, for a (M, H, W) label stack."""
-    maps = [weight_map(label, kind, w0=w0, sigma=sigma) for label in labels]
+    """(targets uint8, weights float32), (M, H, W) each, for a (M, H, W) label stack (and its unannotated cells)."""
+    masks = unannotated if unannotated is not None else [None] * len(labels)
+    maps = [
+        weight_map(label, kind, w0=w0, sigma=sigma, unannotated=mask, ignore_margin=ignore_margin)
+        for label, mask in zip(labels, masks)
+    ]
     return np.stack([m.target for m in maps]), np.stack([m.weights for m in maps])
 
 
@@ -216,9 +250,18 @@ def _draw_weight_map(drawing, axes, image: np.ndarray, label: np.ndarray, kind: 
     axes[1].set_title("b: ground truth objects")
     target_rgb = np.repeat(maps.target[..., None].astype(np.float32), 3, axis=-1)
     target_rgb[maps.separation] = (1.0, 0.2, 0.2)
+    target_rgb[maps.ignored] = IGNORED_COLOUR
     axes[2].imshow(target_rgb)
-    axes[2].set_title(f"c: target, separation border in red ({int(maps.separation.sum())} px)")
-    show_weights(drawing, axes[3], maps.weights, "d: loss weight w(x)")
+    axes[2].set_title(f"c: target\nseparation border in red ({int(maps.separation.sum())} px)")
+    ignored = f"\nno weight (gray): unannotated cells, {int(maps.ignored.sum())} px" if maps.ignored.any() else ""
+    show_weights(drawing, axes[3], np.ma.masked_array(maps.weights, maps.ignored), f"d: loss weight w(x){ignored}")
+
+
+def _figure_frame(split) -> int:
+    """The figure's default frame: the first with the most unannotated pixels (to show them), else the first."""
+    if split.unannotated is None or not split.unannotated.any():
+        return split.labelled[0]
+    return split.labelled[int(np.argmax(split.unannotated.sum(axis=(1, 2))))]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -231,7 +274,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where target.tif and weights.tif go; without it only --figure is drawn",
     )
     parser.add_argument("--figure", metavar="PNG", type=Path, help="draw the paper's Fig. 3 for one labelled frame")
-    parser.add_argument("--figure-frame", type=int, help="frame id for --figure (default: the first labelled frame)")
+    parser.add_argument(
+        "--figure-frame",
+        type=int,
+        help="frame id for --figure (default: the labelled frame with the most unannotated cells, else the first)",
+    )
     add_settings_arguments(parser, WeightmapSettings)
 
 
@@ -242,17 +289,19 @@ def run(args: argparse.Namespace) -> int:
     split = read_split(args.data)
     if split.labels is None:
         raise DataError(f"{args.data}: the split has no labelled frames, so it has no weight maps")
+    options = {"w0": settings.w0, "sigma": settings.sigma, "ignore_margin": settings.ignore_margin}
     if args.out is not None:
-        targets, weights = weight_maps(split.labels, split.kind, w0=settings.w0, sigma=settings.sigma)
+        targets, weights = weight_maps(split.labels, split.kind, unannotated=split.unannotated, **options)
         write_tiff(args.out / "target.tif", targets)
         write_tiff(args.out / "weights.tif", weights)
     if args.figure is not None:
-        frame = split.labelled[0] if args.figure_frame is None else args.figure_frame
+        frame = _figure_frame(split) if args.figure_frame is None else args.figure_frame
         if frame not in split.labelled:
             raise DataError(f"{args.data}: --figure-frame {frame} is not labelled (labelled: {split.labelled})")
         row = split.labelled.index(frame)
         label = split.labels[row]
-        maps = weight_map(label, split.kind, w0=settings.w0, sigma=settings.sigma)
+        unannotated = split.unannotated[row] if split.unannotated is not None else None
+        maps = weight_map(label, split.kind, unannotated=unannotated, **options)
         title = f"{split.dataset} {split.split}, frame {frame}: w0 = {settings.w0:g}, sigma = {settings.sigma:g} px"
         plot_weight_map(split.labelled_images()[row], label, split.kind, maps, args.figure, title=title)
     return 0
