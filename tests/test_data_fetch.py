@@ -7,10 +7,14 @@ import http.server
 import io
 import os
 import shutil
+import signal
 import socket
 import stat
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -39,6 +43,7 @@ class Server:
     def __init__(self):
         self.routes: dict[str, bytes] = {}
         self.truncate: set[str] = set()
+        self.slow: set[str] = set()  # sent in 64 KiB pieces, 50 ms apart
         self.fail: dict[str, int] = {}
         self.requests: dict[str, int] = {}
         server = self
@@ -57,6 +62,11 @@ class Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if self.path in server.slow:
+                    for start in range(0, len(body), 1 << 16):
+                        self.wfile.write(body[start : start + (1 << 16)])
+                        time.sleep(0.05)
+                    return
                 self.wfile.write(body[: len(body) // 2] if self.path in server.truncate else body)
 
             def log_message(self, *args):
@@ -385,3 +395,76 @@ def test_the_fetch_command_reports_errors_and_exit_code(tmp_path):
     assert "unet fetch: error: PhC-C2DH-U373: the mirror" in result.stderr
     result = unet("fetch", "x", "--out", tmp_path / "r", "--checksum", "bad")
     assert result.returncode == 2 and "expected NAME=algo:hex" in result.stderr
+
+
+def test_a_fetch_killed_during_its_download_leaves_no_staging_folder_once_fetched_again(server, tmp_path):
+    """kill -9 leaves the hidden staging folder (a CTC archive is hundreds of MB); the next fetch removes it."""
+    synthesize_cells(tmp_path / "made", seed=3, size=64, frames=3, annotated=2, cell_count=3, cell_size=24)
+    (tmp_path / "made" / "padding.bin").write_bytes(os.urandom(2 << 20))  # a download of seconds
+    body = _ctc_archive(tmp_path / "made", "zip")
+    server.routes["/MyCells.zip"] = body
+    server.slow.add("/MyCells.zip")
+    out = tmp_path / "raw"
+    command = [
+        sys.executable,
+        "-m",
+        "unet.cli",
+        "fetch",
+        "MyCells",
+        "--out",
+        str(out),
+        "--protocol",
+        "ctc",
+        "--source",
+        f"{server.url}/MyCells.zip",
+        "--checksum",
+        f"MyCells.zip={sha256(body)}",
+        "--no-progress",
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".raw.*/.downloads/.MyCells.zip.*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert [path.name.startswith(".raw.") for path in tmp_path.iterdir() if path.name != "made"] == [True]
+
+    server.slow.clear()
+    fetch(
+        "MyCells",
+        out,
+        source=f"{server.url}/MyCells.zip",
+        protocol="ctc",
+        checksums={"MyCells.zip": sha256(body)},
+        **FAST,
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["made", "raw"]
+
+
+def test_layout_and_tiff_errors_name_the_users_source_not_a_temporary_folder(shared_data, tmp_path):
+    source = tmp_path / "my-isbi"
+    shutil.copytree(shared_data / "isbi2012", source)
+    (source / "train-labels.tif").unlink()
+    with pytest.raises(
+        DataError,
+        match=rf"^isbi2012: {source} is not in the official isbi layout: missing "
+        r"train-labels.tif$",
+    ):
+        fetch("isbi2012", tmp_path / "raw", source=str(source))
+    shutil.copy(shared_data / "isbi2012" / "train-labels.tif", source)
+    (source / "test-volume.tif").write_bytes(b"II*\0 not a TIFF")
+    with pytest.raises(DataError, match=rf"^isbi2012: {source / 'test-volume.tif'}: (not a readable|a damaged)"):
+        fetch("isbi2012", tmp_path / "raw", source=str(source))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["my-isbi"]
+
+
+def test_a_truncated_multipage_tiff_in_a_folder_source_is_refused_naming_it(shared_data, tmp_path):
+    """tifffile reads the pages before a break in the page chain without an error: the layout check reads every
+    page and refuses the file, instead of `prepare` later blaming the labels for a short volume."""
+    source = tmp_path / "my-isbi"
+    shutil.copytree(shared_data / "isbi2012", source)
+    volume = source / "train-volume.tif"
+    volume.write_bytes(volume.read_bytes()[: volume.stat().st_size * 99 // 100])
+    with pytest.raises(DataError, match=rf"^isbi2012: {volume}: a damaged or truncated TIFF"):
+        fetch("isbi2012", tmp_path / "raw", source=str(source))
+    assert not (tmp_path / "raw").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import tifffile
@@ -92,3 +94,57 @@ def test_the_prepare_command_writes_the_requested_split(shared_data, tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test"]
     assert read_split(tmp_path / "test").images.shape == (30, 512, 512)
+
+
+def _cells(raw, masks: dict[int, np.ndarray]):
+    """A CTC sequence 01 of three 16 x 16 frames with the given SEG masks."""
+    (raw / "01").mkdir(parents=True)
+    (raw / "01_GT" / "SEG").mkdir(parents=True)
+    for t in range(3):
+        tifffile.imwrite(raw / "01" / f"t{t:03d}.tif", np.full((16, 16), t, np.uint8))
+    for t, mask in masks.items():
+        tifffile.imwrite(raw / "01_GT" / "SEG" / f"man_seg{t:03d}.tif", mask)
+
+
+def test_a_float_mask_among_integer_ones_is_named_itself(tmp_path):
+    _cells(
+        tmp_path / "raw",
+        {0: np.ones((16, 16), np.float32), 1: np.ones((16, 16), np.uint16), 2: np.ones((16, 16), np.uint16)},
+    )
+    with pytest.raises(DataError, match=r"man_seg000.tif: instance labels must be non-negative integers .* float32"):
+        prepare("cells", tmp_path / "raw", tmp_path / "data", protocol="ctc", splits=["01"])
+
+
+def test_a_nan_pixel_is_refused_where_it_enters_naming_the_file_and_the_pixel(shared_data, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(shared_data / "isbi2012", raw)
+    volume = tifffile.imread(raw / "train-volume.tif").astype(np.float32)
+    volume[3, 17, 42] = np.nan
+    tifffile.imwrite(raw / "train-volume.tif", volume)
+    with pytest.raises(
+        DataError,
+        match=r"train-volume.tif: 1 pixels are NaN or infinite \(the first at frame 3, "
+        r"pixel \(17, 42\): nan\)",
+    ):
+        prepare("isbi2012", raw, tmp_path / "data", splits=["train"])
+    # A prepared split edited by hand is refused when read, by every stage that reads it.
+    prepare("isbi2012", shared_data / "isbi2012", tmp_path / "data", splits=["train"])
+    images = tmp_path / "data" / "train" / "images.tif"
+    tifffile.imwrite(images, volume)
+    result = unet("weightmap", tmp_path / "data" / "train", tmp_path / "weights")
+    assert result.returncode == 2 and f"{images}: 1 pixels are NaN" in result.stderr
+
+
+def test_a_bad_split_leaves_the_splits_prepared_before_as_they_were(shared_data, tmp_path):
+    """Without --splits, every split is read before any is written: a bad test volume does not rewrite train."""
+    raw = tmp_path / "raw"
+    shutil.copytree(shared_data / "isbi2012", raw)
+    prepare("isbi2012", raw, tmp_path / "data")
+    before = {path.name: path.read_bytes() for path in (tmp_path / "data" / "train").iterdir()}
+    labels = tifffile.imread(raw / "train-labels.tif")
+    tifffile.imwrite(raw / "train-labels.tif", 255 - labels)  # another source's labels, still valid
+    (raw / "test-volume.tif").write_bytes(b"not a TIFF")
+    with pytest.raises(DataError, match="test-volume.tif"):
+        prepare("isbi2012", raw, tmp_path / "data")
+    assert {path.name: path.read_bytes() for path in (tmp_path / "data" / "train").iterdir()} == before
+    assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["test", "train"]

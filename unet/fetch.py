@@ -41,9 +41,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
-from unet.io import DataError, atomic_directory, atomic_path, numbered_files, write_tiff
+from unet.io import DataError, atomic_directory, atomic_path, numbered_files, read_tiff, write_tiff
 from unet.pipeline import CTC_SEQUENCES, PROTOCOLS
 
 PARTS = ("train", "test")
@@ -397,8 +396,8 @@ def isbi_from_hdf5(path: Path, target: Path, *, label: str | None = None) -> Non
     if raw.ndim != 3 or raw.shape != membranes.shape:
         raise DataError(f"{label}: raw {raw.shape} and labels/membranes {membranes.shape} must be equal (N, H, W)")
     cell = ~membrane_mask(membranes, source=f"{label}:labels/membranes")
-    write_tiff(target / "train-volume.tif", raw)
-    write_tiff(target / "train-labels.tif", np.where(cell, 255, 0).astype(np.uint8))
+    write_tiff(target / "train-volume.tif", raw, axes="ZYX")
+    write_tiff(target / "train-labels.tif", np.where(cell, 255, 0).astype(np.uint8), axes="ZYX")
 
 
 def membrane_mask(labels: np.ndarray, *, source: str) -> np.ndarray:
@@ -442,20 +441,25 @@ def required_files(root: Path, protocol: str, part: str = "train") -> list[Path]
     return files
 
 
-def check_layout(dataset: str, root: Path, protocol: str, part: str = "train") -> None:
-    """Every required file of the official layout is there and every TIFF opens; otherwise a `DataError`."""
+def check_layout(dataset: str, root: Path, protocol: str, part: str = "train", *, source: str | None = None) -> None:
+    """Every required file of the official layout is there and every TIFF decodes whole; otherwise a `DataError`.
+
+    `root` may be a temporary folder: errors name the files as paths inside `source` (default: `root`).
+    """
+    source = source or str(root)
     missing = [path for path in required_files(root, protocol, part) if not path.is_file()]
     if missing:
         shown = ", ".join(str(path.relative_to(root)) for path in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise DataError(f"{dataset}: {root} is not in the official {protocol} layout: missing {shown}{more}")
+        raise DataError(f"{dataset}: {source} is not in the official {protocol} layout: missing {shown}{more}")
     for path in required_files(root, protocol, part):
         if path.suffix == ".tif":
-            try:
-                with tifffile.TiffFile(path) as tif:
-                    tif.pages[0].shape  # noqa: B018 - parses the first page's header
-            except Exception as error:
-                raise DataError(f"{dataset}: {path}: not a readable TIFF ({error})") from error
+            read_tiff(path, shown_as=f"{dataset}: {_inside(source, path.relative_to(root))}")
+
+
+def _inside(source: str, relative: Path) -> str:
+    """How to name a file of the layout for the user: a path in their folder, or a member of their archive."""
+    return str(Path(source) / relative) if Path(source).is_dir() else f"{source} (member {relative.as_posix()})"
 
 
 def layout_root(folder: Path, protocol: str) -> Path:
@@ -547,10 +551,18 @@ def fetch(
             )
         if mirror is not None and (Path(mirror) / MIRROR_LISTING).is_file():
             check_listing(dataset, Path(mirror) / MIRROR_LISTING, str(Path(source).relative_to(mirror)), root)
-        check_layout(dataset, root, protocol, part)
+        check_layout(dataset, root, protocol, part, source=_source_name(dataset, source, part))
         if root != staging:
             _replace_contents(staging, root)
     return out
+
+
+def _source_name(dataset: str, source: str | None, part: str) -> str:
+    """The source as the user knows it: their folder, file or URL, or the catalogue's."""
+    if source is not None:
+        return source
+    remotes = CATALOGUE[dataset].remotes(dataset, part)
+    return remotes[0].url if len(remotes) == 1 else remotes[0].url.rsplit("/", 1)[0] + "/"
 
 
 def _from_urls(dataset, source, staging, protocol, part, overrides, **transfer) -> Path:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ import numpy as np
 import tifffile
 
 KINDS = ("binary", "instance")
+# What a stack of each kind of labelled data is, for Fiji: EM sections are slices, cell sequences frames.
+STACK_AXES = {"binary": "ZYX", "instance": "TYX"}
 UNANNOTATED = "unannotated.tif"
 
 
@@ -111,25 +114,68 @@ def _give_default_mode(path: Path, mode: int) -> None:
 
 
 def write_tiff(
-    path: str | os.PathLike, array: np.ndarray, *, imagej: bool = True, compression: str | None = None
+    path: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    axes: str | None = None,
+    imagej: bool = True,
+    compression: str | None = None,
 ) -> None:
-    """Write a 2D image or a (N, H, W) stack atomically; ImageJ-compatible by default."""
+    """Write a 2D image or a (N, H, W) stack atomically.
+
+    ImageJ-compatible by default, as a hyperstack whose `axes` tell Fiji what the stack is: `ZYX` for the
+    slices of a volume (EM sections), `TYX` for the frames of a time-lapse (cells; see `STACK_AXES`). Without
+    them Fiji would read a stack as channels.
+    """
     array = np.ascontiguousarray(array)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
+    imagej = imagej and array.dtype != np.int64
+    if imagej and array.ndim == 3 and axes not in ("ZYX", "TYX"):
+        raise ValueError(f"{path}: a stack needs its axes, ZYX (slices) or TYX (frames), found {axes!r}")
+    metadata = {"axes": axes if array.ndim == 3 else "YX"} if imagej else None
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, array, imagej=imagej and array.dtype != np.int64, metadata=None, compression=compression)
+        tifffile.imwrite(tmp, array, imagej=imagej, metadata=metadata, compression=compression)
 
 
-def read_tiff(path: str | os.PathLike) -> np.ndarray:
-    """Read a TIFF image or stack; a missing or unreadable file raises `DataError` naming it."""
+def read_tiff(path: str | os.PathLike, *, shown_as: str | None = None) -> np.ndarray:
+    """Read a TIFF image or stack, every page decoded; a missing, unreadable or truncated file raises `DataError`
+    naming it (as `shown_as`, if given: e.g. where the user's copy of a temporary file came from).
+
+    tifffile only logs a warning for a broken page chain (a truncated multi-page file) and returns the pages
+    before the break: such a warning is an error here.
+    """
     path = Path(path)
+    name = shown_as or str(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{name}: no such file")
     try:
-        return tifffile.imread(path)
+        with _tifffile_warnings() as warnings, tifffile.TiffFile(path) as tiff:
+            array = tiff.asarray()
     except Exception as error:  # tifffile raises many types for corrupt files
-        raise DataError(f"{path}: not a readable TIFF ({error})") from error
+        raise DataError(f"{name}: not a readable TIFF ({error})") from error
+    if warnings:
+        raise DataError(f"{name}: a damaged or truncated TIFF ({warnings[0]})")
+    return array
+
+
+@contextlib.contextmanager
+def _tifffile_warnings() -> Iterator[list[str]]:
+    """Collect what tifffile logs at warning level while the block runs (and keep it off the console)."""
+    found: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(record.getMessage())
+
+    logger, handler = logging.getLogger("tifffile"), Collect(logging.WARNING)
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def read_stack(path: str | os.PathLike) -> np.ndarray:
@@ -178,7 +224,7 @@ def read_json(path: str | os.PathLike):
 NORMALIZATION_PERCENTILES = (1.0, 99.0)
 
 
-def normalize_intensity(images: np.ndarray) -> np.ndarray:
+def normalize_intensity(images: np.ndarray, percentiles: tuple[float, float] = NORMALIZATION_PERCENTILES) -> np.ndarray:
     """Scale each image of a (N, H, W) stack (or one image) so that its 1st and 99th percentiles map to 0 and 1.
 
     Percentiles, not the minimum and maximum: a DIC-HeLa frame spans 29-255 through a few
@@ -191,7 +237,7 @@ def normalize_intensity(images: np.ndarray) -> np.ndarray:
     """
     images = np.asarray(images, dtype=np.float32)
     axes = (-2, -1)
-    low, high = np.percentile(images, NORMALIZATION_PERCENTILES, axis=axes, keepdims=True).astype(np.float32)
+    low, high = np.percentile(images, percentiles, axis=axes, keepdims=True).astype(np.float32)
     span = high - low
     mostly_one_value = span <= 0
     low = np.where(mostly_one_value, images.min(axis=axes, keepdims=True), low)
@@ -213,6 +259,11 @@ class Split:
     # bool (M, H, W), beside `labels`: cells the ground truth shows but leaves without a mask (`unet.prepare`).
     unannotated: np.ndarray | None = None
 
+    @property
+    def axes(self) -> str:
+        """The ImageJ axes of its stacks (`STACK_AXES`)."""
+        return STACK_AXES[self.kind]
+
     def labelled_images(self) -> np.ndarray:
         """The images that have labels, in the order of `labels`."""
         index = {frame: i for i, frame in enumerate(self.frames)}
@@ -227,11 +278,11 @@ def write_split(directory: str | os.PathLike, split: Split) -> None:
 
 
 def _write_split_files(directory: Path, split: Split) -> None:
-    write_tiff(directory / "images.tif", split.images)
+    write_tiff(directory / "images.tif", split.images, axes=split.axes)
     if split.labels is not None:
-        write_tiff(directory / "labels.tif", split.labels)
+        write_tiff(directory / "labels.tif", split.labels, axes=split.axes)
         unannotated = split.unannotated if split.unannotated is not None else np.zeros(split.labels.shape, bool)
-        write_tiff(directory / UNANNOTATED, unannotated, compression="zlib")  # mostly zeros
+        write_tiff(directory / UNANNOTATED, unannotated, axes=split.axes, compression="zlib")  # mostly zeros
     write_json(
         directory / "frames.json",
         {
@@ -387,6 +438,78 @@ def fold_of(args) -> tuple[int, int] | None:
     if (args.fold is None) != (args.folds is None):
         raise ValueError("--fold and --folds go together")
     return None if args.fold is None else (args.fold, args.folds)
+
+
+# --- a user's own images -------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+@dataclass
+class ImageFile:
+    """A user's image or stack, ready to predict: (N, H, W) pixels and the axes to write its results with."""
+
+    path: Path
+    images: np.ndarray
+    axes: str  # "YX" for one image; "ZYX" (slices) or "TYX" (frames) for a stack, as the file says
+
+
+def image_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """The image files among `paths`: files as given, folders by their TIFF and PNG files in name order."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not inside:
+                raise DataError(f"{path}: no TIFF or PNG images in this folder")
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    return found
+
+
+def read_image_file(path: Path, channel: int | None = None) -> ImageFile:
+    """A 2D image or a stack of 2D images from a TIFF or PNG file, one channel of it if it has several.
+
+    An RGB or multichannel image is refused unless `channel` picks one: the networks take one gray channel.
+    """
+    if path.suffix.lower() == ".png":
+        from skimage import io as skimage_io
+
+        array = skimage_io.imread(path)
+        axes = "YXS" if array.ndim == 3 else "YX"
+        channel_axis = 2 if array.ndim == 3 else None
+    else:
+        array = read_tiff(path)
+        with tifffile.TiffFile(path) as tiff:
+            axes = tiff.series[0].axes
+        channel_axis = next((i for i, axis in enumerate(axes) if axis in "CS"), None)
+    if channel_axis is not None:
+        array, axes = _one_channel(path, array, axes, channel_axis, channel)
+    elif channel is not None:
+        raise DataError(f"{path}: --channel {channel} given, but the image has a single channel")
+    check_finite(array, str(path))
+    stack_axes = "TYX" if axes[0] == "T" else "ZYX"
+    if array.ndim == 2:
+        return ImageFile(path, array[None], "YX")
+    if array.ndim != 3:
+        raise DataError(f"{path}: expected a 2D image or a stack of them, found axes {axes} of shape {array.shape}")
+    return ImageFile(path, array, stack_axes)
+
+
+def _one_channel(path: Path, array: np.ndarray, axes: str, channel_axis: int, channel: int | None):
+    count = array.shape[channel_axis]
+    if channel is None:
+        kind = "an RGB" if axes[channel_axis] == "S" and count in (3, 4) else f"a {count}-channel"
+        raise DataError(
+            f"{path}: {kind} image (axes {axes}, shape {array.shape}); the network takes one gray "
+            f"channel: pick one with --channel 0 to {count - 1}, or convert it to grayscale"
+        )
+    if not 0 <= channel < count:
+        raise DataError(f"{path}: --channel {channel} is out of range: the image has channels 0 to {count - 1}")
+    return np.take(array, channel, axis=channel_axis), axes.replace(axes[channel_axis], "", 1)
 
 
 # --- training data: a prepared split with its weight maps (`unet weightmap`) -----------------------------
