@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import median_seconds, parser, report  # noqa: E402
 from unet.device import PRECISIONS, uses_bf16  # noqa: E402
 from unet.model import UNet, forward_flops  # noqa: E402
-from unet.predict import TTA, predict_probabilities, tile_layout  # noqa: E402
+from unet.overlap_tile import TTA, predict_probabilities, tile_layout  # noqa: E402
 
 SIDE = 512
 

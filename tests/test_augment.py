@@ -227,8 +227,8 @@ def test_cli_draws_the_figure_from_a_prepared_split(isbi, tmp_path):
         tmp_path / "data",
         Split("isbi2012", "train", "binary", (images * 255).astype(np.uint8), [4, 9], targets, [4, 9]),
     )
-    write_tiff(tmp_path / "weights" / "target.tif", targets)
-    write_tiff(tmp_path / "weights" / "weights.tif", weights)
+    write_tiff(tmp_path / "weights" / "target.tif", targets, axes="ZYX")
+    write_tiff(tmp_path / "weights" / "weights.tif", weights, axes="ZYX")
     figure = tmp_path / "figure.png"
     result = unet(
         "augment",

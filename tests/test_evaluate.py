@@ -35,8 +35,8 @@ def isbi_files(shared_data, tmp_path_factory):
     rng = np.random.default_rng(0)
     prob = ndimage.gaussian_filter((labels[1:3] > 0).astype(np.float32), (0, 1.5, 1.5))
     prob = np.clip(prob + rng.normal(0, 0.25, prob.shape), 0, 1).astype(np.float32)
-    write_tiff(folder / "labels.tif", labels)
-    write_tiff(folder / "probabilities.tif", prob)
+    write_tiff(folder / "labels.tif", labels, axes="ZYX")
+    write_tiff(folder / "probabilities.tif", prob, axes="ZYX")
     return folder, prob, labels
 
 
@@ -97,13 +97,13 @@ def test_isbi_page_selection_errors_name_the_file(isbi_files, args, message):
 
 def test_isbi_bad_values_and_shapes_are_refused(isbi_files, tmp_path):
     folder, prob, labels = isbi_files
-    write_tiff(tmp_path / "high.tif", prob * 2)
+    write_tiff(tmp_path / "high.tif", prob * 2, axes="ZYX")
     code, _, err = run_in_process("isbi", tmp_path / "high.tif", folder / "labels.tif", "--slices", "1-2")
     assert code == 2 and "high.tif" in err and "[0, 1]" in err
-    write_tiff(tmp_path / "small.tif", prob[:, :90, :90])
+    write_tiff(tmp_path / "small.tif", prob[:, :90, :90], axes="ZYX")
     code, _, err = run_in_process("isbi", tmp_path / "small.tif", folder / "labels.tif", "--slices", "1-2")
     assert code == 2 and "small.tif" in err and "(90, 90)" in err
-    write_tiff(tmp_path / "bytes.tif", (prob * 255).astype(np.uint8))
+    write_tiff(tmp_path / "bytes.tif", (prob * 255).astype(np.uint8), axes="ZYX")
     code, _, err = run_in_process("isbi", tmp_path / "bytes.tif", folder / "labels.tif", "--slices", "1-2")
     assert code == 2 and "uint8" in err
     code, _, err = run_in_process("isbi", tmp_path / "missing.tif", folder / "labels.tif")

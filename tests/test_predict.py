@@ -13,14 +13,8 @@ import torch
 from unet.cli import main as unet_main
 from unet.io import Split, normalize_intensity, read_stack, write_split
 from unet.model import UNet, save_model
-from unet.predict import (
-    TTA,
-    instance_masks,
-    predict_probabilities,
-    tile_layout,
-    write_ctc_masks,
-    write_submission,
-)
+from unet.overlap_tile import TTA, predict_probabilities, tile_layout
+from unet.predict import instance_masks, write_ctc_masks, write_submission
 from unet.sizes import InvalidSizeError, border, valid_input_size_at_least
 
 from helpers import copy_workflow, snakemake, unet
@@ -255,24 +249,33 @@ def test_cli_predicts_the_held_out_fold(isbi_split, tmp_path):
 def test_cli_writes_the_submission_for_the_real_isbi_test_volume(shared_data, tmp_path):
     model = tmp_path / "model.pt"
     save_model(model, tiny_unet(depth=2))
-    code = unet_main(
-        [
-            "predict",
-            "--model",
-            str(model),
-            "--images",
-            str(shared_data / "isbi2012" / "test-volume.tif"),
-            "--out",
-            str(tmp_path / "p.tif"),
-            "--submission",
-            str(tmp_path / "submission.tif"),
-            "--tta",
-            "none",
-            "--device",
-            "cpu",
-        ]
+    unet(
+        "prepare",
+        "isbi2012",
+        "--raw",
+        shared_data / "isbi2012",
+        "--out",
+        tmp_path / "data",
+        "--splits",
+        "test",
+        check=True,
     )
-    assert code == 0
+    argv = [
+        "predict",
+        "--model",
+        model,
+        "--data",
+        tmp_path / "data" / "test",
+        "--out",
+        tmp_path / "p.tif",
+        "--submission",
+        tmp_path / "submission.tif",
+        "--tta",
+        "none",
+        "--device",
+        "cpu",
+    ]
+    assert unet_main(list(map(str, argv))) == 0
     submission = tifffile.imread(tmp_path / "submission.tif")
     assert submission.shape == (30, 512, 512) and submission.dtype == np.float32
     assert 0 <= submission.min() and submission.max() <= 1

@@ -43,8 +43,8 @@ def write_synthetic(data: Path, weights: Path, frames: int = 6, size: int = 64, 
             label[(rows - row) ** 2 + (columns - column) ** 2 < rng.integers(5, 10) ** 2] = 1
     images = np.clip(60 + 120 * labels + rng.normal(0, 20, labels.shape), 0, 255).astype(np.uint8)
     write_split(data, Split("demo", "train", "binary", images, list(range(frames)), labels, list(range(frames))))
-    write_tiff(weights / "target.tif", labels)
-    write_tiff(weights / "weights.tif", np.ones(labels.shape, np.float32))
+    write_tiff(weights / "target.tif", labels, axes="ZYX")
+    write_tiff(weights / "weights.tif", np.ones(labels.shape, np.float32), axes="ZYX")
     return data, weights
 
 
@@ -137,10 +137,10 @@ def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, caps
         load_data(data, weights, [7, 8])
     poisoned = np.ones((6, 64, 64), np.float32)
     poisoned[2, 3, 4] = np.nan
-    write_tiff(weights / "weights.tif", poisoned)
+    write_tiff(weights / "weights.tif", poisoned, axes="ZYX")
     with pytest.raises(DataError, match=r"weights.tif: 1 weights are negative, NaN or infinite .first in frame 2 "):
         load_data(data, weights)
-    write_tiff(weights / "weights.tif", np.ones((5, 64, 64), np.float32))
+    write_tiff(weights / "weights.tif", np.ones((5, 64, 64), np.float32), axes="ZYX")
     assert main(["train", "--data", str(data), "--weights", str(weights), "--out", str(data.parent / "m")]) == 2
     assert "weights.tif: shape (5, 64, 64) does not match the labels" in capsys.readouterr().err
     assert main(["train", "--data", str(data), "--weights", str(weights), "--out", "m", "--momentum", "1"]) == 2
@@ -337,8 +337,8 @@ def test_cell_runs_score_the_held_out_sequence_with_seg(tmp_path):
     images = np.clip(60 + 120 * (labels > 0) + rng.normal(0, 20, labels.shape), 0, 255).astype(np.uint8)
     for sequence in ("01", "02"):
         write_split(tmp_path / sequence, Split("cells", sequence, "instance", images, [0, 1], labels, [0, 1]))
-    write_tiff(tmp_path / "weights" / "target.tif", (labels > 0).astype(np.uint8))
-    write_tiff(tmp_path / "weights" / "weights.tif", np.ones(labels.shape, np.float32))
+    write_tiff(tmp_path / "weights" / "target.tif", (labels > 0).astype(np.uint8), axes="ZYX")
+    write_tiff(tmp_path / "weights" / "weights.tif", np.ones(labels.shape, np.float32), axes="ZYX")
     out = tmp_path / "model"
     unet(
         *train_arguments(
@@ -372,7 +372,7 @@ def test_an_infinite_loss_stops_with_a_clear_error_and_keeps_the_last_good_check
     # Poison frame 4's weight map with a finite but huge value: the mean loss over a window of it overflows.
     poisoned = np.ones((6, 64, 64), np.float32)
     poisoned[4] = 3e38
-    write_tiff(weights / "weights.tif", poisoned)
+    write_tiff(weights / "weights.tif", poisoned, axes="ZYX")
     seed, first_poisoned = first_draw_of_frame(4, data, weights)
     out = tmp_path / "model"
     result = unet(

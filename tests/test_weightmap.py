@@ -202,8 +202,8 @@ def test_cli_refuses_splits_without_labels_and_unlabelled_figure_frames(hela_spl
 
 def test_training_set_refuses_weights_of_another_split(hela_split, tmp_path):
     directory, labels = hela_split
-    write_tiff(tmp_path / "target.tif", np.zeros((1, *labels.shape[1:]), dtype=np.uint8))
-    write_tiff(tmp_path / "weights.tif", np.ones((1, *labels.shape[1:]), dtype=np.float32))
+    write_tiff(tmp_path / "target.tif", np.zeros((1, *labels.shape[1:]), dtype=np.uint8), axes="ZYX")
+    write_tiff(tmp_path / "weights.tif", np.ones((1, *labels.shape[1:]), dtype=np.float32), axes="ZYX")
     with pytest.raises(DataError, match="target.tif: shape"):
         load_training_set(directory, tmp_path)
 

@@ -1,259 +1,114 @@
-"""Overlap-tile prediction with test-time augmentation (paper, sections 2 and 3).
+"""`unet predict`: segment images with trained U-Nets, by the overlap-tile strategy (`unet.overlap_tile`).
 
-The valid-convolution U-Net predicts the centre of each input tile; the context
-it needs at the image border is filled by mirroring the image. Decisions:
+Two uses:
 
-- Mirroring is NumPy's ``reflect`` (the edge pixel is not repeated), as in the
-  authors' release (its MATLAB tiled forward pass: ``padded(1:from-1,:) =
-  padded(from+pad:-1:from+1,:)``). Where the padding exceeds the image (tiny
-  images) the reflection repeats; the release filled zeros there.
-- Exact stitching. The network is translation-equivariant only for shifts by
-  multiples of ``2**depth`` (its max-pooling grid); a tile's output side is
-  not such a multiple (388 = 16 * 24 + 4), so tiles that abut at their output
-  side, as in the release, pool on shifted grids and leave seams. Our tiles step
-  by the output side rounded down to a multiple of ``2**depth`` (384 for 388) and
-  the few overlapping output pixels agree. The stitched result therefore equals
-  the network applied once to the whole mirrored image, and it does not depend
-  on the tile size: ``input_size`` is the largest tile (a memory and speed knob);
-  tiles shrink to the smallest valid size that covers the image with the
-  fewest tiles.
-- Test-time augmentation averages soft-max probabilities (not logits) over a set
-  of rotations and flips, each undone on the output before averaging: ``d4``,
-  the 8 rotations and reflections of the square (the paper averages "7 rotated
-  versions" of EM data, unnamed; we take the identity and the other 7), ``flips``
-  (identity, left-right, up-down, both: the release's set for the cell data),
-  or ``none``. Each variant is computed as "rotate the image, predict, rotate
-  back" (its own mirroring and tiling); the tiles are square, so the tiles of all
-  variants share the same forward passes.
-- Instances (Cell Tracking Challenge): connected components of the pixels where
-  the cell class wins (probability > 0.5, the release's arg-max), 8-connected
-  by default (MATLAB's default for ``bwlabel``/``bwareaopen``, which the release's
-  MATLAB post-processing presumably used: unverified), components smaller than
-  ``min_area`` pixels removed (the release: 500 px for PhC-U373).
+- The pipeline: `--data SPLIT_DIR` predicts a prepared split (or its frames of a
+  cross-validation fold) into one probability stack, and for the challenges also the
+  ISBI 2012 submission stack (`--submission`) or the Cell Tracking Challenge result
+  folder (`--instances RES_DIR`, a mask for every frame).
+- Your own images: `--images PATH...` (TIFF stacks or images, PNG images, or folders of
+  them) into an output folder, per input file `NAME_probabilities.tif` (float32) and, for
+  a model trained on cells, `NAME_masks.tif` (uint16 instances), each with the input's
+  shape and ImageJ axes. An RGB or multichannel input needs `--channel`.
+
+Several `--model` files average their probabilities (an ensemble: the folds, or the
+models of both cell sequences). The prediction settings a model was trained for (its
+data set's test-time augmentation, `min_area`, connectivity) and its input scaling come
+with it (model.pt metadata); flags override them.
+
+Instances: connected components of the pixels where the cell class wins (probability
+> 0.5, the release's arg-max), 8-connected by default (MATLAB's default for
+`bwlabel`/`bwareaopen`, which the release's MATLAB post-processing presumably used:
+unverified), components smaller than `min_area` pixels removed (the release: 500 px for
+PhC-U373).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from unet.device import resolve_device, uses_bf16
+from unet.device import resolve_device
 from unet.io import (
+    NORMALIZATION_PERCENTILES,
     DataError,
     add_fold_arguments,
     atomic_directory,
     fold_of,
     format_frames,
     held_out_frames,
+    image_files,
     normalize_intensity,
     parse_frames,
+    read_image_file,
     read_split,
-    read_stack,
     write_tiff,
 )
 from unet.model import load_model
-from unet.settings import PredictSettings, from_arguments
+from unet.overlap_tile import TTA, predict_probabilities, tile_layout
+from unet.settings import MODEL_PREDICT_KEYS, PredictSettings, from_arguments
 from unet.settings import add_arguments as add_settings_arguments
-from unet.sizes import border, check_prediction_tile, output_size, valid_input_size_at_least
 
 
-@dataclass(frozen=True)
-class Transform:
-    """One element of the symmetry group of the square: an optional transpose, then optional flips."""
+@dataclass
+class Models:
+    """One or more trained networks on a device, with what their first model.pt says about its data."""
 
-    transpose: bool = False
-    flip_y: bool = False
-    flip_x: bool = False
-
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """Transform the last two axes."""
-        if self.transpose:
-            images = images.transpose(-2, -1)
-        return images.flip(self._flipped_axes()) if self._flipped_axes() else images
-
-    def invert(self, images: torch.Tensor) -> torch.Tensor:
-        """Undo `apply` (every part is its own inverse; the order reverses)."""
-        if self._flipped_axes():
-            images = images.flip(self._flipped_axes())
-        return images.transpose(-2, -1) if self.transpose else images
-
-    def _flipped_axes(self) -> tuple[int, ...]:
-        return tuple(axis for axis, flip in ((-2, self.flip_y), (-1, self.flip_x)) if flip)
-
-
-_FLIPS = tuple(Transform(False, flip_y, flip_x) for flip_y in (False, True) for flip_x in (False, True))
-TTA = {
-    "none": (Transform(),),
-    "flips": _FLIPS,
-    "d4": _FLIPS + tuple(Transform(True, t.flip_y, t.flip_x) for t in _FLIPS),
-}
-
-
-@dataclass(frozen=True)
-class TileLayout:
-    """Square tiles of side `tile` at offsets `stride * (i, j)` of the mirrored image; `counts` per axis."""
-
-    tile: int
-    output: int
-    stride: int
-    counts: tuple[int, int]
-    border: int
+    networks: list[torch.nn.Module]
+    paths: list[Path]
+    label_kind: str | None  # "binary" (EM) or "instance" (cells); None for a model from before it was saved
+    predict: dict  # the prediction settings of its data set (MODEL_PREDICT_KEYS), as far as saved
+    percentiles: tuple[float, float]
 
     @property
-    def padded_shape(self) -> tuple[int, int]:
-        return tuple((count - 1) * self.stride + self.tile for count in self.counts)
-
-    def padding(self, shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
-        """Mirrored pixels (before, after) per axis for an image of `shape`."""
-        return tuple((self.border, padded - size - self.border) for size, padded in zip(shape, self.padded_shape))
+    def depth(self) -> int:
+        return self.networks[0].depth
 
 
-def tile_layout(shape: tuple[int, int], input_size: int, depth: int) -> TileLayout:
-    """The tiles for an image of `shape`: the fewest tiles of at most `input_size`, each as small as that allows.
-
-    `InvalidSizeError` (a `ValueError`) names the nearest valid sizes when `input_size` is not a valid tile.
-    """
-    step = 2**depth
-
-    def stride(tile: int) -> int:
-        return output_size(tile, depth) // step * step
-
-    def tiles_needed(tile: int, length: int) -> float:
-        uncovered = max(0, length - output_size(tile, depth))
-        if not uncovered:
-            return 1
-        return 1 + math.ceil(uncovered / stride(tile)) if stride(tile) else math.inf
-
-    def smallest_tile(length: int) -> int:
-        count = tiles_needed(input_size, length)
-        if count == math.inf:  # the image needs several tiles, which must step by a multiple of 2**depth
-            check_prediction_tile(input_size, depth)
-        tile = valid_input_size_at_least(1, depth)
-        while tiles_needed(tile, length) > count or not stride(tile):
-            tile += step
-        return tile
-
-    tile = max(smallest_tile(length) for length in shape)
-    counts = tuple(tiles_needed(tile, length) for length in shape)
-    return TileLayout(tile, output_size(tile, depth), stride(tile), counts, border(depth))
+def load_models(paths: list[str | os.PathLike], device: torch.device) -> Models:
+    """The models of `paths`; they must agree on depth and input scaling to be averaged."""
+    networks, metadata = [], []
+    for path in map(Path, paths):
+        networks.append(load_model(path, device))
+        metadata.append(torch.load(path, map_location="cpu", weights_only=True).get("metadata", {}))
+    percentiles = [tuple(m.get("normalization", {}).get("percentiles", NORMALIZATION_PERCENTILES)) for m in metadata]
+    for path, network, scaling in zip(paths[1:], networks[1:], percentiles[1:]):
+        if network.depth != networks[0].depth or scaling != percentiles[0]:
+            raise DataError(
+                f"{path}: depth {network.depth} and input scaling {scaling} differ from {paths[0]}'s "
+                f"({networks[0].depth}, {percentiles[0]}): these models cannot be averaged"
+            )
+    first = metadata[0]
+    return Models(networks, list(map(Path, paths)), first.get("label_kind"), first.get("predict", {}), percentiles[0])
 
 
-def predict_probabilities(
-    model: torch.nn.Module,
-    images: np.ndarray,
-    *,
-    input_size: int = PredictSettings.input_size,
-    batch_size: int = PredictSettings.batch_size,
-    tta: str = PredictSettings.tta,
-    device: str | torch.device | None = None,
-    precision: str = PredictSettings.precision,
+def predict_images(
+    models: Models, images: np.ndarray, settings: PredictSettings, device: torch.device, progress: bool = False
 ) -> np.ndarray:
-    """The cell probability (soft-max channel 1) of each image of a (N, H, W) stack, float32 (N, H, W).
-
-    `images` are normalised already (`unet.io.normalize_intensity`). `batch_size`
-    tiles (variants of tiles included) go through the network per forward pass.
-    The model is put in eval mode for the call and moved to `device` (default:
-    where it is) in channels-last layout. `precision`: `bf16` autocast, `fp32`, or
-    `auto` (bf16 on CUDA devices that support it, fp32 elsewhere).
-    """
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 3 or 0 in images.shape:
-        raise ValueError(f"images must be a non-empty (N, H, W) stack, found shape {images.shape}")
-    if tta not in TTA:
-        raise ValueError(f"tta must be one of {sorted(TTA)}, found {tta!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, found {batch_size}")
-    transforms = TTA[tta]
-    layout = tile_layout(images.shape[1:], input_size, model.depth)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device))
-    cuda = device.type == "cuda"
-    # Pinned host memory lets the copies in both directions run without stalling the device queue.
-    source = torch.from_numpy(images)
-    source = source.pin_memory() if cuda else source
-    result = torch.empty(images.shape, dtype=torch.float32, pin_memory=cuda)
-    tiler = _Tiler(layout, images.shape[1:], device)
-    images_per_chunk = max(1, batch_size // (len(transforms) * math.prod(layout.counts)))
-    was_training = model.training
-    model.eval().to(device, memory_format=torch.channels_last)
-    try:
-        with torch.inference_mode(), autocast:
-            for start in range(0, len(images), images_per_chunk):
-                chunk = source[start : start + images_per_chunk].to(device, non_blocking=True)
-                result[start : start + len(chunk)].copy_(
-                    _predict_chunk(model, chunk, tiler, transforms, batch_size), non_blocking=True
-                )
-        if cuda:
-            torch.cuda.synchronize(device)
-    finally:
-        model.train(was_training)
-    return result.numpy()
-
-
-class _Tiler:
-    """Mirror-pads images of one shape (or its transpose), cuts the tiles and stitches their outputs."""
-
-    def __init__(self, layout: TileLayout, shape: tuple[int, int], device: torch.device):
-        self.layout = layout
-        # Gather indices for both orientations, made once: uploading them per chunk would wait for the device.
-        self.indices = {
-            transposed: self._mirror_indices(shape[::-1] if transposed else shape, transposed, device)
-            for transposed in (False, True)
-        }
-
-    def _mirror_indices(self, shape: tuple[int, int], transposed: bool, device: torch.device) -> list[torch.Tensor]:
-        padding = self._layout(transposed).padding(shape)
-        return [
-            torch.as_tensor(np.pad(np.arange(size), pad, mode="reflect"), device=device)
-            for size, pad in zip(shape, padding)
-        ]
-
-    def _layout(self, transposed: bool) -> TileLayout:
-        return replace(self.layout, counts=self.layout.counts[::-1]) if transposed else self.layout
-
-    def tiles(self, images: torch.Tensor, transposed: bool) -> torch.Tensor:
-        """(k, H, W) images -> (k * tiles, tile, tile) mirrored input tiles, row by row."""
-        rows, cols = self.indices[transposed]
-        tile, stride = self.layout.tile, self.layout.stride
-        mirrored = images.index_select(1, rows).index_select(2, cols)
-        return mirrored.unfold(1, tile, stride).unfold(2, tile, stride).reshape(-1, tile, tile)
-
-    def stitch(self, outputs: torch.Tensor, shape: tuple[int, int], transposed: bool) -> torch.Tensor:
-        """(k * tiles, out, out) tile outputs -> (k, *shape) image."""
-        rows, cols = self._layout(transposed).counts
-        out, stride = self.layout.output, self.layout.stride
-        outputs = outputs.view(-1, rows, cols, out, out)
-        image = outputs.new_empty((len(outputs), (rows - 1) * stride + out, (cols - 1) * stride + out))
-        for i in range(rows):
-            for j in range(cols):  # overlapping pixels are identical: the later tile may overwrite them
-                image[:, i * stride : i * stride + out, j * stride : j * stride + out] = outputs[:, i, j]
-        return image[:, : shape[0], : shape[1]]
-
-
-def _predict_chunk(model, images: torch.Tensor, tiler: _Tiler, transforms, batch_size: int) -> torch.Tensor:
-    """Mean cell probability over `transforms` of (k, H, W) images: each variant is transformed, mirrored,
-    tiled, predicted, stitched and transformed back; the tiles of all variants share the forward passes."""
-    variants = [transform.apply(images) for transform in transforms]
-    inputs = torch.cat([tiler.tiles(v, t.transpose) for t, v in zip(transforms, variants)])
-    inputs = inputs[:, None].contiguous(memory_format=torch.channels_last)
-    out = tiler.layout.output
-    probabilities = torch.empty((len(inputs), out, out), dtype=torch.float32, device=inputs.device)
-    for start in range(0, len(inputs), batch_size):
-        logits = model(inputs[start : start + batch_size]).float()
-        probabilities[start : start + len(logits)] = torch.softmax(logits, dim=1)[:, 1]
-    mean = torch.zeros(images.shape, dtype=torch.float32, device=images.device)
-    for transform, variant, outputs in zip(transforms, variants, probabilities.chunk(len(transforms))):
-        mean += transform.invert(tiler.stitch(outputs, variant.shape[1:], transform.transpose))
-    return mean / len(transforms)
+    """The mean cell probability of the models for raw (N, H, W) images, scaled as the models were trained."""
+    scaled = normalize_intensity(images, models.percentiles)
+    total = np.zeros(scaled.shape, np.float32)
+    for network in models.networks:
+        total += predict_probabilities(
+            network,
+            scaled,
+            input_size=settings.input_size,
+            batch_size=settings.batch_size,
+            tta=settings.tta,
+            device=device,
+            precision=settings.precision,
+            progress=progress,
+        )
+    return total / len(models.networks)
 
 
 def instance_masks(
@@ -293,7 +148,7 @@ def write_submission(path: str | os.PathLike, probabilities: np.ndarray) -> None
         )
     if probabilities.size and not (0.0 <= probabilities.min() and probabilities.max() <= 1.0):
         raise ValueError(f"submission values must lie in [0, 1], found [{probabilities.min()}, {probabilities.max()}]")
-    write_tiff(path, probabilities)
+    write_tiff(path, probabilities, axes="ZYX")  # the test volume's sections
 
 
 def write_ctc_masks(res_dir: str | os.PathLike, masks: np.ndarray, frames: list[int]) -> None:
@@ -315,95 +170,162 @@ def write_ctc_masks(res_dir: str | os.PathLike, masks: np.ndarray, frames: list[
             write_tiff(staging / f"mask{frame:0{digits}d}.tif", mask, imagej=False)
 
 
+# --- the command line -----------------------------------------------------------------------------
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", metavar="DATA_SPLIT_DIR", help="a prepared split (results/data/{dataset}/{split})")
-    source.add_argument("--images", metavar="TIF", help="a plain image stack instead of a prepared split")
-    parser.add_argument("--model", required=True, metavar="MODEL_PT", help="model written by `unet train`")
-    parser.add_argument(
-        "--out", required=True, metavar="PROBABILITIES_TIF", help="float32 cell probabilities (N, H, W)"
+    source.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="your own images: TIFF stacks or images, PNG images, or folders of them",
     )
-    parser.add_argument("--frames", metavar="SPEC", help="frame ids to predict, e.g. 0-9,20-29 (default: all)")
-    add_fold_arguments(parser, "predict")
-    parser.add_argument("--submission", metavar="FILE", help="also write the ISBI 2012 submission stack here")
+    parser.add_argument(
+        "--model",
+        required=True,
+        nargs="+",
+        metavar="MODEL_PT",
+        help="model(s) written by `unet train`; several average their probabilities",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="with --data: the float32 probability stack (N, H, W); with --images: a folder for "
+        "NAME_probabilities.tif (and NAME_masks.tif) per input file",
+    )
+    parser.add_argument("--frames", metavar="SPEC", help="with --data: frame ids to predict, e.g. 0-9,20-29")
+    add_fold_arguments(parser, "with --data: predict")
+    parser.add_argument("--submission", metavar="FILE", help="with --data: also the ISBI 2012 submission stack")
     parser.add_argument(
         "--instances",
         metavar="RES_DIR",
-        help="also write Cell Tracking Challenge instance masks RES_DIR/maskTTT.tif for every frame",
+        help="with --data: also Cell Tracking Challenge instance masks RES_DIR/maskTTT.tif, every frame",
+    )
+    parser.add_argument(
+        "--masks",
+        action=argparse.BooleanOptionalAction,
+        help="with --images: also write instance masks (default: for a model trained on cells)",
+    )
+    parser.add_argument(
+        "--channel", type=int, metavar="C", help="with --images: the channel of RGB or multichannel images to segment"
     )
     parser.add_argument(
         "--device",
         default="auto",
         help="torch device: auto (GPU if available), cpu, cuda, cuda:1 (default: %(default)s)",
     )
-    add_settings_arguments(parser, PredictSettings)
+    add_settings_arguments(parser, PredictSettings, keys=_MACHINE_KEYS)
+    add_settings_arguments(
+        parser,
+        PredictSettings,
+        keys=MODEL_PREDICT_KEYS,
+        unset="the model's",
+        title="prediction settings of the model's data (saved in model.pt)",
+    )
+
+
+_MACHINE_KEYS = tuple(
+    field.name for field in dataclasses.fields(PredictSettings) if field.name not in MODEL_PREDICT_KEYS
+)
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = from_arguments(PredictSettings, args)
-    images, frames, every_frame = _read_images(args)
+    from_arguments(PredictSettings, args)  # bad flags before any model is read
+    device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True  # one tile shape throughout: let cuDNN pick its fastest kernels
+    models = load_models(args.model, device)
+    settings = from_arguments(PredictSettings, args, defaults=PredictSettings.from_mapping(models.predict))
+    if args.data:
+        _predict_split(args, models, settings, device)
+    else:
+        _predict_image_files(args, models, settings, device)
+    return 0
+
+
+def _predict_split(args: argparse.Namespace, models: Models, settings: PredictSettings, device) -> None:
+    if args.masks is not None or args.channel is not None:
+        raise ValueError("--masks and --channel go with --images; with --data use --instances")
+    images, frames, every_frame = _split_frames(args)
     if args.instances and not every_frame:
         raise ValueError(
             "--instances writes a Cell Tracking Challenge result folder, which needs a mask for every "
             "frame of the sequence: do not select frames with --frames or --fold"
         )
-    device = resolve_device(args.device)
-    torch.backends.cudnn.benchmark = True  # one tile shape throughout: let cuDNN pick its fastest kernels
-    model = load_model(args.model, device)
     start = time.perf_counter()
-    probabilities = predict_probabilities(
-        model,
-        images,
-        input_size=settings.input_size,
-        batch_size=settings.batch_size,
-        tta=settings.tta,
-        device=device,
-        precision=settings.precision,
-    )
+    probabilities = predict_images(models, images, settings, device, progress=len(images) > 1)
     seconds = time.perf_counter() - start
-    write_tiff(args.out, probabilities)
+    write_tiff(args.out, probabilities, axes=read_split(args.data).axes)
     if args.submission:
         write_submission(args.submission, probabilities)
     if args.instances:
-        write_ctc_masks(
-            args.instances, instance_masks(probabilities, settings.min_area, connectivity=settings.connectivity), frames
+        masks = instance_masks(probabilities, settings.min_area, connectivity=settings.connectivity)
+        write_ctc_masks(args.instances, masks, frames)
+    _report(frames, images.shape, settings, models, device, seconds)
+
+
+def _predict_image_files(args: argparse.Namespace, models: Models, settings: PredictSettings, device) -> None:
+    """Each input file's probabilities (and masks) into the folder `--out`, named after the file."""
+    if args.frames or fold_of(args) or args.submission or args.instances:
+        raise ValueError("--frames, --fold, --submission and --instances go with a prepared split (--data)")
+    paths = image_files(args.images)
+    stems = [path.stem for path in paths]
+    twice = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if twice:
+        raise DataError(f"several inputs are named {twice}: their outputs would overwrite each other")
+    masks = args.masks if args.masks is not None else models.label_kind == "instance"
+    out = Path(args.out)
+    for path in paths:
+        image = read_image_file(path, args.channel)
+        probabilities = predict_images(models, image.images, settings, device, progress=len(image.images) > 1)
+        _write_image_results(
+            out / path.stem,
+            image.axes,
+            probabilities,
+            instance_masks(probabilities, settings.min_area, connectivity=settings.connectivity) if masks else None,
         )
-    layout = tile_layout(images.shape[1:], settings.input_size, model.depth)
-    print(
-        f"unet predict: frames {format_frames(frames)} ({len(frames)} of {images.shape[1]}x{images.shape[2]}) on "
-        f"{device}, tta {settings.tta} ({len(TTA[settings.tta])} variants), "
-        f"{layout.counts[0]}x{layout.counts[1]} tiles of {layout.tile} px: "
-        f"{1000 * seconds / len(frames):.1f} ms per frame",
-        file=sys.stderr,
-    )
-    return 0
+        print(f"unet predict: {path} -> {out / path.stem}_probabilities.tif", file=sys.stderr)
 
 
-def _read_images(args: argparse.Namespace) -> tuple[np.ndarray, list[int], bool]:
-    """The normalised images to predict, their frame ids, and whether they are every frame of the input."""
+def _write_image_results(stem: Path, axes: str, probabilities: np.ndarray, masks: np.ndarray | None) -> None:
+    def shaped(stack: np.ndarray) -> np.ndarray:
+        return stack[0] if axes == "YX" else stack
+
+    write_tiff(f"{stem}_probabilities.tif", shaped(probabilities), axes=axes)
+    if masks is not None:
+        write_tiff(f"{stem}_masks.tif", shaped(masks), axes=axes)
+
+
+def _split_frames(args: argparse.Namespace) -> tuple[np.ndarray, list[int], bool]:
+    """The raw images of the frames to predict, their ids, and whether they are every frame of the split."""
     fold = fold_of(args)
     if fold and args.frames:
         raise ValueError("select frames with --frames or with --fold, not both")
-    if args.images:
-        if fold:
-            raise ValueError("--fold needs a prepared split with labelled frames (--data), not --images")
-        images = read_stack(args.images)
-        source, all_frames = args.images, list(range(len(images)))
-    else:
-        split = read_split(args.data)
-        images, source, all_frames = split.images, args.data, split.frames
+    split = read_split(args.data)
     if fold:
         frames = held_out_frames(split.labelled, fold[1], fold[0])
     elif args.frames:
         frames = parse_frames(args.frames)
     else:
-        frames = all_frames
-    index = {frame: i for i, frame in enumerate(all_frames)}
+        frames = split.frames
+    index = {frame: i for i, frame in enumerate(split.frames)}
     missing = [frame for frame in frames if frame not in index]
     if missing:
         raise DataError(
-            f"{source}: frames {format_frames(sorted(missing))} are not among its frames "
-            f"{format_frames(sorted(all_frames))}"
+            f"{args.data}: frames {format_frames(sorted(missing))} are not among its frames "
+            f"{format_frames(sorted(split.frames))}"
         )
-    every_frame = sorted(frames) == sorted(all_frames)
-    return normalize_intensity(images[[index[frame] for frame in frames]]), frames, every_frame
+    return split.images[[index[frame] for frame in frames]], frames, sorted(frames) == sorted(split.frames)
+
+
+def _report(frames, shape, settings: PredictSettings, models: Models, device, seconds: float) -> None:
+    layout = tile_layout(shape[1:], settings.input_size, models.depth)
+    ensemble = f", mean of {len(models.networks)} models" if len(models.networks) > 1 else ""
+    print(
+        f"unet predict: frames {format_frames(frames)} ({len(frames)} of {shape[1]}x{shape[2]}) on {device}, "
+        f"tta {settings.tta} ({len(TTA[settings.tta])} variants{ensemble}), {layout.counts[0]}x{layout.counts[1]} "
+        f"tiles of {layout.tile} px: {1000 * seconds / len(frames):.1f} ms per frame",
+        file=sys.stderr,
+    )

@@ -291,11 +291,13 @@ def add_arguments(
     keys: tuple[str, ...] | None = None,
     prefix: str = "",
     title: str | None = None,
+    unset: str | None = None,
 ) -> None:
     """One flag per field (`input_size` -> `--input-size`), in a group titled after the config section.
 
-    `defaults` (e.g. the settings saved in a model) replaces the dataclass defaults; `keys` limits the
-    fields, and `prefix` names their flags `--PREFIX-KEY` (for another stage's settings).
+    `defaults` replaces the dataclass defaults; `keys` limits the fields, and `prefix` names their flags
+    `--PREFIX-KEY` (for another stage's settings). With `unset` (what decides instead, e.g. "the model's"),
+    a flag not given is None and its help names that source before the dataclass default.
     """
     section = settings_class.SECTION
     group = parser.add_argument_group(title or f"{section} settings (config section `{section}`)")
@@ -305,12 +307,13 @@ def add_arguments(
             continue
         default = getattr(defaults, spec.name)
         flag = _flag(spec.name, prefix)
-        text = spec.metadata["help"] + " (default: %(default)s)"
+        shown = f"{unset}, else {default}" if unset else "%(default)s"
+        options = {"default": None if unset else default, "help": f"{spec.metadata['help']} (default: {shown})"}
         if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         else:
             choices = spec.metadata["bounds"].get("enum")
-            group.add_argument(flag, type=type(default), default=default, help=text, choices=choices)
+            group.add_argument(flag, type=type(default), choices=choices, **options)
 
 
 def from_arguments(
@@ -321,12 +324,13 @@ def from_arguments(
     prefix: str = "",
     defaults: StageSettings | None = None,
 ):
-    """The settings that `add_arguments` flags describe, from the parsed `args` (fields outside `keys` from
-    `defaults`); a bad value names its flag."""
+    """The settings that `add_arguments` flags describe, from the parsed `args`; fields outside `keys`, and flags
+    left unset (None), come from `defaults`. A bad value names its flag."""
     values = dataclasses.asdict(defaults or settings_class())
     for spec in dataclasses.fields(settings_class):
-        if keys is None or spec.name in keys:
-            values[spec.name] = getattr(args, _flag(spec.name, prefix)[2:].replace("-", "_"))
+        given = getattr(args, _flag(spec.name, prefix)[2:].replace("-", "_"), None)
+        if (keys is None or spec.name in keys) and given is not None:
+            values[spec.name] = given
     _check(settings_class, values, lambda key: _flag(key, prefix))
     return settings_class(**values)
 

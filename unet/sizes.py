@@ -81,7 +81,7 @@ def _invalid_input(size: int, depth: int, why: str) -> str:
 
 def check_prediction_tile(input_size: int, depth: int = 4) -> int:
     """The output side of a prediction tile; `InvalidSizeError` unless it is a valid input whose output spans at
-    least one step of the pooling grid (tiles step by multiples of 2**depth, `unet.predict.tile_layout`)."""
+    least one step of the pooling grid (tiles step by multiples of 2**depth, `unet.overlap_tile.tile_layout`)."""
     output = output_size(input_size, depth)
     if output < 2**depth:
         raise InvalidSizeError(

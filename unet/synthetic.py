@@ -122,9 +122,9 @@ def synthesize_em(
     train_images, train_labels = em_volume(train_rng, train_slices, size, cell_size)
     test_images, _ = em_volume(test_rng, test_slices, size, cell_size)
     with atomic_directory(out) as tmp:
-        write_tiff(tmp / "train-volume.tif", train_images)
-        write_tiff(tmp / "train-labels.tif", train_labels)
-        write_tiff(tmp / "test-volume.tif", test_images)
+        write_tiff(tmp / "train-volume.tif", train_images, axes="ZYX")
+        write_tiff(tmp / "train-labels.tif", train_labels, axes="ZYX")
+        write_tiff(tmp / "test-volume.tif", test_images, axes="ZYX")
     return Path(out)
 
 

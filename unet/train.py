@@ -68,7 +68,8 @@ from unet.io import (
     remove_leftovers,
 )
 from unet.model import UNet, save_model
-from unet.predict import instance_masks, predict_probabilities
+from unet.overlap_tile import predict_probabilities
+from unet.predict import instance_masks
 from unet.settings import (
     MODEL_PREDICT_KEYS,
     AugmentSettings,

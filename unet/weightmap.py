@@ -292,8 +292,8 @@ def run(args: argparse.Namespace) -> int:
     options = {"w0": settings.w0, "sigma": settings.sigma, "ignore_margin": settings.ignore_margin}
     if args.out is not None:
         targets, weights = weight_maps(split.labels, split.kind, unannotated=split.unannotated, **options)
-        write_tiff(args.out / "target.tif", targets)
-        write_tiff(args.out / "weights.tif", weights)
+        write_tiff(args.out / "target.tif", targets, axes=split.axes)
+        write_tiff(args.out / "weights.tif", weights, axes=split.axes)
     if args.figure is not None:
         frame = _figure_frame(split) if args.figure_frame is None else args.figure_frame
         if frame not in split.labelled:
