@@ -4,17 +4,21 @@ before its first job. Each runs in a copy of the workflow's files, without resul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 import yaml
 
 from unet.io import read_split
+from unet.synthetic import synthesize_cells
 
 from demo_tables import DEMO_CTC_RUNS, DEMO_ISBI_RUNS, check_demo_tables
 from helpers import CONFIG, copy_workflow, job_stats, snakemake
@@ -110,7 +114,7 @@ def test_demo_report_has_the_tables_curves_figures_and_run_times(demo: Run) -> N
     categories = json.loads(re.search(r"var categories = (\{.*?\});\n", html).group(1))
     files = {category: sorted(sum(groups.values(), [])) for category, groups in categories.items()}
     assert files == {
-        "Tables": ["results/tables/table1.csv", "results/tables/table2.csv"],
+        "Tables": [f"results/tables/table{n}.{ext}" for n in (1, 2) for ext in ("csv", "html")],
         "Training": sorted(
             f"results/models/{dataset}/{run}/seed0/loss.png"
             for dataset, runs in (("demo-em", ("fold0", "fold1", "fold2", "all")), ("demo-cells", ("01", "02")))
@@ -132,6 +136,83 @@ def test_demo_report_has_the_tables_curves_figures_and_run_times(demo: Run) -> N
     # Snakemake's own statistics: the run time of every job, per rule.
     runtimes = json.loads(re.search(r"var runtimes_spec = (\{.*?\});\n", html).group(1))
     assert {job["rule"] for job in runtimes["data"]["values"]} == set(job_stats(demo.log)) - {"all"}
+
+
+@pytest.mark.slow
+def test_demo_report_shows_the_tables_numbers_in_a_real_browser(demo: Run) -> None:
+    """The report is a web page: open it in headless Chromium, go to Tables, view each table, and find our numbers
+    (and the paper's) in what the browser rendered."""
+    report = demo.results / "report.html"
+    if not report.is_file():
+        result = snakemake(demo.workdir, "--configfile", DEMO_CONFIG, "--report", "results/report.html")
+        assert result.returncode == 0, result.stderr[-3000:]
+    table1 = pd.read_csv(demo.results / "tables" / "table1.csv").set_index("group")
+    table2 = pd.read_csv(demo.results / "tables" / "table2.csv").set_index("method")
+    expected = {
+        "Table 1 (ISBI 2012)": [
+            f"{table1.loc['ours (demo-em)', 'warping_error']:.6f}",
+            "0.000353",
+            f"{table1.loc['ours (demo-em)', 'rand_error']:.4f}",
+        ],
+        "Table 2 (cell tracking)": [f"{table2.loc['ours', 'demo-cells SEG']:.4f}", "0.7756"],
+    }
+    with headless_chromium() as browser:
+        for label, numbers in expected.items():
+            text = rendered_table(browser, report, label)
+            assert all(number in text for number in numbers), (label, numbers, text[:2000])
+            assert "Provenance of ours" in text and "commit" in text
+
+
+def rendered_table(browser, report: Path, label: str) -> str:
+    """The text the report shows when one clicks Tables, then the eye button of the table named `label`."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(report.as_uri())
+    wait = WebDriverWait(browser, 30)
+    wait.until(expected_conditions.element_to_be_clickable((By.XPATH, "//span[text()='Tables']"))).click()
+    row = wait.until(expected_conditions.presence_of_element_located((By.XPATH, f"//td[text()='{label}']/..")))
+    row.find_element(By.XPATH, ".//a[@iconname='eye']").click()
+    frame = wait.until(expected_conditions.presence_of_element_located((By.TAG_NAME, "iframe")))
+    browser.switch_to.frame(frame)
+    text = (
+        wait.until(expected_conditions.presence_of_element_located((By.TAG_NAME, "table")))
+        .find_element(By.XPATH, "/html/body")
+        .text
+    )
+    browser.switch_to.default_content()
+    return text
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    """Debian's Chromium through its ChromeDriver (.ci/run installs both), without any network of its own."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(argument)
+    browser = webdriver.Chrome(
+        service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options
+    )
+    try:
+        yield browser
+    finally:
+        browser.quit()
 
 
 # The paper profile's DAG, job by job, from config/config.yaml: experiments isbi2012 (protocol
@@ -250,3 +331,40 @@ def test_nested_command_line_values_are_typed_as_in_a_config_file(tmp_path: Path
     assert result.returncode == 0, result.stderr[-3000:]
     assert job_stats(result.stdout + result.stderr)["train"] == 2 * (DEMO_ISBI_RUNS + 1 + DEMO_CTC_RUNS)
     assert "--depth 2 " in result.stdout
+
+
+def test_the_ctc_test_sequences_are_segmented_into_result_folders_for_submission(tmp_path: Path) -> None:
+    """ctc.predict_test: the test sequences from the mirror's ctc-test/ folder, segmented by the mean of both
+    training sequences' models, one mask per frame as the challenge wants them."""
+    mirror = tmp_path / "mirror"
+    synthesize_cells(mirror / "ctc" / "MyCells", seed=3, size=64, frames=3, annotated=2, cell_count=3, cell_size=24)
+    synthesize_cells(
+        mirror / "ctc-test" / "MyCells", seed=4, size=64, frames=4, annotated=1, cell_count=3, cell_size=24
+    )
+    workdir = copy_workflow(tmp_path / "work")
+    overrides = {
+        "experiments": ["MyCells"],
+        "mirror": str(mirror),
+        "datasets": {"MyCells": {"protocol": "ctc", "source": "http://example.org/MyCells.zip"}},
+        "ctc": {"predict_test": True},
+        "model": {"base_channels": 2, "depth": 2},
+        "train": {
+            "iterations": 4,
+            "input_size": 60,
+            "warmup": 0,
+            "checkpoint_every": 2,
+            "log_every": 2,
+            "val_every": 2,
+        },
+        "predict": {"input_size": 76},
+    }
+    (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    targets = [f"results/predictions/MyCells-test/seed0/{sequence}_RES" for sequence in ("01", "02")]
+    result = snakemake(workdir, "--cores", "2", "--configfile", "overrides.yaml", "--", *targets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_stats(result.stdout + result.stderr)
+    assert (jobs["fetch_test"], jobs["prepare_ctc_test"], jobs["train"], jobs["predict_ctc_test"]) == (1, 2, 2, 2)
+    for target in targets:
+        masks = sorted((workdir / target).glob("*.tif"))
+        assert [path.name for path in masks] == [f"mask{t:03d}.tif" for t in range(4)]
+        assert all(tifffile.imread(path).dtype == np.uint16 for path in masks)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from demo_tables import check_demo_tables
-from helpers import CONFIG, DEMO_CONFIG, REPO, snakemake
+from helpers import CONFIG, DEMO_CONFIG, REPO, snakemake, unet
 from slurm_cluster import SlurmCluster
 from workflow_rules import workflow_rules
 
@@ -152,3 +157,74 @@ def site_profile(cluster: SlurmCluster, run: WorkflowRun, directory: Path) -> Pa
 
 def slurm_profile() -> dict:
     return yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
+
+
+# The demo's EM data and a tiny network, trained long enough (a few seconds) to be stopped midway.
+STOPPED_TRAINING = (
+    "--configfile",
+    str(CONFIG),
+    str(DEMO_CONFIG),
+    "--config",
+    "threads={train: 1}",
+    "model={base_channels: 4, depth: 2}",
+    "train={iterations: 600, input_size: 60, warmup: 0, checkpoint_every: 100, log_every: 50, val_every: 300}",
+)
+STOPPED_MODEL = "results/models/demo-em/fold0/seed0"
+
+
+def test_a_training_job_stopped_by_slurm_is_resubmitted_and_resumes_to_the_same_weights(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """A time limit or a preemption: SLURM sends SIGTERM to the job's processes. Training writes a checkpoint and
+    exits with 143; the profile's retries resubmit the job, which resumes; the final weights are those of a run
+    that was never stopped."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    profile = site_profile(slurm_cluster, DEMO_RUN, tmp_path / "profile")
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        f"{STOPPED_MODEL}/model.pt",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--workflow-profile",
+        str(profile),
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--latency-wait",
+        "5",
+        *STOPPED_TRAINING,
+    ]
+    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoint = workdir / STOPPED_MODEL / "checkpoint.pt"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), f"training never checkpointed\n{process.communicate()[0]}"
+    train_job = next(job for job, comment in queued_jobs(slurm_cluster) if comment.startswith("rule_train"))
+    slurm_cluster.command("scancel", "--signal=TERM", train_job)  # what SLURM sends at a time limit
+    log = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, f"{log}\n{slurm_cluster.diagnostics()}"
+    stopped = slurm_cluster.job(train_job)
+    assert stopped["JobState"] == "FAILED" and stopped["ExitCode"].startswith("143"), stopped  # 128 + SIGTERM
+    train_log = (workdir / "results/logs/train/demo-em/fold0/seed0.log").read_text()
+    assert "resuming from" in train_log, train_log[-2000:]
+
+    # The same training on the same data, never stopped, one thread as in the cluster's job.
+    shell = next(line for line in log.splitlines() if line.startswith("Shell command: unet train"))
+    arguments = shell.removeprefix("Shell command: unet ").split(" > ")[0].split()
+    arguments[arguments.index("--out") + 1] = str(tmp_path / "straight")
+    unet(*arguments, check=True, cwd=workdir, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(workdir / STOPPED_MODEL / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight), "the resumed weights differ"
+
+
+def queued_jobs(cluster: SlurmCluster) -> list[tuple[str, str]]:
+    """(job id, comment) of the jobs in the queue; the executor plugin comments each with its rule."""
+    lines = cluster.command("squeue", "--noheader", "--format=%i %k").splitlines()
+    return [tuple(line.split(maxsplit=1)) for line in lines if len(line.split(maxsplit=1)) == 2]

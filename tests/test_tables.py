@@ -96,3 +96,26 @@ def test_rule_times_sum_the_jobs_of_each_rule(tmp_path):
     assert (tmp_path / "out" / "rule_times.png").stat().st_size > 0
     with pytest.raises(DataError, match="no benchmark files"):
         write_rule_times(tmp_path / "empty", tmp_path / "out")
+
+
+def test_our_rows_carry_what_produced_them(tmp_path):
+    """The provenance of each row of ours, from the run.json that training writes beside each model."""
+    import subprocess
+
+    from unet.provenance import record
+
+    files, runs = [], []
+    for k, device in enumerate(["NVIDIA H200", "NVIDIA H200", "CPU (x86_64, 2 threads)"]):
+        files.append(_write(tmp_path / "scores" / "isbi2012" / f"fold{k}" / "seed3.json", _isbi(0.0004, 0.05, 0.06)))
+        run = record(device=device, cuda="12.8", cudnn=91000, seed=3, train_wall_s=100.0 + k)
+        runs.append(_write(tmp_path / "models" / "isbi2012" / f"fold{k}" / "seed3" / "run.json", run))
+    write_tables(files, tmp_path / "tables", run_files=runs)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    ours = pd.read_csv(tmp_path / "tables" / "table1.csv").set_index("group").loc["ours (isbi2012)"]
+    assert ours.commit.startswith(head[:12]) and str(ours.seeds) in ("3", "3.0") and ours.train_wall_s == 303.0
+    assert ours.device == "CPU (x86_64, 2 threads); NVIDIA H200" and str(ours.cuda) == "12.8"
+    assert ours.torch == __import__("torch").__version__
+    md = (tmp_path / "tables" / "table1.md").read_text()
+    assert f"Provenance of ours (isbi2012): commit {head[:12]}" in md and "train wall s 303.0" in md
+    with pytest.raises(DataError, match="run records must be named"):
+        write_tables(files, tmp_path / "tables", run_files=[_write(tmp_path / "run.json", {})])

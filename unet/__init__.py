@@ -1,8 +1,13 @@
 """Reference reproduction of U-Net (Ronneberger, Fischer & Brox, MICCAI 2015).
 
 One module per pipeline stage, each usable without Snakemake and from the `unet` command:
-`data` (download, verify, prepare), `synthetic` (the embedded demo data),
-`weightmap`, `augment`, `model`, `train`, `predict`, `metrics`, `evaluate`, `tables`.
+`fetch`, `prepare`, `synthetic` (the embedded demo data), `weightmap`, `augment`, `train`,
+`predict`, `evaluate`, `tables`; the workflow reaches them through `pipeline` and `settings`.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("unet-reproduction")
+except metadata.PackageNotFoundError:  # run from a checkout that was not installed
+    __version__ = "unknown"

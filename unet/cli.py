@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from unet import __version__
 from unet.io import DataError
 
 COMMANDS = {
@@ -29,6 +30,7 @@ COMMANDS = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(prog="unet", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"unet {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)

@@ -115,6 +115,16 @@ def parse_score_path(path: str | Path) -> tuple[str, str, int] | None:
     return (match["dataset"], match["run"], int(match["seed"])) if match else None
 
 
+# A file of a trained model's folder, results/models/{dataset}/{run}/seed{seed}/NAME.
+_MODEL_FILE = re.compile(rf"(?P<dataset>[^/]+)/(?P<run>{RUN_PATTERN})/seed(?P<seed>\d+)/[^/]+$")
+
+
+def parse_model_file(path: str | Path) -> tuple[str, str, int] | None:
+    """(dataset, run, seed) of a file in a model's folder (`model.pt`, `run.json`), or None."""
+    match = _MODEL_FILE.search(Path(path).as_posix())
+    return (match["dataset"], match["run"], int(match["seed"])) if match else None
+
+
 # --- the configuration --------------------------------------------------------------------------------------
 
 

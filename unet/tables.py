@@ -19,13 +19,14 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import pandas as pd
 
 from unet.figures import figure
 from unet.io import DataError, atomic_path, read_json
-from unet.pipeline import RUN_PATTERN, parse_score_path
+from unet.pipeline import RUN_PATTERN, parse_model_file, parse_score_path
 
 # Table 1 of the paper: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
 PAPER_TABLE1 = [
@@ -117,8 +118,39 @@ def _by_dataset(scores: list[Score], key: str) -> dict[str, list[Score]]:
     return grouped
 
 
-def table1(scores: list[Score]) -> pd.DataFrame:
-    """The paper's Table 1 rows, then ours per ISBI-protocol data set."""
+# What produced our rows (from the models' run.json, `unet.provenance`): one column each.
+PROVENANCE = ("commit", "python", "torch", "numpy", "snakemake", "cuda", "cudnn", "device", "seeds", "train_wall_s")
+RunKey = tuple[str, str, int]  # dataset, run, seed
+
+
+def read_runs(paths: Sequence[str | Path]) -> dict[RunKey, dict]:
+    """The run records (`run.json` of each model folder), by (dataset, run, seed) from their paths."""
+    runs = {}
+    for path in paths:
+        key = parse_model_file(path)
+        if key is None:
+            raise DataError(f"{path}: run records must be named {{dataset}}/{{run}}/seed{{seed}}/run.json")
+        runs[key] = read_json(path)
+    return runs
+
+
+def provenance(scores: list[Score], runs: dict[RunKey, dict]) -> dict[str, object]:
+    """The provenance columns of a row of ours: each value the runs had (joined if they differ), the seeds, and
+    the training time summed over the runs. Empty without run records."""
+    records = [runs[key] for key in ((s.dataset, s.run, s.seed) for s in scores) if key in runs]
+    if not records:
+        return {}
+    for record in records:
+        commit = record.get("commit")
+        record["commit"] = f"{commit[:12]}{'+dirty' if record.get('dirty') else ''}" if commit else "unknown"
+    row = {key: "; ".join(sorted({str(record.get(key)) for record in records})) for key in PROVENANCE[:-2]}
+    row["seeds"] = ",".join(str(seed) for seed in sorted({s.seed for s in scores}))
+    row["train_wall_s"] = round(sum(record.get("train_wall_s") or 0.0 for record in records), 1)
+    return row
+
+
+def table1(scores: list[Score], runs: dict[RunKey, dict] | None = None) -> pd.DataFrame:
+    """The paper's Table 1 rows, then ours per ISBI-protocol data set (with their provenance, given `runs`)."""
     rows = [
         {
             "rank": rank,
@@ -144,12 +176,13 @@ def table1(scores: list[Score]) -> pd.DataFrame:
         }
         for metric, (mean, sd) in summary.items():
             row[metric], row[f"{metric}_sd"] = mean, sd
-        rows.append(row)
+        rows.append(row | provenance(group, runs or {}))
     return pd.DataFrame(rows)
 
 
-def table2(scores: list[Score]) -> pd.DataFrame:
-    """The paper's Table 2 rows, then ours; one column pair (SEG, IoU) per CTC-protocol data set."""
+def table2(scores: list[Score], runs: dict[RunKey, dict] | None = None) -> pd.DataFrame:
+    """The paper's Table 2 rows, then ours; one column pair (SEG, IoU) per CTC-protocol data set (and the
+    provenance of our runs, given `runs`)."""
     grouped = _by_dataset(scores, "seg")
     datasets = list(PAPER_TABLE2_COLUMNS) + sorted(set(grouped) - set(PAPER_TABLE2_COLUMNS))
     rows = []
@@ -165,22 +198,58 @@ def table2(scores: list[Score]) -> pd.DataFrame:
             ours[f"{dataset} SEG"], ours[f"{dataset} SEG_sd"] = summary["seg"]
             ours[f"{dataset} IoU"], ours[f"{dataset} IoU_sd"] = summary["iou"]
             ours[f"{dataset} n"] = len(grouped[dataset])
+    ours |= provenance([score for group in grouped.values() for score in group], runs or {})
     rows.append(ours)
     columns = ["method", "source"] + [
         f"{d} {suffix}" for d in datasets for suffix in ("SEG", "SEG_sd", "IoU", "IoU_sd", "n")
     ]
-    return pd.DataFrame(rows).reindex(columns=columns)
+    return pd.DataFrame(rows).reindex(columns=columns + [key for key in PROVENANCE if key in ours])
 
 
-def table1_markdown(frame: pd.DataFrame, settings_note: str) -> str:
-    lines = [
-        "# Table 1: ISBI 2012 EM segmentation",
-        "",
-        ISBI_PROTOCOL,
-        "",
-        "| rank | group | warping error | Rand error | pixel error | V_rand | V_info | n |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+@dataclass(frozen=True)
+class Document:
+    """A table as the reader gets it: title, protocol, header and rows of formatted cells, notes."""
+
+    title: str
+    protocol: str
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str]
+
+    def markdown(self) -> str:
+        lines = [
+            f"# {self.title}",
+            "",
+            self.protocol,
+            "",
+            "| " + " | ".join(self.header) + " |",
+            "|" + "---|" * len(self.header),
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        for note in self.notes:
+            lines += ["", note]
+        return "\n".join(lines) + "\n"
+
+    def html(self) -> str:
+        """A page of its own: the report shows HTML results inline (CSV files it only offers to download)."""
+        header = "".join(f"<th>{escape(cell)}</th>" for cell in self.header)
+        rows = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in self.rows)
+        notes = "".join(f"<p>{escape(note)}</p>" for note in self.notes)
+        return (
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{escape(self.title)}</title>'
+            f"<style>{_STYLE}</style></head><body><h1>{escape(self.title)}</h1><p>{escape(self.protocol)}</p>"
+            f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>{notes}</body></html>\n"
+        )
+
+
+_STYLE = (
+    "body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse} "
+    "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right} td:nth-child(2){text-align:left}"
+)
+
+
+def table1_document(frame: pd.DataFrame, settings_note: str) -> Document:
+    rows = []
     for row in frame.to_dict("records"):
         ours = row["source"] != "paper (hidden test set)"
         cells = [
@@ -188,47 +257,35 @@ def table1_markdown(frame: pd.DataFrame, settings_note: str) -> str:
             for metric, digits in (("warping_error", 6), ("rand_error", 4), ("pixel_error", 4))
         ]
         extras = [_cell(row, metric, 4, ours) if ours else "" for metric in ("vrand", "vinfo")]
-        lines.append(
-            f"| {row['rank']} | {row['group']} | " + " | ".join(cells + extras) + f" | {_count(row.get('n'))} |"
-        )
-    lines += ["", _differences(settings_note)]
-    return "\n".join(lines) + "\n"
+        rows.append([str(row["rank"]), row["group"], *cells, *extras, _count(row.get("n"))])
+    header = ["rank", "group", "warping error", "Rand error", "pixel error", "V_rand", "V_info", "n"]
+    notes = [_differences(settings_note), *_provenance_lines(frame, "group")]
+    return Document("Table 1: ISBI 2012 EM segmentation", ISBI_PROTOCOL, header, rows, notes)
 
 
-def table2_markdown(frame: pd.DataFrame, settings_note: str) -> str:
+def table2_document(frame: pd.DataFrame, settings_note: str) -> Document:
     datasets = [c[: -len(" SEG")] for c in frame.columns if c.endswith(" SEG")]
     names = [PAPER_TABLE2_COLUMNS.get(d, d) for d in datasets]
-    lines = [
-        "# Table 2: ISBI cell tracking challenge 2015, segmentation (SEG)",
-        "",
-        CTC_PROTOCOL,
-        "",
-        "| method | "
-        + " | ".join(f"{name} SEG" for name in names)
-        + " | "
-        + " | ".join(f"{name} IoU" for name in names)
-        + " |",
-        "|---|" + "---|" * (2 * len(names)),
-    ]
+    rows = []
     for row in frame.to_dict("records"):
         ours = row["source"] != "paper (hidden test set)"
         seg = [_cell(row, f"{d} SEG", 4, ours, sd_key=f"{d} SEG_sd") for d in datasets]
         iou = [_cell(row, f"{d} IoU", 4, ours, sd_key=f"{d} IoU_sd") if ours else "" for d in datasets]
-        lines.append(f"| {row['method']} | " + " | ".join(seg + iou) + " |")
+        rows.append([row["method"], *seg, *iou])
     ours = frame.iloc[-1]
     counts = ", ".join(
         f"{PAPER_TABLE2_COLUMNS.get(d, d)}: n = {_count(ours.get(f'{d} n'))}"
         for d in datasets
         if _count(ours.get(f"{d} n"))
     )
-    lines += [
-        "",
+    notes = [
         f"Our rows average the runs and seeds ({counts}). IoU is the plain foreground IoU, "
         'a different and usually higher number than SEG; the paper\'s "IOU" is the SEG measure.',
-        "",
         _differences(settings_note),
+        *_provenance_lines(frame, "method"),
     ]
-    return "\n".join(lines) + "\n"
+    header = ["method", *(f"{name} SEG" for name in names), *(f"{name} IoU" for name in names)]
+    return Document("Table 2: ISBI cell tracking challenge 2015, segmentation (SEG)", CTC_PROTOCOL, header, rows, notes)
 
 
 def _cell(row: dict, key: str, digits: int, ours: bool, sd_key: str | None = None) -> str:
@@ -238,6 +295,20 @@ def _cell(row: dict, key: str, digits: int, ours: bool, sd_key: str | None = Non
     if not ours:
         return f"{value:.{digits}f}"
     return format_mean_sd(value, row.get(sd_key or f"{key}_sd") or 0.0, digits)
+
+
+def _provenance_lines(frame: pd.DataFrame, name: str) -> list[str]:
+    """A line per row of ours that has provenance: what produced it."""
+    lines = []
+    for row in frame.to_dict("records"):
+        if isinstance(row.get("commit"), str):
+            parts = [f"{key.replace('_', ' ')} {row[key]}" for key in PROVENANCE if _given(row.get(key))]
+            lines.append(f"Provenance of {row[name]}: " + ", ".join(parts) + ".")
+    return lines
+
+
+def _given(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def _count(value) -> str:
@@ -251,18 +322,23 @@ def _differences(settings_note: str) -> str:
     return text + (f"; our settings: {settings_note}." if settings_note else ".")
 
 
-def write_tables(score_files: list[str | Path], out_dir: str | Path, settings_note: str = "") -> None:
-    """Write table1.csv/.md and table2.csv/.md into `out_dir`."""
+def write_tables(
+    score_files: list[str | Path], out_dir: str | Path, settings_note: str = "", run_files: Sequence = ()
+) -> None:
+    """Write table1 and table2 (.csv, .md, .html) into `out_dir`, our rows with the provenance of `run_files`."""
     scores = [read_score(path) for path in score_files]
+    runs = read_runs(run_files)
     out_dir = Path(out_dir)
-    for name, frame, markdown in (
-        ("table1", table1(scores), table1_markdown),
-        ("table2", table2(scores), table2_markdown),
+    for name, frame, document in (
+        ("table1", table1(scores, runs), table1_document),
+        ("table2", table2(scores, runs), table2_document),
     ):
         with atomic_path(out_dir / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
-        with atomic_path(out_dir / f"{name}.md") as tmp:
-            tmp.write_text(markdown(frame, settings_note))
+        text = document(frame, settings_note)
+        for suffix, content in (("md", text.markdown()), ("html", text.html())):
+            with atomic_path(out_dir / f"{name}.{suffix}") as tmp:
+                tmp.write_text(content)
 
 
 def rule_times(benchmark_dir: str | Path, exclude_datasets: Sequence[str] = ()) -> pd.DataFrame:
@@ -313,6 +389,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for table1.csv/.md and table2.csv/.md")
     parser.add_argument("--settings-note", default="", help="how our settings differ from the paper's, for the tables")
     parser.add_argument(
+        "--runs",
+        nargs="*",
+        default=[],
+        metavar="RUN_JSON",
+        help="the run.json of each scored model ({dataset}/{run}/seed{seed}/run.json): provenance",
+    )
+    parser.add_argument(
         "--rule-times",
         metavar="BENCHMARK_DIR",
         help="instead of the tables, summarise Snakemake's per-job benchmark files into "
@@ -331,5 +414,5 @@ def run(args: argparse.Namespace) -> int:
     if args.rule_times:
         write_rule_times(args.rule_times, args.out, args.exclude_datasets)
     else:
-        write_tables(args.scores, args.out, args.settings_note)
+        write_tables(args.scores, args.out, args.settings_note, args.runs)
     return 0

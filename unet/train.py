@@ -26,8 +26,8 @@
   then exits with status 128 + the signal's number, and a run started again resumes.
   `log.csv` and `loss.png` (`unet.training_log`) are rewritten at every checkpoint.
 - Outputs in MODEL_DIR: `model.pt` (`unet.model.save_model`, with the settings, the
-  prediction defaults for its users and the input scaling), `checkpoint.pt`, `log.csv`,
-  `loss.png`.
+  prediction defaults for its users and the input scaling), `run.json` (what produced it:
+  `unet.provenance`), `checkpoint.pt`, `log.csv`, `loss.png`.
 - A NaN or infinite loss stops the run with an error that names the iterations;
   the last checkpoint, written only from finite losses and weights, is kept.
 """
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import platform
 import signal
 import sys
 import threading
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from unet import metrics
+from unet import metrics, provenance
 from unet.augment import Augmenter
 from unet.checkpoint import CHECKPOINT, resume, save_checkpoint
 from unet.device import resolve_device
@@ -66,6 +67,7 @@ from unet.io import (
     read_json,
     read_split,
     remove_leftovers,
+    write_json,
 )
 from unet.model import UNet, save_model
 from unet.overlap_tile import predict_probabilities
@@ -82,6 +84,7 @@ from unet.settings import add_arguments as add_settings_arguments
 from unet.training_log import FIGURE, LOG, DivergedError, TrainingLog, plot_loss, write_log
 
 MODEL = "model.pt"
+RUN_RECORD = "run.json"  # what produced the model (unet.provenance), for the tables
 POLY_EXPONENT = 0.9  # nnU-Net's polynomial decay
 # Settings that change how a run is carried out or reported, not its result: a run may
 # resume from a checkpoint written with other values of these.
@@ -495,6 +498,9 @@ class _Session:
         self.progress.close()
         write_log(self.out_dir / LOG, self.log.rows)
         plot_loss(self.out_dir / FIGURE, self.log.rows)
+        run = run_record(
+            self.device, seed=self.seed, iterations=self.settings.iterations, train_wall_s=round(self.log.elapsed(), 1)
+        )
         save_model(
             self.out_dir / MODEL,
             self.trainer.model,
@@ -508,8 +514,22 @@ class _Session:
             elapsed_s=self.log.elapsed(),
             device=str(self.device),
             torch=str(torch.__version__),
+            provenance=run,
         )
+        write_json(self.out_dir / RUN_RECORD, run)
         return self.trainer.model
+
+
+def run_record(device: torch.device, **extra) -> dict:
+    """`unet.provenance.record` with what torch knows: its CUDA and cuDNN builds and the device's name."""
+    cuda = device.type == "cuda"
+    name = (
+        torch.cuda.get_device_name(device)
+        if cuda
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return provenance.record(device=name, cuda=torch.version.cuda, cudnn=cudnn, **extra)
 
 
 @contextlib.contextmanager

@@ -83,9 +83,23 @@ def submissions():
     ]
 
 
+def ctc_submissions():
+    """The CTC test sequences' result folders (both training sequences' models), if asked for."""
+    if not config["ctc"]["predict_test"]:
+        return []
+    return [
+        f"results/predictions/{dataset}-test/seed{seed}/{sequence}_RES"
+        for dataset in EXPERIMENTS
+        if PROTOCOL[dataset] == "ctc"
+        and config["datasets"][dataset]["source"] != "synthetic"
+        for seed in SEEDS
+        for sequence in pipeline.CTC_SEQUENCES
+    ]
+
+
 def final_targets():
     return (
-        expand("results/tables/table{n}.{ext}", n=(1, 2), ext=("csv", "md"))
+        expand("results/tables/table{n}.{ext}", n=(1, 2), ext=("csv", "md", "html"))
         + expand(
             "results/figures/{kind}-{dataset}.png",
             kind=("weightmap", "augment"),
@@ -94,6 +108,7 @@ def final_targets():
         + run_paths("results/models/{dataset}/{run}/seed{seed}/loss.png")
         + run_paths("results/figures/overlay-{dataset}-{run}-seed{seed}.png")
         + submissions()
+        + ctc_submissions()
     )
 
 

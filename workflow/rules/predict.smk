@@ -3,7 +3,9 @@
 #   isbi run fold{k}: the k-th contiguous block of the training slices (0-based);
 #   isbi run all:     the test volume, plus the challenge submission stack;
 #   ctc run 01 / 02:  the model trained on one sequence predicts the other and
-#                     writes its {other}_RES/maskTTT.tif for every frame.
+#                     writes its {other}_RES/maskTTT.tif for every frame;
+#   ctc test:         both models, averaged, predict the challenge's test sequences
+#                     (ctc.predict_test), into results/predictions/{dataset}-test/.
 # Settings: the `predict` section merged with the data set's own (config/README.md).
 
 
@@ -21,7 +23,7 @@ rule predict_isbi_fold:
         run=r"fold\d+",
     conda:
         "../../envs/unet.yaml"
-    threads: 8
+    threads: lambda w: config["threads"]["predict"]
     resources:
         mem_mb=16000,
         runtime=120,
@@ -49,7 +51,7 @@ rule predict_isbi_test:
         run=pipeline.ALL_SLICES,
     conda:
         "../../envs/unet.yaml"
-    threads: 8
+    threads: lambda w: config["threads"]["predict"]
     resources:
         mem_mb=16000,
         runtime=120,
@@ -78,7 +80,7 @@ rule predict_ctc:
         tested="|".join(pipeline.CTC_SEQUENCES),
     conda:
         "../../envs/unet.yaml"
-    threads: 8
+    threads: lambda w: config["threads"]["predict"]
     resources:
         mem_mb=16000,
         runtime=120,
@@ -87,4 +89,37 @@ rule predict_ctc:
         settings=lambda w: flags(w, "predict"),
     shell:
         "unet predict --model {input.model} --data {params.data} --out {output.probabilities}"
+        " --instances {output.masks} {params.settings} > {log} 2>&1"
+
+
+# The challenge's test sequences: the mean of both training sequences' models.
+rule predict_ctc_test:
+    input:
+        models=lambda w: expand(
+            "results/models/{{dataset}}/{run}/seed{{seed}}/model.pt",
+            run=pipeline.CTC_SEQUENCES,
+        ),
+        images="results/data/{dataset}-test/{tested}/images.tif",
+        frames="results/data/{dataset}-test/{tested}/frames.json",
+    output:
+        probabilities="results/predictions/{dataset}-test/seed{seed}/{tested}_probabilities.tif",
+        masks=directory("results/predictions/{dataset}-test/seed{seed}/{tested}_RES"),
+    log:
+        "results/logs/predict_ctc_test/{dataset}/seed{seed}/{tested}.log",
+    benchmark:
+        "results/benchmarks/predict_ctc_test/{dataset}/seed{seed}/{tested}.tsv"
+    wildcard_constraints:
+        dataset=PROTOCOL_DATASETS["ctc"],
+        tested="|".join(pipeline.CTC_SEQUENCES),
+    conda:
+        "../../envs/unet.yaml"
+    threads: lambda w: config["threads"]["predict"]
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    params:
+        data=subpath(input.frames, parent=True),
+        settings=lambda w: flags(w, "predict"),
+    shell:
+        "unet predict --model {input.models} --data {params.data} --out {output.probabilities}"
         " --instances {output.masks} {params.settings} > {log} 2>&1"

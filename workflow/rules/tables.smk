@@ -3,20 +3,34 @@
 
 rule tables:
     input:
-        run_paths("results/scores/{dataset}/{run}/seed{seed}.json"),
+        scores=run_paths("results/scores/{dataset}/{run}/seed{seed}.json"),
+        runs=run_paths("results/models/{dataset}/{run}/seed{seed}/run.json"),
     output:
+        # The report shows the HTML pages; it only offers the CSV files to download.
         table1=report(
-            "results/tables/table1.csv",
+            "results/tables/table1.html",
             caption="../report/table1.rst",
             category="Tables",
             labels={"table": "Table 1 (ISBI 2012)"},
         ),
+        table1_csv=report(
+            "results/tables/table1.csv",
+            caption="../report/table1.rst",
+            category="Tables",
+            labels={"table": "Table 1 (ISBI 2012), CSV"},
+        ),
         table1_md="results/tables/table1.md",
         table2=report(
-            "results/tables/table2.csv",
+            "results/tables/table2.html",
             caption="../report/table2.rst",
             category="Tables",
             labels={"table": "Table 2 (cell tracking)"},
+        ),
+        table2_csv=report(
+            "results/tables/table2.csv",
+            caption="../report/table2.rst",
+            category="Tables",
+            labels={"table": "Table 2 (cell tracking), CSV"},
         ),
         table2_md="results/tables/table2.md",
     log:
@@ -33,7 +47,8 @@ rule tables:
         out=subpath(output.table1, parent=True),
         note=settings_note(),
     shell:
-        "unet tables {input:q} --out {params.out:q} --settings-note {params.note:q} > {log:q} 2>&1"
+        "unet tables {input.scores:q} --runs {input.runs:q} --out {params.out:q}"
+        " --settings-note {params.note:q} > {log:q} 2>&1"
 
 
 # Last: the wall time of every job of the run, summed per rule (Snakemake's benchmark files).

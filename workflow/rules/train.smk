@@ -21,6 +21,7 @@ rule train:
     output:
         model="results/models/{dataset}/{run}/seed{seed}/model.pt",
         log_csv="results/models/{dataset}/{run}/seed{seed}/log.csv",
+        run="results/models/{dataset}/{run}/seed{seed}/run.json",
         figure=report(
             "results/models/{dataset}/{run}/seed{seed}/loss.png",
             caption="../report/loss.rst",
@@ -34,7 +35,7 @@ rule train:
         "results/benchmarks/train/{dataset}/{run}/seed{seed}.tsv"
     conda:
         "../../envs/unet.yaml"
-    threads: 8
+    threads: lambda w: config["threads"]["train"]
     # GPU profiles add the `gpu` resource (and a partition) to this rule;
     # `--device auto` then trains on the GPU.
     resources:
