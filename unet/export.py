@@ -423,6 +423,7 @@ def training_facts(metadata: dict, dataset: str | None) -> dict[str, object]:
     settings = metadata.get("settings", {})
     frames = settings.get("frames")
     held_out = settings.get("val_frames")
+    loss = metadata.get("final_loss")
     facts = {
         "data set": dataset,
         "labels": metadata.get("label_kind"),
@@ -432,7 +433,7 @@ def training_facts(metadata: dict, dataset: str | None) -> dict[str, object]:
         "seed": metadata.get("seed"),
         "training settings": _listed(settings.get("train")),
         "augmentation": _listed(settings.get("augment")),
-        "final training loss": metadata.get("final_loss"),
+        "final training loss": f"{loss:.4g}" if loss is not None else None,
         "trained on": " with torch ".join(str(metadata[key]) for key in ("device", "torch") if key in metadata),
     }
     return {key: value for key, value in facts.items() if value not in (None, "")}
