@@ -130,6 +130,11 @@ def test_demo_report_has_the_tables_curves_figures_and_run_times(demo: Run) -> N
             for dataset in ("demo-cells", "demo-em")
         ),
         "Run time": ["results/tables/rule_times.png"],
+        "bioimage.io models": sorted(
+            f"results/exports/{dataset}/{run}/seed0/cover.png"
+            for dataset, runs in (("demo-em", ("fold0", "fold1", "fold2", "all")), ("demo-cells", ("01", "02")))
+            for run in runs
+        ),
     }
     results = json.loads(re.search(r"var results = (\{.*?\});\n", html).group(1))
     assert all(results[path]["caption"].strip() for paths in files.values() for path in paths), "a caption is empty"
@@ -230,6 +235,7 @@ PAPER_JOBS = {
     "predict_ctc": 2 * 2,  # trained on one sequence, predicts the other, per ctc data set
     "evaluate_isbi": 3,  # the folds
     "evaluate_ctc": 2 * 2,  # both directions of each ctc data set
+    "export": (3 + 1) + 2 * 2,  # a bioimage.io package of every trained model
     "tables": 1,
     "rule_times": 1,
     "all": 1,

@@ -24,6 +24,7 @@ COMMANDS = {
     "predict": ("unet.predict", "overlap-tile prediction with test-time augmentation"),
     "evaluate": ("unet.evaluate", "score predictions with the challenges' metrics"),
     "tables": ("unet.tables", "write Table 1 and Table 2 beside the paper's numbers"),
+    "export": ("unet.export", "write a trained model as a bioimage.io package (Fiji, ilastik, QuPath, napari)"),
 }
 
 

@@ -154,6 +154,19 @@ def save_model(path, model: UNet, **metadata) -> None:
 
 def load_model(path, device: str | torch.device = "cpu") -> UNet:
     """The `UNet` saved by `save_model` (or a training checkpoint), in eval mode on `device`."""
+    saved = _read_model_file(path)
+    model = UNet(**saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()
+
+
+def load_metadata(path) -> dict:
+    """The metadata `save_model` stored beside the weights (`unet train`: settings, input scaling, ...); keys
+    that older files lack are absent, and a file without any gives {}."""
+    return dict(_read_model_file(path).get("metadata") or {})
+
+
+def _read_model_file(path) -> dict:
     from unet.io import DataError
 
     try:
@@ -164,9 +177,7 @@ def load_model(path, device: str | torch.device = "cpu") -> UNet:
         raise DataError(f"{path}: not a readable model file ({error})") from error
     if not isinstance(saved, dict) or "config" not in saved or "state_dict" not in saved:
         raise DataError(f"{path}: not a U-Net model file (expected keys 'config' and 'state_dict')")
-    model = UNet(**saved["config"])
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval()
+    return saved
 
 
 def _unwrap(model: torch.nn.Module) -> UNet:

@@ -71,16 +71,30 @@ def run_paths(pattern, datasets=EXPERIMENTS):
     ]
 
 
-def submissions():
-    """The ISBI test-volume submission stacks (a model trained on all slices), if asked for."""
+def all_slices_paths(pattern):
+    """`pattern` for every seed of the ISBI models trained on all slices (run `all`), if the run trains them:
+    when it predicts the test volume."""
     if not config["isbi"]["predict_test"]:
         return []
     return [
-        f"results/predictions/{dataset}/{pipeline.ALL_SLICES}/seed{seed}/submission.tif"
+        pattern.format(dataset=dataset, run=pipeline.ALL_SLICES, seed=seed)
         for dataset in EXPERIMENTS
         if PROTOCOL[dataset] == "isbi"
         for seed in SEEDS
     ]
+
+
+def submissions():
+    """The ISBI test-volume submission stacks (a model trained on all slices), if asked for."""
+    return all_slices_paths(
+        "results/predictions/{dataset}/{run}/seed{seed}/submission.tif"
+    )
+
+
+def exports():
+    """The bioimage.io packages (`unet export`) of every model the run trains."""
+    package = "results/exports/{dataset}/{run}/seed{seed}/model.bioimageio.zip"
+    return run_paths(package) + all_slices_paths(package)
 
 
 def ctc_submissions():
@@ -109,6 +123,7 @@ def final_targets():
         + run_paths("results/figures/overlay-{dataset}-{run}-seed{seed}.png")
         + submissions()
         + ctc_submissions()
+        + exports()
     )
 
 

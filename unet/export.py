@@ -1,0 +1,443 @@
+"""`unet export`: a trained U-Net as a bioimage.io model package, for deepImageJ (Fiji), ilastik, QuPath and napari.
+
+    unet export MODEL.pt OUT.zip [--image TIF] [--dataset NAME] [--cover PNG]
+
+The package follows the bioimage.io model spec 0.5; `bioimageio.spec`'s description classes
+build and validate it. OUT ending in `.zip` gets the zip file that the tools import
+(`save_bioimageio_package`, which loads the written zip back to validate it); any other OUT
+gets a folder of the same files (`save_bioimageio_package_as_folder`), to read or to zip later.
+The package holds:
+
+- the weights twice: `pytorch_state_dict` with its architecture `unet_architecture.py`, and
+  `torchscript` (what deepImageJ and QuPath run), traced on the CPU in eval mode. `unet` is not
+  on PyPI, so the architecture file carries the code: unet/sizes.py, unet/settings.py and
+  unet/model.py verbatim, then `SoftmaxUNet`, the U-Net with the soft-max applied.
+- one input, `raw` (batch, channel, y, x): one grayscale channel whose sides are valid inputs,
+  min + n * step with min = `unet.sizes.valid_input_size_at_least(1, depth)` and step = 2**depth
+  (the paper's network: 188 + 16n, e.g. 572). Preprocessing: `scale_range` with the percentiles
+  the model was trained with (1st and 99th, per image and channel, not clipped), as
+  `unet.io.normalize_intensity` scales.
+- one output, `probabilities` (batch, channel, y, x): background and cell. Valid convolutions
+  lose `unet.sizes.border(depth)` px per side (92 for the paper's network: 572 -> 388); the
+  output's sides are the input's with that offset, and every output pixel is valid. So the
+  output axes have no `halo`: in spec 0.5 a halo is what a tool crops off the output in
+  addition, and the spec asks for an offset where the network crops itself (choice,
+  config/README.md).
+- test input and output (`test_input.npy`, `test_output.npy`): the centre of the test image
+  (`--image`, a stack's first frame; else a synthetic EM section) as float32, and what the
+  package's own preprocessing and network make of it, which `bioimageio test` reproduces.
+- a cover (the input beside its cell probability), README.md (the model, its training, the
+  input it needs, the valid tile sizes), the MIT license, authors and the paper's citation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from bioimageio.spec.model import v0_5
+
+from unet import model as model_module
+from unet import settings as settings_module
+from unet import sizes
+from unet.io import (
+    NORMALIZATION_PERCENTILES,
+    DataError,
+    atomic_directory,
+    atomic_path,
+    check_finite,
+    format_frames,
+    read_stack,
+    write_tiff,
+)
+from unet.model import UNet, load_metadata, load_model
+from unet.settings import PAPER_TILE, SyntheticEmSettings
+from unet.sizes import border, valid_input_size_at_least
+
+INPUT, OUTPUT = v0_5.TensorId("raw"), v0_5.TensorId("probabilities")
+SPATIAL_AXES = (v0_5.AxisId("y"), v0_5.AxisId("x"))
+CLASSES = ("background", "cell")
+# The package's files, by role.
+FILES = {
+    "test_input": "test_input.npy",
+    "test_output": "test_output.npy",
+    "sample_input": "sample_input.tif",
+    "sample_output": "sample_output.tif",
+    "weights": "weights.pt",
+    "torchscript": "weights.torchscript.pt",
+    "architecture": "unet_architecture.py",
+    "cover": "cover.png",
+    "readme": "README.md",
+}
+# What `unet_architecture.py` bundles, each module after those it imports.
+ARCHITECTURE_MODULES = (sizes, settings_module, model_module)
+ARCHITECTURE_HEADER = '''"""The network of a unet-reproduction bioimage.io package: `SoftmaxUNet(**kwargs)`.
+
+Written by `unet export`: unet/sizes.py, unet/settings.py and unet/model.py verbatim, less their
+imports of each other, then `SoftmaxUNet` (unet/export.py). Needs only torch.
+"""
+
+from __future__ import annotations
+'''
+AUTHORS = "unet-reproduction contributors"
+LICENSE = "MIT"
+PAPER = (
+    "Ronneberger, O., Fischer, P., Brox, T.: U-Net: Convolutional Networks for Biomedical Image "
+    "Segmentation. MICCAI 2015, LNCS 9351, pp. 234-241. arXiv:1505.04597"
+)
+PAPER_DOI = "10.1007/978-3-319-24574-4_28"
+
+
+class SoftmaxUNet(UNet):
+    """The U-Net with the soft-max over the classes applied: per pixel the probabilities of background and cell.
+
+    The entry point of the package's `unet_architecture.py`; its weights are those of the `UNet` it extends.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(super().forward(x), dim=1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL_PT", help="model written by `unet train`")
+    parser.add_argument(
+        "out", metavar="OUT", help="the package: a .zip file (what the tools import), or else a folder of its files"
+    )
+    parser.add_argument(
+        "--image",
+        metavar="TIF",
+        help="an image like those the model is for, as acquired (of a stack, the first frame); its centre becomes "
+        "the package's test input (default: a synthetic EM section)",
+    )
+    parser.add_argument("--dataset", metavar="NAME", help="the data set the model was trained on, for name and docs")
+    parser.add_argument("--cover", metavar="PNG", help="also write the package's cover image here")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    metadata = load_metadata(args.model)
+    image = read_test_input(args.image, model.depth, input_percentiles(metadata))
+    with tempfile.TemporaryDirectory(prefix="unet-export.") as staging:
+        description = describe(model, metadata, image, Path(staging), dataset=args.dataset)
+        write_package(description, Path(args.out))
+        if args.cover:
+            with atomic_path(args.cover) as tmp:
+                tmp.write_bytes((Path(staging) / FILES["cover"]).read_bytes())
+    print(f"unet export: {args.out}: {description.name}", file=sys.stderr)
+    return 0
+
+
+def input_percentiles(metadata: dict) -> tuple[float, float]:
+    """The percentiles that training scaled the images by: newer model files record them."""
+    low, high = metadata.get("normalization", {}).get("percentiles", NORMALIZATION_PERCENTILES)
+    return float(low), float(high)
+
+
+def read_test_input(path: str | None, depth: int, percentiles: tuple[float, float]) -> np.ndarray:
+    """The package's test input: the centre square of the image (a stack's first frame) at the largest valid input
+    side up to the paper's 572 px, float32 (1, 1, side, side) with the values as acquired."""
+    if path is None:
+        image, source = _synthetic_section(), "the synthetic test section"
+    else:
+        image, source = read_stack(path)[0], path
+    check_finite(image, source)
+    height, width = image.shape
+    side = largest_valid_input(min(height, width, PAPER_TILE), depth)
+    if side is None:
+        raise DataError(
+            f"{source}: the image is {height}x{width} px, smaller than this U-Net's smallest input "
+            f"({valid_input_size_at_least(1, depth)} px)"
+        )
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = image[None, None, top : top + side, left : left + side].astype(np.float32)
+    low, high = np.percentile(crop, percentiles)
+    if high <= low:  # scale_range would divide by its eps alone
+        raise DataError(f"{source}: the {side}x{side} px centre has no contrast (percentiles {percentiles} coincide)")
+    return crop
+
+
+def largest_valid_input(size: int, depth: int) -> int | None:
+    """The largest valid input side of at most `size` px; None if even the smallest is larger."""
+    side = valid_input_size_at_least(size, depth)
+    if side > size:
+        side -= 2**depth
+    return side if side >= valid_input_size_at_least(1, depth) else None
+
+
+def _synthetic_section() -> np.ndarray:
+    from unet.synthetic import em_section  # only for models exported without an image
+
+    image, _ = em_section(np.random.default_rng(0), PAPER_TILE, SyntheticEmSettings().cell_size)
+    return image
+
+
+def scale_range(tensor: np.ndarray, kwargs: v0_5.ScaleRangeKwargs) -> np.ndarray:
+    """bioimage.io's `scale_range` as bioimageio.core applies it to a (batch, channel, y, x) tensor: per image and
+    channel (x - p_min) / (p_max - p_min + eps), the percentiles linearly interpolated. Up to eps this is
+    `unet.io.normalize_intensity`, which falls back to min and max where the two percentiles coincide."""
+    low, high = np.percentile(tensor, (kwargs.min_percentile, kwargs.max_percentile), axis=(-2, -1), keepdims=True)
+    return ((tensor - low) / (high - low + kwargs.eps)).astype(np.float32)
+
+
+def describe(
+    model: UNet, metadata: dict, image: np.ndarray, folder: Path, *, dataset: str | None = None
+) -> v0_5.ModelDescr:
+    """Write the package's files into `folder` and return their description, which validates them (the test
+    tensors against the axes, the files' hashes). `image`: the raw test input (`read_test_input`)."""
+    files = {role: folder / name for role, name in FILES.items()}
+    network = softmax_unet(model)
+    low, high = input_percentiles(metadata)
+    scaling = v0_5.ScaleRangeKwargs(axes=list(SPATIAL_AXES), min_percentile=low, max_percentile=high)
+    preprocessed = torch.from_numpy(scale_range(image, scaling))
+    with torch.no_grad():
+        probabilities = network(preprocessed).numpy()
+    np.save(files["test_input"], image)
+    np.save(files["test_output"], probabilities)
+    write_tiff(files["sample_input"], image[0, 0], imagej=False)
+    write_tiff(files["sample_output"], probabilities[0], imagej=False)
+    torch.save(network.state_dict(), files["weights"])
+    torchscript(network, preprocessed).save(files["torchscript"])
+    files["architecture"].write_text(architecture_source())
+    write_cover(files["cover"], preprocessed[0, 0].numpy(), probabilities[0, 1])
+    files["readme"].write_text(readme(model.config, metadata, dataset))
+    return v0_5.ModelDescr(
+        name=model_name(dataset),
+        description=(
+            "Cell/background segmentation of 2D grayscale images by the U-Net of Ronneberger, Fischer & Brox "
+            f"(MICCAI 2015), reproduced{f' and trained on {dataset}' if dataset else ''}. Outputs per pixel "
+            "the soft-max probabilities of background and cell."
+        ),
+        authors=[v0_5.Author(name=AUTHORS)],
+        cite=[v0_5.CiteEntry(text=PAPER, doi=v0_5.Doi(PAPER_DOI))],
+        license=v0_5.LicenseId(LICENSE),
+        tags=["unet", "segmentation", "cells", "2d", "pytorch", "torchscript", *([dataset.lower()] if dataset else [])],
+        documentation=v0_5.FileDescr(source=files["readme"]),
+        covers=[v0_5.FileDescr(source=files["cover"])],
+        inputs=[input_description(model.depth, scaling, files)],
+        outputs=[output_description(model.depth, files)],
+        weights=weights_description(model.config, files),
+    )
+
+
+def model_name(dataset: str | None) -> str:
+    """The package's name: letters, digits, spaces and `_+-()` only (the spec's rule)."""
+    trained_on = f" for {dataset}" if dataset else ""
+    return re.sub(r"[^A-Za-z0-9_+\-() ]", "-", f"U-Net{trained_on} (Ronneberger 2015 reproduction)")
+
+
+def softmax_unet(model: UNet) -> SoftmaxUNet:
+    """`model` with the soft-max applied, on the CPU in eval mode."""
+    network = SoftmaxUNet(**model.config)
+    network.load_state_dict(model.state_dict())
+    return network.cpu().eval()
+
+
+def torchscript(network: SoftmaxUNet, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """`network` traced on `example`. The trace keeps the crops' arithmetic on the input's shape, so it takes any
+    valid size; the size check of `UNet.forward` runs only while tracing, hence torch's warnings about it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings of that check, and torch.jit's deprecation notice
+        with torch.no_grad():
+            return torch.jit.trace(network, example)
+
+
+def architecture_source() -> str:
+    """The package's `unet_architecture.py`: ARCHITECTURE_MODULES verbatim, less their imports of each other, then
+    `SoftmaxUNet`. A module-level import of another unet module than those bundled before is a `RuntimeError`."""
+    parts = [ARCHITECTURE_HEADER]
+    bundled: set[str] = set()
+    for module in ARCHITECTURE_MODULES:
+        parts.append(f"# ---- {module.__name__.replace('.', '/')}.py ----\n\n{_without_imports(module, bundled)}")
+        bundled.add(module.__name__)
+    parts.append(f"# ---- {__name__}.SoftmaxUNet ----\n\n{inspect.getsource(SoftmaxUNet)}")
+    return "\n\n".join(parts)
+
+
+def _without_imports(module, bundled: set[str]) -> str:
+    """The source of `module` without its `from __future__` import and its imports of the `bundled` modules."""
+    source = inspect.getsource(module)
+    dropped: set[int] = set()
+    for node in ast.parse(source).body:
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        imported = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+        if imported == "__future__" or imported in bundled:
+            dropped.update(range(node.lineno, node.end_lineno + 1))
+        elif imported.split(".")[0] == "unet":
+            raise RuntimeError(f"{module.__name__} imports {imported}, which {FILES['architecture']} does not bundle")
+    lines = source.splitlines(keepends=True)
+    kept = "".join(line for number, line in enumerate(lines, start=1) if number not in dropped)
+    return re.sub(r"\n{4,}", "\n\n\n", kept).strip() + "\n"  # the dropped imports' blank lines
+
+
+def input_description(depth: int, scaling: v0_5.ScaleRangeKwargs, files: dict[str, Path]) -> v0_5.InputTensorDescr:
+    """One grayscale channel; each side a valid U-Net input, min + n * 2**depth px."""
+    size = v0_5.ParameterizedSize(min=valid_input_size_at_least(1, depth), step=2**depth)
+    return v0_5.InputTensorDescr(
+        id=INPUT,
+        description="one 2D grayscale image (any intensity range; preprocessing scales it)",
+        axes=[
+            v0_5.BatchAxis(),
+            v0_5.ChannelAxis(channel_names=[v0_5.Identifier("gray")]),
+            *(v0_5.SpaceInputAxis(id=axis, size=size) for axis in SPATIAL_AXES),
+        ],
+        test_tensor=v0_5.FileDescr(source=files["test_input"]),
+        sample_tensor=v0_5.FileDescr(source=files["sample_input"]),
+        data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=[v0_5.ScaleRangeDescr(kwargs=scaling)],
+    )
+
+
+def output_description(depth: int, files: dict[str, Path]) -> v0_5.OutputTensorDescr:
+    """Background and cell probabilities; each side the input's less 2 * border(depth): valid convolutions."""
+    return v0_5.OutputTensorDescr(
+        id=OUTPUT,
+        description=f"soft-max probabilities; {border(depth)} px per side smaller than the input",
+        axes=[
+            v0_5.BatchAxis(),
+            v0_5.ChannelAxis(channel_names=[v0_5.Identifier(name) for name in CLASSES]),
+            *(
+                v0_5.SpaceOutputAxis(
+                    id=axis, size=v0_5.SizeReference(tensor_id=INPUT, axis_id=axis, offset=-2 * border(depth))
+                )
+                for axis in SPATIAL_AXES
+            ),
+        ],
+        test_tensor=v0_5.FileDescr(source=files["test_output"]),
+        sample_tensor=v0_5.FileDescr(source=files["sample_output"]),
+        data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+    )
+
+
+def weights_description(config: dict, files: dict[str, Path]) -> v0_5.WeightsDescr:
+    version = v0_5.Version(torch.__version__.split("+")[0])  # without the build tag, e.g. +cpu
+    return v0_5.WeightsDescr(
+        pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
+            source=files["weights"],
+            architecture=v0_5.ArchitectureFromFileDescr(
+                source=files["architecture"], callable=v0_5.Identifier(SoftmaxUNet.__name__), kwargs=config
+            ),
+            pytorch_version=version,
+        ),
+        torchscript=v0_5.TorchscriptWeightsDescr(
+            source=files["torchscript"],
+            pytorch_version=version,
+            parent="pytorch_state_dict",
+            comment="traced on the CPU in eval mode",
+        ),
+    )
+
+
+def write_cover(path: Path, image: np.ndarray, probability: np.ndarray, min_height: int = 256) -> None:
+    """The input (scaled, the output's field of view) beside the cell probability, 2:1, in gray."""
+    from matplotlib.image import imsave
+
+    margin = (image.shape[0] - probability.shape[0]) // 2
+    seen = image[margin : margin + probability.shape[0], margin : margin + probability.shape[1]]
+    cover = np.concatenate([np.clip(seen, 0, 1), probability], axis=1)
+    zoom = max(1, -(-min_height // cover.shape[0]))  # small networks' outputs are a few pixels
+    imsave(path, np.kron(cover, np.ones((zoom, zoom))), cmap="gray", vmin=0, vmax=1)
+
+
+def write_package(description: v0_5.ModelDescr, out: Path) -> None:
+    """Write the package atomically: a zip (loaded back and validated by the library) or a folder."""
+    from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
+
+    if out.suffix == ".zip":
+        with atomic_path(out) as tmp:
+            save_bioimageio_package(description, output_path=tmp)
+    else:
+        with atomic_directory(out) as tmp:
+            save_bioimageio_package_as_folder(description, output_path=tmp)
+
+
+def readme(config: dict, metadata: dict, dataset: str | None) -> str:
+    """The package's documentation (README.md)."""
+    depth = config["depth"]
+    smallest, step, lost = valid_input_size_at_least(1, depth), 2**depth, border(depth)
+    low, high = input_percentiles(metadata)
+    training = "\n".join(f"- {key}: {value}" for key, value in training_facts(metadata, dataset).items())
+    return f"""# {model_name(dataset)}
+
+The U-Net of Ronneberger, Fischer & Brox (MICCAI 2015) for 2D cell segmentation, from the
+unet-reproduction project: {config["depth"]} poolings, {config["base_channels"]} feature channels at the
+first level, valid (unpadded) 3x3 convolutions. It labels each pixel background or cell.
+
+## Input
+
+One 2D grayscale image (a single channel, any intensity range), like the images it was trained
+on. The package scales it itself (`scale_range`): per image, the percentiles {low:g} and {high:g}
+of its intensities map to 0 and 1, without clipping, as in training. Tools that split a large
+image into tiles may compute these percentiles per tile instead.
+
+Valid tile sides: {smallest} + {step}n px ({smallest}, {smallest + step}, {smallest + 2 * step}, ...;
+the paper's network takes 572).
+
+## Output
+
+Two channels, the soft-max probabilities of background and cell (cell > 0.5: cell). The network
+uses valid convolutions: each output side is {2 * lost} px shorter than the input's, the output
+covering the input's centre without its {lost} px border, and every output pixel is valid. For
+probabilities up to the image's edges, pad the image by {lost} px per side (mirrored) first, as
+`unet predict` does.
+
+`unet predict` also averages the predictions of flipped and rotated copies (test-time
+augmentation) and tiles large images itself; this package computes a single pass.
+
+## Training
+
+{training or "- not recorded in the model file"}
+
+## Validation
+
+The package's test input and output (`test_input.npy`, `test_output.npy`) were computed by its
+own preprocessing and network; `bioimageio test` reproduces them. The reproduction scores its
+models on held-out images with the challenges' metrics (ISBI 2012: warping, Rand and pixel
+error; Cell Tracking Challenge: SEG and IoU) in its tables (`results/tables/`).
+
+## Weights
+
+`pytorch_state_dict` (architecture: `unet_architecture.py`, class `SoftmaxUNet`, needs only
+PyTorch) and `torchscript` (traced on the CPU), the same network and numbers.
+
+## Citation
+
+{PAPER}. doi:{PAPER_DOI}
+
+## License
+
+MIT, {AUTHORS}.
+"""
+
+
+def training_facts(metadata: dict, dataset: str | None) -> dict[str, object]:
+    """What the model file records of its training, by name; absent items left out."""
+    settings = metadata.get("settings", {})
+    frames = settings.get("frames")
+    held_out = settings.get("val_frames")
+    loss = metadata.get("final_loss")
+    facts = {
+        "data set": dataset,
+        "labels": metadata.get("label_kind"),
+        "training frames": format_frames(frames) if frames else None,
+        "held-out frames": format_frames(held_out) if held_out else None,
+        "iterations": metadata.get("iterations"),
+        "seed": metadata.get("seed"),
+        "training settings": _listed(settings.get("train")),
+        "augmentation": _listed(settings.get("augment")),
+        "final training loss": f"{loss:.4g}" if loss is not None else None,
+        "trained on": " with torch ".join(str(metadata[key]) for key in ("device", "torch") if key in metadata),
+    }
+    return {key: value for key, value in facts.items() if value not in (None, "")}
+
+
+def _listed(settings: dict | None) -> str | None:
+    return ", ".join(f"{key} {value}" for key, value in settings.items()) if settings else None
