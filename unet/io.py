@@ -49,10 +49,12 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     The temporary name keeps the final suffix (writers such as tifffile and
-    matplotlib choose the format from it).
+    matplotlib choose the format from it). Temporaries of `path` that a killed
+    earlier write left behind are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix, dir=path.parent
     )
