@@ -188,7 +188,7 @@ class TrainSettings(StageSettings):
 
     SECTION: ClassVar[str] = "train"
     iterations: int = setting(60000, "optimiser steps", minimum=1)
-    learning_rate: float = setting(0.0003, "peak learning rate, for the mean-reduced loss", exclusive_minimum=0)
+    learning_rate: float = setting(0.003, "peak learning rate, for the weighted-mean loss", exclusive_minimum=0)
     lr_schedule: str = setting(
         "poly", "constant, or poly: lr * (1 - step / iterations) ** 0.9", choices=("constant", "poly")
     )
