@@ -13,6 +13,7 @@ import pytest
 import tomllib
 import yaml
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from helpers import CONFIG, DEMO_CONFIG, REPO
 from workflow_rules import workflow_rules
@@ -54,7 +55,7 @@ def test_snakefmt_leaves_the_rule_files_unchanged() -> None:
 
 @pytest.mark.parametrize("command", [["check"], ["format", "--check", "--diff"]], ids=["lint", "format"])
 def test_ruff_leaves_the_python_files_unchanged(command: list[str]) -> None:
-    result = run(sys.executable, "-m", "ruff", *command, "unet", "tests", "benchmarks")
+    result = run(sys.executable, "-m", "ruff", *command, "unet", "tests", "benchmarks", "envs")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -123,16 +124,22 @@ def gpu_problems(profile: Path, rules: list) -> list[str]:
     return [f"{profile}: {problem}: {sorted(names)}" for problem, names in problems.items() if names]
 
 
-def test_rule_environment_installs_the_runtime_dependencies() -> None:
+def test_rule_environment_and_pip_lock_pin_the_same_versions_of_the_runtime_dependencies() -> None:
+    """envs/unet.yaml (conda) and envs/constraints.txt (pip) pin each runtime dependency of pyproject.toml to
+    one version, the same in both, within pyproject's range (envs/lock.py writes both)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = {
-        CONDA_NAMES.get(req.name, req.name): str(req.specifier)
-        for req in map(Requirement, project["dependencies"])
-        if req.name not in NOT_IN_RULE_ENV
-    }
-    wanted["python"] = project["requires-python"]
+    locked = dict(line.split("==") for line in (ENVS / "constraints.txt").read_text().splitlines() if "==" in line)
     env = yaml.safe_load(RULE_ENV.read_text())
     listed = dict(_conda_spec(spec) for spec in env["dependencies"] if isinstance(spec, str) and spec != "pip")
+    assert listed.pop("python") == project["requires-python"]
+    wanted = {}
+    for requirement in map(Requirement, project["dependencies"]):
+        version = locked[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(version), (
+            f"the lock's {requirement.name} {version} is outside {requirement}"
+        )
+        if requirement.name not in NOT_IN_RULE_ENV:
+            wanted[CONDA_NAMES.get(requirement.name, requirement.name)] = f"=={version}"
     assert listed == wanted
     assert env["channels"][0] == "conda-forge"
 
