@@ -452,6 +452,10 @@ def test_layout_and_tiff_errors_name_the_users_source_not_a_temporary_folder(sha
     ):
         fetch("isbi2012", tmp_path / "raw", source=str(source))
     shutil.copy(shared_data / "isbi2012" / "train-labels.tif", source)
+    with pytest.raises(DataError, match=rf"^isbi2012: {source / 'train-volume.tif'}: checksum mismatch"):
+        fetch("isbi2012", tmp_path / "raw", source=str(source), checksums={"train-volume.tif": "md5:" + "0" * 32})
+    with pytest.raises(DataError, match=rf"^isbi2012: a checksum is given for gone.tif, but {source} has no"):
+        fetch("isbi2012", tmp_path / "raw", source=str(source), checksums={"gone.tif": "md5:" + "0" * 32})
     (source / "test-volume.tif").write_bytes(b"II*\0 not a TIFF")
     with pytest.raises(DataError, match=rf"^isbi2012: {source / 'test-volume.tif'}: (not a readable|a damaged)"):
         fetch("isbi2012", tmp_path / "raw", source=str(source))

@@ -6,13 +6,12 @@ from unet.io import (
     Split,
     atomic_path,
     format_frames,
-    held_out_frames,
     normalize_intensity,
     parse_frames,
     read_split,
     write_split,
 )
-from unet.pipeline import ConfigError, paper_deviations, stage_settings, typed_command_line_values
+from unet.pipeline import ConfigError, held_out_frames, paper_deviations, stage_settings, typed_command_line_values
 from unet.settings import PredictSettings, cli_flags
 
 

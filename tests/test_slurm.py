@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -160,6 +161,9 @@ def slurm_profile() -> dict:
 
 
 # The demo's EM data and a tiny network, trained long enough (a few seconds) to be stopped midway.
+# The demo's EM data and a tiny network, trained long enough (a few seconds) to be stopped midway. No
+# periodic checkpoint before the end: a resumed run can only start from the checkpoint of the stop.
+STOPPED_ITERATIONS = 3000
 STOPPED_TRAINING = (
     "--configfile",
     str(CONFIG),
@@ -167,17 +171,20 @@ STOPPED_TRAINING = (
     "--config",
     "threads={train: 1}",
     "model={base_channels: 4, depth: 2}",
-    "train={iterations: 600, input_size: 60, warmup: 0, checkpoint_every: 100, log_every: 50, val_every: 300}",
+    f"train={{iterations: {STOPPED_ITERATIONS}, input_size: 60, warmup: 0, checkpoint_every: 100000, "
+    "log_every: 50, val_every: 100000}",
 )
 STOPPED_MODEL = "results/models/demo-em/fold0/seed0"
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_a_training_job_stopped_by_slurm_is_resubmitted_and_resumes_to_the_same_weights(
-    slurm_cluster: SlurmCluster, tmp_path: Path
+    slurm_cluster: SlurmCluster, tmp_path: Path, stop: signal.Signals
 ) -> None:
-    """A time limit or a preemption: SLURM sends SIGTERM to the job's processes. Training writes a checkpoint and
-    exits with 143; the profile's retries resubmit the job, which resumes; the final weights are those of a run
-    that was never stopped."""
+    """A time limit or a preemption: SLURM sends SIGTERM to the job's processes (and SIGUSR1 ahead of the
+    limit, which profiles/slurm asks for with --signal). Training writes a checkpoint at the iteration it
+    reached and exits with 128 + the signal; the profile's retries resubmit the job, which resumes from that
+    checkpoint; the final weights are those of a run that was never stopped."""
     workdir = tmp_path / "work"
     workdir.mkdir()
     profile = site_profile(slurm_cluster, DEMO_RUN, tmp_path / "profile")
@@ -200,19 +207,20 @@ def test_a_training_job_stopped_by_slurm_is_resubmitted_and_resumes_to_the_same_
         *STOPPED_TRAINING,
     ]
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    checkpoint = workdir / STOPPED_MODEL / "checkpoint.pt"
+    started = workdir / STOPPED_MODEL / "log.csv"  # its first row: the training is under way
     deadline = time.monotonic() + 600
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert checkpoint.exists(), f"training never checkpointed\n{process.communicate()[0]}"
+    assert started.exists(), f"training never started\n{process.communicate()[0]}"
     train_job = next(job for job, comment in queued_jobs(slurm_cluster) if comment.startswith("rule_train"))
-    slurm_cluster.command("scancel", "--signal=TERM", train_job)  # what SLURM sends at a time limit
+    slurm_cluster.command("scancel", f"--signal={stop.name.removeprefix('SIG')}", train_job)
     log = process.communicate(timeout=600)[0]
     assert process.returncode == 0, f"{log}\n{slurm_cluster.diagnostics()}"
     stopped = slurm_cluster.job(train_job)
-    assert stopped["JobState"] == "FAILED" and stopped["ExitCode"].startswith("143"), stopped  # 128 + SIGTERM
+    assert stopped["JobState"] == "FAILED" and stopped["ExitCode"].startswith(str(128 + stop)), stopped
     train_log = (workdir / "results/logs/train/demo-em/fold0/seed0.log").read_text()
-    assert "resuming from" in train_log, train_log[-2000:]
+    resumed_at = re.search(r"resuming from \S+ at iteration (\d+)", train_log)
+    assert resumed_at and 0 < int(resumed_at[1]) < STOPPED_ITERATIONS, train_log[-2000:]
 
     # The same training on the same data, never stopped, one thread as in the cluster's job.
     shell = next(line for line in log.splitlines() if line.startswith("Shell command: unet train"))
@@ -222,6 +230,14 @@ def test_a_training_job_stopped_by_slurm_is_resubmitted_and_resumes_to_the_same_
     straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
     resumed = torch.load(workdir / STOPPED_MODEL / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(straight[key], resumed[key]) for key in straight), "the resumed weights differ"
+
+
+def test_the_profile_asks_slurm_to_warn_training_jobs_only() -> None:
+    """--signal=USR1@120 for training, which checkpoints on it; any other job would just die early."""
+    resources = slurm_profile()["set-resources"]
+    assert resources["train"]["slurm_extra"] == "'--signal=USR1@120'"
+    assert [rule for rule, values in resources.items() if "slurm_extra" in values] == ["train"]
+    assert "slurm_extra" not in slurm_profile()["default-resources"]
 
 
 def queued_jobs(cluster: SlurmCluster) -> list[tuple[str, str]]:

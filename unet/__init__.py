@@ -2,7 +2,7 @@
 
 One module per pipeline stage, each usable without Snakemake and from the `unet` command:
 `fetch`, `prepare`, `synthetic` (the embedded demo data), `weightmap`, `augment`, `train`,
-`predict`, `evaluate`, `tables`; the workflow reaches them through `pipeline` and `settings`.
+`predict`, `evaluate`, `tables`, `export`; the workflow reaches them through `pipeline` and `settings`.
 """
 
 from importlib import metadata

@@ -25,16 +25,14 @@ from unet import metrics
 from unet.figures import figure
 from unet.io import (
     DataError,
-    add_fold_arguments,
-    fold_of,
     format_frames,
-    held_out_frames,
     numbered_files,
     parse_frames,
     read_stack,
     read_tiff,
     write_json,
 )
+from unet.pipeline import add_fold_arguments, fold_of, held_out_frames
 from unet.settings import EvaluateSettings, from_arguments
 from unet.settings import add_arguments as add_settings_arguments
 

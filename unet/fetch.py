@@ -579,8 +579,8 @@ def _from_urls(dataset, source, staging, protocol, part, overrides, **transfer) 
 
 def _from_local(dataset, source: Path, staging, protocol, part, overrides) -> Path:
     if source.is_dir():
+        check_given_checksums(dataset, source, overrides)  # on the user's files, so errors name them
         copy_files(source, staging)
-        check_given_checksums(dataset, staging, overrides)
         return staging
     if not source.is_file():
         raise DataError(f"{dataset}: source {source} is neither a URL nor an existing file or folder")

@@ -297,15 +297,17 @@ def _write_split_files(directory: Path, split: Split) -> None:
     )
 
 
-def read_split(directory: str | os.PathLike) -> Split:
-    """Read and validate a prepared split; any inconsistency raises `DataError` naming the file."""
+def read_split(directory: str | os.PathLike, *, labels: bool = True) -> Split:
+    """Read and validate a prepared split; any inconsistency raises `DataError` naming the file. Without
+    `labels`, only its images and frames are read (what prediction needs)."""
     directory = Path(directory)
     meta_path = directory / "frames.json"
     meta = read_json(meta_path)
     missing = {"dataset", "split", "kind", "frames", "labelled"} - set(meta)
     if missing:
         raise DataError(f"{meta_path}: missing keys {sorted(missing)}")
-    labels = read_stack(directory / "labels.tif") if meta["labelled"] else None
+    wanted = labels
+    labels = read_stack(directory / "labels.tif") if meta["labelled"] and wanted else None
     unannotated = directory / UNANNOTATED
     split = Split(
         dataset=meta["dataset"],
@@ -317,11 +319,11 @@ def read_split(directory: str | os.PathLike) -> Split:
         labelled=list(meta["labelled"]),
         unannotated=read_stack(unannotated) > 0 if labels is not None and unannotated.is_file() else None,
     )
-    _validate_split(split, source=str(directory))
+    _validate_split(split, source=str(directory), labels_read=wanted)
     return split
 
 
-def _validate_split(split: Split, *, source: str) -> None:
+def _validate_split(split: Split, *, source: str, labels_read: bool = True) -> None:
     def fail(message: str) -> None:
         raise DataError(f"{source}: {message}")
 
@@ -337,7 +339,7 @@ def _validate_split(split: Split, *, source: str) -> None:
         fail("frames.json lists a frame id twice")
     check_finite(split.images, f"{source}/images.tif", frames=split.frames)
     if split.labels is None:
-        if split.labelled:
+        if split.labelled and labels_read:
             fail("frames.json lists labelled frames but there is no labels.tif")
         return
     if split.labels.ndim != 3 or split.labels.shape[1:] != split.images.shape[1:]:
@@ -407,39 +409,6 @@ def format_frames(frames: list[int]) -> str:
             parts.append(f"{start}-{frame}" if frame != start else f"{frame}")
             start = None
     return ",".join(parts)
-
-
-def held_out_frames(frames: list[int], folds: int, fold: int) -> list[int]:
-    """The frames held out by cross-validation fold `fold` (0-based): its block of `folds` contiguous blocks.
-
-    Blocks keep the order of `frames` and differ in size by at most one, the
-    larger ones first (30 slices, 3 folds: 0-9, 10-19, 20-29). Contiguous blocks,
-    because neighbouring EM sections are correlated.
-    """
-    if not 2 <= folds <= len(frames):
-        raise ValueError(f"folds must be between 2 and the number of frames ({len(frames)}), found {folds}")
-    if not 0 <= fold < folds:
-        raise ValueError(f"fold must be between 0 and {folds - 1}, found {fold}")
-    return [int(frame) for frame in np.array_split(np.asarray(frames), folds)[fold]]
-
-
-def add_fold_arguments(parser, selected: str) -> None:
-    """`--fold K --folds N`: select the frames held out by cross-validation fold K (`held_out_frames`)."""
-    parser.add_argument(
-        "--fold",
-        type=int,
-        metavar="K",
-        help=f"{selected} the labelled frames held out by cross-validation fold K (0-based) "
-        "of --folds contiguous blocks",
-    )
-    parser.add_argument("--folds", type=int, metavar="N", help="number of cross-validation folds (with --fold)")
-
-
-def fold_of(args) -> tuple[int, int] | None:
-    """(fold, folds) from `add_fold_arguments`' flags, or None when no fold is selected."""
-    if (args.fold is None) != (args.folds is None):
-        raise ValueError("--fold and --folds go together")
-    return None if args.fold is None else (args.fold, args.folds)
 
 
 # --- a user's own images -------------------------------------------------------------------------------------

@@ -154,16 +154,21 @@ def save_model(path, model: UNet, **metadata) -> None:
 
 def load_model(path, device: str | torch.device = "cpu") -> UNet:
     """The `UNet` saved by `save_model` (or a training checkpoint), in eval mode on `device`."""
-    saved = _read_model_file(path)
-    model = UNet(**saved["config"])
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval()
+    return load_model_and_metadata(path, device)[0]
 
 
 def load_metadata(path) -> dict:
     """The metadata `save_model` stored beside the weights (`unet train`: settings, input scaling, ...); keys
     that older files lack are absent, and a file without any gives {}."""
     return dict(_read_model_file(path).get("metadata") or {})
+
+
+def load_model_and_metadata(path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
+    """`load_model` and `load_metadata` from one reading of the file."""
+    saved = _read_model_file(path)
+    model = UNet(**saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), dict(saved.get("metadata") or {})
 
 
 def _read_model_file(path) -> dict:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from unet.device import uses_bf16
+from unet.progress import progress_bar
 from unet.settings import PredictSettings
 from unet.sizes import border, check_prediction_tile, output_size, valid_input_size_at_least
 
@@ -162,7 +163,11 @@ def predict_probabilities(
     was_training = model.training
     model.eval().to(device, memory_format=torch.channels_last)
     try:
-        with torch.inference_mode(), autocast, _progress_bar(len(images), progress) as bar:
+        with (
+            torch.inference_mode(),
+            autocast,
+            progress_bar(len(images), desc="predict", unit="image", shown=progress) as bar,
+        ):
             for start in range(0, len(images), images_per_chunk):
                 chunk = source[start : start + images_per_chunk].to(device, non_blocking=True)
                 result[start : start + len(chunk)].copy_(
@@ -231,18 +236,3 @@ def _predict_chunk(model, images: torch.Tensor, tiler: _Tiler, transforms, batch
     for transform, variant, outputs in zip(transforms, variants, probabilities.chunk(len(transforms))):
         mean += transform.invert(tiler.stitch(outputs, variant.shape[1:], transform.transpose))
     return mean / len(transforms)
-
-
-def _progress_bar(total: int, shown: bool):
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc="predict",
-        unit="image",
-        disable=not shown,
-        file=sys.stderr,
-        mininterval=0.5 if sys.stderr.isatty() else 30,
-    )

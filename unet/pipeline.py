@@ -50,6 +50,9 @@ SYNTHETIC_SETTINGS = {"isbi": SyntheticEmSettings, "ctc": SyntheticCellsSettings
 ALL_SLICES = "all"
 FOLD = "fold"
 RUN_PATTERN = rf"{FOLD}\d+|{ALL_SLICES}|\d\d"  # any run name, as a wildcard constraint
+FOLD_RUN_PATTERN = rf"{FOLD}\d+"  # the ISBI cross-validation runs
+SEQUENCE_PATTERN = "|".join(CTC_SEQUENCES)  # a CTC sequence, as a run or a split
+LABELLED_SPLIT_PATTERN = "|".join(dict.fromkeys(s for splits in LABELLED_SPLITS.values() for s in splits))
 # Labelled training frames of the data sets whose count is known before they are fetched.
 KNOWN_LABELLED_FRAMES = {"isbi2012": 30}
 
@@ -93,6 +96,41 @@ def parse_run(protocol: str, name: str, folds: int | None = None) -> Run:
             return Run(protocol, name, name, None, OTHER_SEQUENCE[name], held_out=OTHER_SEQUENCE[name])
         raise ValueError(f"ctc run {name!r}: expected a sequence, {' or '.join(CTC_SEQUENCES)}")
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+def held_out_frames(frames: list[int], folds: int, fold: int) -> list[int]:
+    """The frames held out by cross-validation fold `fold` (0-based): its block of `folds` contiguous blocks.
+
+    Blocks keep the order of `frames` and differ in size by at most one, the
+    larger ones first (30 slices, 3 folds: 0-9, 10-19, 20-29). Contiguous blocks,
+    because neighbouring EM sections are correlated.
+    """
+    if not 2 <= folds <= len(frames):
+        raise ValueError(f"folds must be between 2 and the number of frames ({len(frames)}), found {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be between 0 and {folds - 1}, found {fold}")
+    size, larger = divmod(len(frames), folds)
+    start = fold * size + min(fold, larger)
+    return [int(frame) for frame in frames[start : start + size + (fold < larger)]]
+
+
+def add_fold_arguments(parser, selected: str) -> None:
+    """`--fold K --folds N`: select the frames held out by cross-validation fold K (`held_out_frames`)."""
+    parser.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help=f"{selected} the labelled frames held out by cross-validation fold K (0-based) "
+        "of --folds contiguous blocks",
+    )
+    parser.add_argument("--folds", type=int, metavar="N", help="number of cross-validation folds (with --fold)")
+
+
+def fold_of(args) -> tuple[int, int] | None:
+    """(fold, folds) from `add_fold_arguments`' flags, or None when no fold is selected."""
+    if (args.fold is None) != (args.folds is None):
+        raise ValueError("--fold and --folds go together")
+    return None if args.fold is None else (args.fold, args.folds)
 
 
 def fold_run(fold: int) -> str:

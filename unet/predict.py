@@ -41,11 +41,9 @@ from unet.device import resolve_device
 from unet.io import (
     NORMALIZATION_PERCENTILES,
     DataError,
-    add_fold_arguments,
+    Split,
     atomic_directory,
-    fold_of,
     format_frames,
-    held_out_frames,
     image_files,
     normalize_intensity,
     parse_frames,
@@ -53,8 +51,9 @@ from unet.io import (
     read_split,
     write_tiff,
 )
-from unet.model import load_model
+from unet.model import load_model_and_metadata
 from unet.overlap_tile import TTA, predict_probabilities, tile_layout
+from unet.pipeline import add_fold_arguments, fold_of, held_out_frames
 from unet.settings import MODEL_PREDICT_KEYS, PredictSettings, from_arguments
 from unet.settings import add_arguments as add_settings_arguments
 
@@ -78,8 +77,9 @@ def load_models(paths: list[str | os.PathLike], device: torch.device) -> Models:
     """The models of `paths`; they must agree on depth and input scaling to be averaged."""
     networks, metadata = [], []
     for path in map(Path, paths):
-        networks.append(load_model(path, device))
-        metadata.append(torch.load(path, map_location="cpu", weights_only=True).get("metadata", {}))
+        network, saved = load_model_and_metadata(path, device)
+        networks.append(network)
+        metadata.append(saved)
     percentiles = [tuple(m.get("normalization", {}).get("percentiles", NORMALIZATION_PERCENTILES)) for m in metadata]
     for path, network, scaling in zip(paths[1:], networks[1:], percentiles[1:]):
         if network.depth != networks[0].depth or scaling != percentiles[0]:
@@ -237,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # one tile shape throughout: let cuDNN pick its fastest kernels
     models = load_models(args.model, device)
-    settings = from_arguments(PredictSettings, args, defaults=PredictSettings.from_mapping(models.predict))
+    saved = PredictSettings.from_mapping(models.predict, f"{models.paths[0]}: its saved predict")
+    settings = from_arguments(PredictSettings, args, defaults=saved)
     if args.data:
         _predict_split(args, models, settings, device)
     else:
@@ -248,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
 def _predict_split(args: argparse.Namespace, models: Models, settings: PredictSettings, device) -> None:
     if args.masks is not None or args.channel is not None:
         raise ValueError("--masks and --channel go with --images; with --data use --instances")
-    images, frames, every_frame = _split_frames(args)
+    split = read_split(args.data, labels=False)
+    images, frames, every_frame = _split_frames(args, split)
     if args.instances and not every_frame:
         raise ValueError(
             "--instances writes a Cell Tracking Challenge result folder, which needs a mask for every "
@@ -257,7 +259,7 @@ def _predict_split(args: argparse.Namespace, models: Models, settings: PredictSe
     start = time.perf_counter()
     probabilities = predict_images(models, images, settings, device, progress=len(images) > 1)
     seconds = time.perf_counter() - start
-    write_tiff(args.out, probabilities, axes=read_split(args.data).axes)
+    write_tiff(args.out, probabilities, axes=split.axes)
     if args.submission:
         write_submission(args.submission, probabilities)
     if args.instances:
@@ -298,12 +300,11 @@ def _write_image_results(stem: Path, axes: str, probabilities: np.ndarray, masks
         write_tiff(f"{stem}_masks.tif", shaped(masks), axes=axes)
 
 
-def _split_frames(args: argparse.Namespace) -> tuple[np.ndarray, list[int], bool]:
+def _split_frames(args: argparse.Namespace, split: Split) -> tuple[np.ndarray, list[int], bool]:
     """The raw images of the frames to predict, their ids, and whether they are every frame of the split."""
     fold = fold_of(args)
     if fold and args.frames:
         raise ValueError("select frames with --frames or with --fold, not both")
-    split = read_split(args.data)
     if fold:
         frames = held_out_frames(split.labelled, fold[1], fold[0])
     elif args.frames:

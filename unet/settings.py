@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -344,13 +345,11 @@ def cli_flags(settings: Mapping[str, Any]) -> str:
 
     Booleans become `--flag` / `--no-flag`, lists repeat their values, None is left out.
     """
-    import shlex
-
     flags = []
     for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
+        flag = _flag(key)
         if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+            flags.append(flag if value else _flag(key, "no"))
         elif value is None:
             continue
         elif isinstance(value, (list, tuple)):

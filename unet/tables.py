@@ -123,30 +123,36 @@ PROVENANCE = ("commit", "python", "torch", "numpy", "snakemake", "cuda", "cudnn"
 RunKey = tuple[str, str, int]  # dataset, run, seed
 
 
-def read_runs(paths: Sequence[str | Path]) -> dict[RunKey, dict]:
-    """The run records (`run.json` of each model folder), by (dataset, run, seed) from their paths."""
+def read_runs(paths: Sequence[str | Path], snakemake_version: str | None = None) -> dict[RunKey, dict]:
+    """The run records (`run.json` of each model folder), by (dataset, run, seed) from their paths. A record
+    made where snakemake was not installed (a job's conda environment) gets `snakemake_version`, the version
+    of the Snakemake that ran the workflow."""
     runs = {}
     for path in paths:
         key = parse_model_file(path)
         if key is None:
             raise DataError(f"{path}: run records must be named {{dataset}}/{{run}}/seed{{seed}}/run.json")
-        runs[key] = read_json(path)
+        record = read_json(path)
+        runs[key] = record | {"snakemake": record.get("snakemake") or snakemake_version}
     return runs
 
 
 def provenance(scores: list[Score], runs: dict[RunKey, dict]) -> dict[str, object]:
     """The provenance columns of a row of ours: each value the runs had (joined if they differ), the seeds, and
     the training time summed over the runs. Empty without run records."""
-    records = [runs[key] for key in ((s.dataset, s.run, s.seed) for s in scores) if key in runs]
+    records = [_shown(runs[key]) for key in ((s.dataset, s.run, s.seed) for s in scores) if key in runs]
     if not records:
         return {}
-    for record in records:
-        commit = record.get("commit")
-        record["commit"] = f"{commit[:12]}{'+dirty' if record.get('dirty') else ''}" if commit else "unknown"
     row = {key: "; ".join(sorted({str(record.get(key)) for record in records})) for key in PROVENANCE[:-2]}
     row["seeds"] = ",".join(str(seed) for seed in sorted({s.seed for s in scores}))
     row["train_wall_s"] = round(sum(record.get("train_wall_s") or 0.0 for record in records), 1)
     return row
+
+
+def _shown(record: dict) -> dict:
+    """A run record as the tables show it: the commit shortened, `+dirty` for uncommitted changes."""
+    commit = record.get("commit")
+    return record | {"commit": f"{commit[:12]}{'+dirty' if record.get('dirty') else ''}" if commit else "unknown"}
 
 
 def table1(scores: list[Score], runs: dict[RunKey, dict] | None = None) -> pd.DataFrame:
@@ -323,11 +329,15 @@ def _differences(settings_note: str) -> str:
 
 
 def write_tables(
-    score_files: list[str | Path], out_dir: str | Path, settings_note: str = "", run_files: Sequence = ()
+    score_files: list[str | Path],
+    out_dir: str | Path,
+    settings_note: str = "",
+    run_files: Sequence = (),
+    snakemake_version: str | None = None,
 ) -> None:
     """Write table1 and table2 (.csv, .md, .html) into `out_dir`, our rows with the provenance of `run_files`."""
     scores = [read_score(path) for path in score_files]
-    runs = read_runs(run_files)
+    runs = read_runs(run_files, snakemake_version)
     out_dir = Path(out_dir)
     for name, frame, document in (
         ("table1", table1(scores, runs), table1_document),
@@ -396,6 +406,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the run.json of each scored model ({dataset}/{run}/seed{seed}/run.json): provenance",
     )
     parser.add_argument(
+        "--snakemake-version",
+        help="the version of the Snakemake that ran the workflow, for "
+        "run records made without it (jobs in conda environments)",
+    )
+    parser.add_argument(
         "--rule-times",
         metavar="BENCHMARK_DIR",
         help="instead of the tables, summarise Snakemake's per-job benchmark files into "
@@ -414,5 +429,5 @@ def run(args: argparse.Namespace) -> int:
     if args.rule_times:
         write_rule_times(args.rule_times, args.out, args.exclude_datasets)
     else:
-        write_tables(args.scores, args.out, args.settings_note, args.runs)
+        write_tables(args.scores, args.out, args.settings_note, args.runs, args.snakemake_version)
     return 0

@@ -39,7 +39,6 @@ import contextlib
 import dataclasses
 import platform
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,21 +56,19 @@ from unet.io import (
     NORMALIZATION_PERCENTILES,
     DataError,
     TrainingSet,
-    add_fold_arguments,
-    fold_of,
     format_frames,
-    held_out_frames,
     load_training_set,
     normalize_intensity,
     parse_frames,
     read_json,
     read_split,
-    remove_leftovers,
     write_json,
 )
 from unet.model import UNet, save_model
 from unet.overlap_tile import predict_probabilities
+from unet.pipeline import add_fold_arguments, fold_of, held_out_frames
 from unet.predict import instance_masks
+from unet.progress import progress_bar
 from unet.settings import (
     MODEL_PREDICT_KEYS,
     AugmentSettings,
@@ -375,7 +372,7 @@ def train(
             learning_rate = learning_rate_at(iteration - 1, settings)
             session.log.add(session.trainer.step(*session.augmenter.sample(settings.batch_size), learning_rate))
             session.progress.update()
-            session.report(iteration, learning_rate)
+            session.report(iteration, learning_rate, scores=not stop)  # a stop does not wait for scoring
             if stop:
                 session.interrupt(iteration, stop[0])
     return session.finish(predict or PredictSettings())
@@ -413,8 +410,6 @@ class _Session:
             seed=seed,
             depth=model_settings.depth,
         )
-        for name in (CHECKPOINT, MODEL, LOG, FIGURE):
-            remove_leftovers(out_dir / name)
         resumed = resume(
             out_dir / CHECKPOINT,
             self.run_settings,
@@ -426,18 +421,21 @@ class _Session:
         self.start = resumed.iteration
         self.last_checkpoint = resumed.iteration or None
         self.log = TrainingLog(resumed.rows, resumed.pending, resumed.elapsed_s, settings.batch_size)
-        self.progress = _progress_bar(settings.iterations, self.start)
+        self.progress = progress_bar(settings.iterations, desc="train", unit="it", initial=self.start)
 
-    def report(self, iteration: int, learning_rate: float) -> None:
-        """At the iterations due for it: a log row, the held-out scores, a checkpoint."""
+    def report(self, iteration: int, learning_rate: float, *, scores: bool = True) -> None:
+        """At the iterations due for it: a log row, the held-out scores (unless not `scores`), a checkpoint."""
         settings, final = self.settings, iteration == self.settings.iterations
         due_checkpoint = iteration % settings.checkpoint_every == 0 or final
-        due_scores = self.data.held_out is not None and (iteration % settings.val_every == 0 or final)
+        due_scores = scores and self.data.held_out is not None and (iteration % settings.val_every == 0 or final)
         if not (iteration % settings.log_every == 0 or due_checkpoint or due_scores):
             return
         row = self._row(iteration, learning_rate, check_weights=due_checkpoint)
         if due_scores:
-            row.update(self.trainer.held_out_scores(self.data.held_out, settings.input_size))
+            # Prediction is exact whatever the tile (unet.overlap_tile), but needs an output of 2**depth px or more,
+            # which the smallest training tiles lack: the paper's 572 is valid at every depth.
+            tile = max(settings.input_size, PredictSettings.input_size)
+            row.update(self.trainer.held_out_scores(self.data.held_out, tile))
         self.progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         if due_checkpoint:
             self.checkpoint(iteration)
@@ -545,18 +543,3 @@ def _stop_signals() -> Iterator[list[int]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _progress_bar(total: int, initial: int):
-    from tqdm import tqdm
-
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc="train",
-        unit="it",
-        dynamic_ncols=True,
-        mininterval=0.5 if interactive else 60,
-        file=sys.stderr,
-    )

@@ -2,7 +2,9 @@
 # The vocabulary (runs, splits, settings, flags) is unet.pipeline's, a light module: reading
 # the workflow never imports torch.
 import os
+import re
 
+from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.utils import min_version, update_config
 
 from unet import pipeline

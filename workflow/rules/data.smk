@@ -96,7 +96,7 @@ rule prepare:
     benchmark:
         "results/benchmarks/prepare/{dataset}-{split}.tsv"
     wildcard_constraints:
-        split="train|01|02",
+        split=pipeline.LABELLED_SPLIT_PATTERN,
     conda:
         "../../envs/unet.yaml"
     threads: 1
@@ -138,7 +138,7 @@ rule prepare_ctc_test:
         "results/benchmarks/prepare_ctc_test/{dataset}-{split}.tsv"
     wildcard_constraints:
         dataset=ONE_OF["fetched_ctc"],
-        split="01|02",
+        split=pipeline.SEQUENCE_PATTERN,
     conda:
         "../../envs/unet.yaml"
     threads: 1

@@ -26,7 +26,7 @@ rule evaluate_isbi:
         "results/benchmarks/evaluate_isbi/{dataset}/{run}/seed{seed}.tsv"
     wildcard_constraints:
         dataset=PROTOCOL_DATASETS["isbi"],
-        run=r"fold\d+",
+        run=pipeline.FOLD_RUN_PATTERN,
     conda:
         "../../envs/unet.yaml"
     threads: 1
@@ -62,7 +62,7 @@ rule evaluate_ctc:
         "results/benchmarks/evaluate_ctc/{dataset}/{run}/seed{seed}.tsv"
     wildcard_constraints:
         dataset=PROTOCOL_DATASETS["ctc"],
-        run="01|02",
+        run=pipeline.SEQUENCE_PATTERN,
     conda:
         "../../envs/unet.yaml"
     threads: 1

@@ -20,7 +20,7 @@ rule predict_isbi_fold:
         "results/benchmarks/predict_isbi_fold/{dataset}/{run}/seed{seed}.tsv"
     wildcard_constraints:
         dataset=PROTOCOL_DATASETS["isbi"],
-        run=r"fold\d+",
+        run=pipeline.FOLD_RUN_PATTERN,
     conda:
         "../../envs/unet.yaml"
     threads: lambda w: config["threads"]["predict"]
@@ -77,7 +77,7 @@ rule predict_ctc:
         "results/benchmarks/predict_ctc/{dataset}/{run}/seed{seed}/{tested}.tsv"
     wildcard_constraints:
         dataset=PROTOCOL_DATASETS["ctc"],
-        tested="|".join(pipeline.CTC_SEQUENCES),
+        tested=pipeline.SEQUENCE_PATTERN,
     conda:
         "../../envs/unet.yaml"
     threads: lambda w: config["threads"]["predict"]
@@ -110,7 +110,7 @@ rule predict_ctc_test:
         "results/benchmarks/predict_ctc_test/{dataset}/seed{seed}/{tested}.tsv"
     wildcard_constraints:
         dataset=PROTOCOL_DATASETS["ctc"],
-        tested="|".join(pipeline.CTC_SEQUENCES),
+        tested=pipeline.SEQUENCE_PATTERN,
     conda:
         "../../envs/unet.yaml"
     threads: lambda w: config["threads"]["predict"]

@@ -46,9 +46,10 @@ rule tables:
     params:
         out=subpath(output.table1, parent=True),
         note=settings_note(),
+        snakemake=SNAKEMAKE_VERSION,
     shell:
         "unet tables {input.scores:q} --runs {input.runs:q} --out {params.out:q}"
-        " --settings-note {params.note:q} > {log:q} 2>&1"
+        " --settings-note {params.note:q} --snakemake-version {params.snakemake} > {log:q} 2>&1"
 
 
 # Last: the wall time of every job of the run, summed per rule (Snakemake's benchmark files).

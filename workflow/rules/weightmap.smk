@@ -15,7 +15,7 @@ rule weightmap:
     benchmark:
         "results/benchmarks/weightmap/{dataset}-{split}.tsv"
     wildcard_constraints:
-        split="train|01|02",
+        split=pipeline.LABELLED_SPLIT_PATTERN,
     conda:
         "../../envs/unet.yaml"
     threads: 1
