@@ -160,7 +160,6 @@ def slurm_profile() -> dict:
     return yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
 
 
-# The demo's EM data and a tiny network, trained long enough (a few seconds) to be stopped midway.
 # The demo's EM data and a tiny network, trained long enough (a few seconds) to be stopped midway. No
 # periodic checkpoint before the end: a resumed run can only start from the checkpoint of the stop.
 STOPPED_ITERATIONS = 3000
@@ -183,7 +182,7 @@ def test_a_training_job_stopped_by_slurm_is_resubmitted_and_resumes_to_the_same_
 ) -> None:
     """A time limit or a preemption: SLURM sends SIGTERM to the job's processes (and SIGUSR1 ahead of the
     limit, which profiles/slurm asks for with --signal). Training writes a checkpoint at the iteration it
-    reached and exits with 128 + the signal; the profile's retries resubmit the job, which resumes from that
+    reached and exits; the profile's retries resubmit the job, which resumes from that
     checkpoint; the final weights are those of a run that was never stopped."""
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -217,9 +216,11 @@ def test_a_training_job_stopped_by_slurm_is_resubmitted_and_resumes_to_the_same_
     log = process.communicate(timeout=600)[0]
     assert process.returncode == 0, f"{log}\n{slurm_cluster.diagnostics()}"
     stopped = slurm_cluster.job(train_job)
-    assert stopped["JobState"] == "FAILED" and stopped["ExitCode"].startswith(str(128 + stop)), stopped
+    # The job's own snakemake turns the training's exit status (128 + signal, tested in test_train) into 1.
+    assert stopped["JobState"] == "FAILED", stopped
     train_log = (workdir / "results/logs/train/demo-em/fold0/seed0.log").read_text()
     resumed_at = re.search(r"resuming from \S+ at iteration (\d+)", train_log)
+    # No periodic checkpoint before the end: only the stop can have written the one it resumed from.
     assert resumed_at and 0 < int(resumed_at[1]) < STOPPED_ITERATIONS, train_log[-2000:]
 
     # The same training on the same data, never stopped, one thread as in the cluster's job.
