@@ -13,6 +13,7 @@ from matplotlib import image as mpimg
 from torch.nn import functional as F
 
 from unet.augment import Augmenter, SampleParameters, deformed_grid, plot_augmentation
+from unet.errors import UsageError
 from unet.io import Split, normalize_intensity, write_split, write_tiff
 from unet.settings import AugmentSettings
 from unet.sizes import InvalidSizeError
@@ -176,7 +177,7 @@ def test_same_seed_same_samples_and_exact_resume(isbi):
 
 def test_bad_inputs_are_refused(isbi):
     images, targets, weights = isbi
-    with pytest.raises(ValueError, match="one shape"):
+    with pytest.raises(UsageError, match="one shape"):
         Augmenter(images, targets[:, :-1], weights)
     with pytest.raises(InvalidSizeError):
         Augmenter(images, targets, weights, input_size=190)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from unet.errors import UsageError
 from unet.io import (
     DataError,
     Split,
@@ -19,7 +20,7 @@ def test_frame_specs_round_trip_and_reject_nonsense():
     assert parse_frames("0-2,7,10-11") == [0, 1, 2, 7, 10, 11]
     assert format_frames([0, 1, 2, 7, 10, 11]) == "0-2,7,10-11"
     for bad in ("", "a-3", "5-2"):
-        with pytest.raises(ValueError, match="frame selection"):
+        with pytest.raises(UsageError, match="frame selection"):
             parse_frames(bad)
 
 
@@ -99,9 +100,9 @@ def test_held_out_frames_are_contiguous_blocks():
         list(range(20, 30)),
     ]
     assert [len(held_out_frames(list(range(10)), 3, k)) for k in range(3)] == [4, 3, 3]
-    with pytest.raises(ValueError, match="fold must be between 0 and 2"):
+    with pytest.raises(UsageError, match="fold must be between 0 and 2"):
         held_out_frames(list(range(30)), 3, 3)
-    with pytest.raises(ValueError, match="folds must be between 2"):
+    with pytest.raises(UsageError, match="folds must be between 2"):
         held_out_frames([4], 2, 0)
 
 

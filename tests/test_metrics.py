@@ -11,6 +11,7 @@ from scipy import ndimage
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from unet import _warping, metrics
+from unet.errors import UsageError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import reference_metrics as reference  # noqa: E402  the plain-Python oracle, shared with the benchmark
@@ -265,9 +266,9 @@ def test_all_metrics_equal_the_plain_python_reference(isbi_labels):
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(prob, labels, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UsageError, match=message):
         metrics.isbi_metrics(prob, labels)
-    with pytest.raises(ValueError, match="normalisation"):
+    with pytest.raises(UsageError, match="normalisation"):
         metrics.rand_error(np.zeros((8, 8), np.float32), np.zeros((8, 8)), "n3")
 
 
@@ -306,5 +307,5 @@ def test_seg_averages_over_all_objects_of_all_frames():
     empty = np.zeros_like(gt)
     seg = metrics.ctc_seg([gt, empty], [gt, gt])
     assert seg["value"] == 0.5 and [f["seg"] for f in seg["per_frame"]] == [1.0, 0.0]
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(UsageError, match="integer"):
         metrics.ctc_seg([gt.astype(np.float32)], [gt])

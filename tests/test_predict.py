@@ -11,6 +11,7 @@ import tifffile
 import torch
 
 from unet.cli import main as unet_main
+from unet.errors import UsageError
 from unet.io import Split, normalize_intensity, read_stack, write_split
 from unet.model import UNet, save_model
 from unet.overlap_tile import TTA, predict_probabilities, tile_layout
@@ -69,7 +70,7 @@ def test_tiles_step_on_the_pooling_grid_and_cover_the_image():
         assert all((n - 1) * layout.stride + layout.output >= size for n, size in zip(layout.counts, shape))
     with pytest.raises(InvalidSizeError, match="556 or 572"):
         tile_layout((512, 512), 570, depth=4)
-    with pytest.raises(ValueError, match="use at least 204"):
+    with pytest.raises(UsageError, match="use at least 204"):
         tile_layout((512, 512), 188, depth=4)  # output 4 px: too small to step by 16
 
 
@@ -175,7 +176,7 @@ def test_ctc_result_folder_is_untouched_when_writing_fails(tmp_path, monkeypatch
         write_ctc_masks(res, np.full((2, 4, 4), 7, dtype=np.uint16), [0, 1])
     assert tifffile.imread(res / "mask000.tif").max() == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["01_RES"]
-    with pytest.raises(ValueError, match="uint16"):
+    with pytest.raises(UsageError, match="uint16"):
         write_ctc_masks(res, np.ones((2, 4, 4), dtype=np.int32), [0, 1])
 
 
@@ -197,9 +198,9 @@ def test_submission_stack_properties(tmp_path):
     with tifffile.TiffFile(tmp_path / "submission.tif") as tif:
         assert len(tif.pages) == 30 and tif.pages[0].dtype == np.float32 and tif.is_imagej
         np.testing.assert_array_equal(tif.asarray(), probabilities)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(UsageError, match=r"\[0, 1\]"):
         write_submission(tmp_path / "bad.tif", probabilities * 2)
-    with pytest.raises(ValueError, match="float32"):
+    with pytest.raises(UsageError, match="float32"):
         write_submission(tmp_path / "bad.tif", probabilities.astype(np.float64))
     assert not (tmp_path / "bad.tif").exists()
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from unet.cli import build_parser
+from unet.errors import UsageError
 from unet.pipeline import ConfigError, check_config, deep_merge, parse_run, parse_score_path, scored_runs
 from unet.settings import (
     MODEL_PREDICT_KEYS,
@@ -171,7 +172,7 @@ def test_runs_name_their_split_fold_and_predicted_split():
         ("ctc", "fold0", "sequence"),
         ("tiff", "all", "unknown protocol"),
     ]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(UsageError, match=message):
             parse_run(protocol, run, 3)
     assert parse_score_path("results/scores/demo-em/fold1/seed3.json") == ("demo-em", "fold1", 3)
     assert parse_score_path("results/scores/demo-em/fold1/s3.json") is None

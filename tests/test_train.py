@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from unet.augment import Augmenter
 from unet.cli import main
+from unet.errors import UsageError
 from unet.io import DataError, Split, write_split, write_tiff
 from unet.model import load_model
 from unet.settings import AugmentSettings, ModelSettings, TrainSettings
@@ -131,7 +132,7 @@ def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, caps
     data, weights = synthetic
     assert load_data(data, weights, [0, 1], [2]).train.frames == [0, 1]
     assert load_data(data, weights, val_frames=[2, 3]).train.frames == [0, 1, 4, 5]  # the rest by default
-    with pytest.raises(ValueError, match="both trained on and held out"):
+    with pytest.raises(UsageError, match="both trained on and held out"):
         load_data(data, weights, [0, 1], [1])
     with pytest.raises(DataError, match=r"frames \[7, 8\] are not labelled"):
         load_data(data, weights, [7, 8])

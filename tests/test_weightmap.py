@@ -13,6 +13,7 @@ from matplotlib import image as mpimg
 from scipy import ndimage
 from skimage.measure import label as connected_components
 
+from unet.errors import UsageError
 from unet.io import NORMALIZATION_PERCENTILES, DataError, Split, load_training_set, read_tiff, write_split, write_tiff
 from unet.weightmap import TOLERANCE, border_reach, class_weights, separate_instances, weight_map, weight_maps
 
@@ -139,9 +140,9 @@ def test_the_reach_bounds_the_neglected_terms():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(UsageError, match="kind"):
         weight_map(np.zeros((4, 4), dtype=np.uint8), "semantic")
-    with pytest.raises(ValueError, match="sigma"):
+    with pytest.raises(UsageError, match="sigma"):
         weight_map(np.zeros((4, 4), dtype=np.uint8), "binary", sigma=0)
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from unet.errors import UsageError
 from unet.figures import figure, show_weights
 from unet.io import load_training_set
 from unet.settings import AugmentSettings, ModelSettings, TrainSettings, from_arguments
@@ -205,10 +206,10 @@ def _stacks(images, targets, weights) -> tuple[torch.Tensor, torch.Tensor, torch
     }
     shapes = {name: tuple(stack.shape) for name, stack in stacks.items()}
     if stacks["images"].ndim != 3 or len(set(shapes.values())) != 1:
-        raise ValueError(f"augment: images, targets and weights must be (N, H, W) stacks of one shape, found {shapes}")
+        raise UsageError(f"augment: images, targets and weights must be (N, H, W) stacks of one shape, found {shapes}")
     count, height, width = shapes["images"]
     if count == 0 or height < 2 or width < 2:
-        raise ValueError(f"augment: need at least one image of at least 2x2 pixels, found shape {shapes['images']}")
+        raise UsageError(f"augment: need at least one image of at least 2x2 pixels, found shape {shapes['images']}")
     return stacks["images"], stacks["targets"], stacks["weights"]
 
 

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from unet import __version__
-from unet.io import DataError
+from unet.errors import UsageError
 
 COMMANDS = {
     "fetch": ("unet.fetch", "download or copy a data set, verify its checksum and unpack it"),
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (DataError, ValueError, FileNotFoundError) as error:
+    except (UsageError, FileNotFoundError) as error:  # the user's to fix: one line, no traceback
         print(f"unet {args.command}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:

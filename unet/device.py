@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from unet.errors import UsageError
+
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -13,14 +15,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: this machine has no CUDA device (use auto or cpu)")
+        raise UsageError(f"--device {name}: this machine has no CUDA device (use auto or cpu)")
     return device
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
     """Whether `precision` means bf16 autocast on `device` (`auto`: on CUDA devices that support it)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, found {precision!r}")
+        raise UsageError(f"precision must be one of {PRECISIONS}, found {precision!r}")
     if precision == "auto":
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
     return precision == "bf16"

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from unet import metrics
+from unet.errors import UsageError
 from unet.figures import figure
 from unet.io import (
     DataError,
@@ -130,7 +131,7 @@ def read_isbi_pair(
     """The probability stack and the label pages it covers (`spec`, or the pages held out by `fold` =
     (fold, folds)); bad input raises `DataError` naming the file."""
     if spec and fold:
-        raise ValueError("select label pages with --slices or with --fold, not both")
+        raise UsageError("select label pages with --slices or with --fold, not both")
     prob, labels = read_stack(prob_path), read_stack(labels_path)
     if fold:
         spec = format_frames(held_out_frames(list(range(len(labels))), fold[1], fold[0]))

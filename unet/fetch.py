@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unet.errors import UsageError
 from unet.io import DataError, atomic_directory, atomic_path, numbered_files, read_tiff, write_tiff
 from unet.pipeline import CTC_SEQUENCES, PROTOCOLS
 
@@ -256,7 +257,7 @@ def download(
 ) -> None:
     """Download `remote` to `target`: retried, checksummed, and renamed into place only when verified."""
     if attempts < 1:
-        raise ValueError(f"attempts must be at least 1, found {attempts}")
+        raise UsageError(f"attempts must be at least 1, found {attempts}")
     errors = []
     with atomic_path(target) as tmp:
         for attempt in range(1, attempts + 1):

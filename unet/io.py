@@ -34,13 +34,15 @@ from typing import NamedTuple
 import numpy as np
 import tifffile
 
+from unet.errors import UsageError
+
 KINDS = ("binary", "instance")
 # What a stack of each kind of labelled data is, for Fiji: EM sections are slices, cell sequences frames.
 STACK_AXES = {"binary": "ZYX", "instance": "TYX"}
 UNANNOTATED = "unannotated.tif"
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Input data that cannot be used; the message names the file and the problem."""
 
 
@@ -134,7 +136,7 @@ def write_tiff(
         array = array.astype(np.uint8)
     imagej = imagej and array.dtype != np.int64
     if imagej and array.ndim == 3 and axes not in ("ZYX", "TYX"):
-        raise ValueError(f"{path}: a stack needs its axes, ZYX (slices) or TYX (frames), found {axes!r}")
+        raise UsageError(f"{path}: a stack needs its axes, ZYX (slices) or TYX (frames), found {axes!r}")
     metadata = {"axes": axes if array.ndim == 3 else "YX"} if imagej else None
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, array, imagej=imagej, metadata=metadata, compression=compression)
@@ -390,12 +392,12 @@ def parse_frames(spec: str) -> list[int]:
         try:
             start, stop = int(first), int(last or first)
         except ValueError:
-            raise ValueError(f"frame selection {spec!r}: {part!r} is not a number or a range like 0-9") from None
+            raise UsageError(f"frame selection {spec!r}: {part!r} is not a number or a range like 0-9") from None
         if stop < start:
-            raise ValueError(f"frame selection {spec!r}: range {part!r} runs backwards")
+            raise UsageError(f"frame selection {spec!r}: range {part!r} runs backwards")
         frames.extend(range(start, stop + 1))
     if not frames:
-        raise ValueError(f"frame selection {spec!r} selects no frames")
+        raise UsageError(f"frame selection {spec!r} selects no frames")
     return frames
 
 

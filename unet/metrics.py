@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from unet import _warping
+from unet.errors import UsageError
 
 RAND_NORMALISATIONS = ("n2", "pairs")
 WARPING_RADIUS = 20
@@ -191,15 +192,15 @@ def _checked(prob, labels) -> tuple[np.ndarray, np.ndarray]:
     if labels.ndim == 2:
         labels = labels[None]
     if prob.ndim != 3:
-        raise ValueError(f"probabilities must be a (N, H, W) stack or one image, found shape {prob.shape}")
+        raise UsageError(f"probabilities must be a (N, H, W) stack or one image, found shape {prob.shape}")
     if prob.shape != labels.shape:
-        raise ValueError(f"probabilities have shape {prob.shape} but labels have shape {labels.shape}")
+        raise UsageError(f"probabilities have shape {prob.shape} but labels have shape {labels.shape}")
     if not np.issubdtype(prob.dtype, np.floating):
-        raise ValueError(f"probabilities must be floating point in [0, 1], found dtype {prob.dtype}")
+        raise UsageError(f"probabilities must be floating point in [0, 1], found dtype {prob.dtype}")
     prob = prob.astype(np.float32, copy=False)
     low, high = float(np.min(prob)), float(np.max(prob))
     if not (0.0 <= low and high <= 1.0):  # also catches NaN
-        raise ValueError(f"probabilities must lie in [0, 1] (1 = cell), found values from {low} to {high}")
+        raise UsageError(f"probabilities must lie in [0, 1] (1 = cell), found values from {low} to {high}")
     return prob, labels > 0
 
 
@@ -219,7 +220,7 @@ def _components(cells: np.ndarray) -> np.ndarray:
 
 def _normalisation_key(normalisation: str) -> str:
     if normalisation not in RAND_NORMALISATIONS:
-        raise ValueError(f"Rand normalisation must be one of {RAND_NORMALISATIONS}, found {normalisation!r}")
+        raise UsageError(f"Rand normalisation must be one of {RAND_NORMALISATIONS}, found {normalisation!r}")
     return normalisation
 
 
@@ -472,12 +473,12 @@ def foreground_iou(res_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarra
 
 def _aligned_masks(res_masks, gt_masks):
     if len(res_masks) != len(gt_masks):
-        raise ValueError(f"{len(res_masks)} result masks for {len(gt_masks)} ground-truth masks")
+        raise UsageError(f"{len(res_masks)} result masks for {len(gt_masks)} ground-truth masks")
     for k, (res, gt) in enumerate(zip(res_masks, gt_masks)):
         res, gt = np.asarray(res), np.asarray(gt)
         if res.shape != gt.shape:
-            raise ValueError(f"frame {k}: result mask has shape {res.shape} but ground truth {gt.shape}")
+            raise UsageError(f"frame {k}: result mask has shape {res.shape} but ground truth {gt.shape}")
         for name, mask in (("result", res), ("ground-truth", gt)):
             if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_):
-                raise ValueError(f"frame {k}: {name} mask must hold integer instance ids, found dtype {mask.dtype}")
+                raise UsageError(f"frame {k}: {name} mask must hold integer instance ids, found dtype {mask.dtype}")
         yield res, gt

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unet.errors import UsageError
 from unet.settings import ModelSettings
 from unet.sizes import output_size
 
@@ -64,7 +65,7 @@ class UNet(nn.Module):
     ):
         super().__init__()
         if depth < 1 or base_channels < 1:
-            raise ValueError(
+            raise UsageError(
                 f"depth and base_channels must be positive, got depth={depth}, base_channels={base_channels}"
             )
         self.config = dict(

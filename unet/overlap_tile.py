@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from unet.device import uses_bf16
+from unet.errors import UsageError
 from unet.progress import progress_bar
 from unet.settings import PredictSettings
 from unet.sizes import border, check_prediction_tile, output_size, valid_input_size_at_least
@@ -144,11 +145,11 @@ def predict_probabilities(
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3 or 0 in images.shape:
-        raise ValueError(f"images must be a non-empty (N, H, W) stack, found shape {images.shape}")
+        raise UsageError(f"images must be a non-empty (N, H, W) stack, found shape {images.shape}")
     if tta not in TTA:
-        raise ValueError(f"tta must be one of {sorted(TTA)}, found {tta!r}")
+        raise UsageError(f"tta must be one of {sorted(TTA)}, found {tta!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, found {batch_size}")
+        raise UsageError(f"batch_size must be at least 1, found {batch_size}")
     transforms = TTA[tta]
     layout = tile_layout(images.shape[1:], input_size, model.depth)
     device = torch.device(device) if device is not None else next(model.parameters()).device

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from unet.errors import UsageError
 from unet.settings import (
     MODEL_PREDICT_KEYS,
     STAGE_SETTINGS,
@@ -57,7 +58,7 @@ LABELLED_SPLIT_PATTERN = "|".join(dict.fromkeys(s for splits in LABELLED_SPLITS.
 KNOWN_LABELLED_FRAMES = {"isbi2012": 30}
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration that cannot run; the message names the key and the value."""
 
 
@@ -90,12 +91,12 @@ def parse_run(protocol: str, name: str, folds: int | None = None) -> Run:
         if match and (folds is None or int(match[1]) < folds):
             return Run(protocol, name, "train", int(match[1]), "train")
         limit = f"fold0 to fold{folds - 1}" if folds else "fold<k>"
-        raise ValueError(f"isbi run {name!r}: expected {ALL_SLICES!r} or {limit}")
+        raise UsageError(f"isbi run {name!r}: expected {ALL_SLICES!r} or {limit}")
     if protocol == "ctc":
         if name in OTHER_SEQUENCE:
             return Run(protocol, name, name, None, OTHER_SEQUENCE[name], held_out=OTHER_SEQUENCE[name])
-        raise ValueError(f"ctc run {name!r}: expected a sequence, {' or '.join(CTC_SEQUENCES)}")
-    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+        raise UsageError(f"ctc run {name!r}: expected a sequence, {' or '.join(CTC_SEQUENCES)}")
+    raise UsageError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
 
 
 def held_out_frames(frames: list[int], folds: int, fold: int) -> list[int]:
@@ -106,9 +107,9 @@ def held_out_frames(frames: list[int], folds: int, fold: int) -> list[int]:
     because neighbouring EM sections are correlated.
     """
     if not 2 <= folds <= len(frames):
-        raise ValueError(f"folds must be between 2 and the number of frames ({len(frames)}), found {folds}")
+        raise UsageError(f"folds must be between 2 and the number of frames ({len(frames)}), found {folds}")
     if not 0 <= fold < folds:
-        raise ValueError(f"fold must be between 0 and {folds - 1}, found {fold}")
+        raise UsageError(f"fold must be between 0 and {folds - 1}, found {fold}")
     size, larger = divmod(len(frames), folds)
     start = fold * size + min(fold, larger)
     return [int(frame) for frame in frames[start : start + size + (fold < larger)]]
@@ -129,7 +130,7 @@ def add_fold_arguments(parser, selected: str) -> None:
 def fold_of(args) -> tuple[int, int] | None:
     """(fold, folds) from `add_fold_arguments`' flags, or None when no fold is selected."""
     if (args.fold is None) != (args.folds is None):
-        raise ValueError("--fold and --folds go together")
+        raise UsageError("--fold and --folds go together")
     return None if args.fold is None else (args.fold, args.folds)
 
 

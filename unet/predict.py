@@ -38,6 +38,7 @@ import torch
 from scipy import ndimage
 
 from unet.device import resolve_device
+from unet.errors import UsageError
 from unet.io import (
     NORMALIZATION_PERCENTILES,
     DataError,
@@ -124,9 +125,9 @@ def instance_masks(
     """
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 3:
-        raise ValueError(f"probabilities must be a (N, H, W) stack, found shape {probabilities.shape}")
+        raise UsageError(f"probabilities must be a (N, H, W) stack, found shape {probabilities.shape}")
     if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, found {connectivity}")
+        raise UsageError(f"connectivity must be 4 or 8, found {connectivity}")
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
     masks = np.zeros(probabilities.shape, dtype=np.uint16)
     for index, probability in enumerate(probabilities):
@@ -134,7 +135,7 @@ def instance_masks(
         keep = np.bincount(labels.ravel(), minlength=count + 1) >= min_area
         keep[0] = False
         if keep.sum() > np.iinfo(np.uint16).max:
-            raise ValueError(f"image {index}: {keep.sum()} objects do not fit uint16 instance labels")
+            raise UsageError(f"image {index}: {keep.sum()} objects do not fit uint16 instance labels")
         masks[index] = (np.cumsum(keep) * keep)[labels]
     return masks
 
@@ -143,11 +144,11 @@ def write_submission(path: str | os.PathLike, probabilities: np.ndarray) -> None
     """The ISBI 2012 submission: a float32 stack in [0, 1], 1 = certainly not membrane (our cell probability)."""
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 3 or probabilities.dtype != np.float32:
-        raise ValueError(
+        raise UsageError(
             f"a submission is a float32 (N, H, W) stack, found {probabilities.dtype} {probabilities.shape}"
         )
     if probabilities.size and not (0.0 <= probabilities.min() and probabilities.max() <= 1.0):
-        raise ValueError(f"submission values must lie in [0, 1], found [{probabilities.min()}, {probabilities.max()}]")
+        raise UsageError(f"submission values must lie in [0, 1], found [{probabilities.min()}, {probabilities.max()}]")
     write_tiff(path, probabilities, axes="ZYX")  # the test volume's sections
 
 
@@ -161,9 +162,9 @@ def write_ctc_masks(res_dir: str | os.PathLike, masks: np.ndarray, frames: list[
     res_dir = Path(res_dir)
     masks = np.asarray(masks)
     if masks.ndim != 3 or masks.dtype != np.uint16:
-        raise ValueError(f"masks must be a uint16 (N, H, W) stack, found {masks.dtype} {masks.shape}")
+        raise UsageError(f"masks must be a uint16 (N, H, W) stack, found {masks.dtype} {masks.shape}")
     if len(frames) != len(masks) or len(set(frames)) != len(frames) or min(frames, default=0) < 0:
-        raise ValueError(f"need one distinct non-negative frame id per mask: {len(masks)} masks, frames {frames}")
+        raise UsageError(f"need one distinct non-negative frame id per mask: {len(masks)} masks, frames {frames}")
     digits = 4 if max(frames, default=0) >= 1000 else 3
     with atomic_directory(res_dir) as staging:
         for frame, mask in zip(frames, masks):
@@ -248,11 +249,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict_split(args: argparse.Namespace, models: Models, settings: PredictSettings, device) -> None:
     if args.masks is not None or args.channel is not None:
-        raise ValueError("--masks and --channel go with --images; with --data use --instances")
+        raise UsageError("--masks and --channel go with --images; with --data use --instances")
     split = read_split(args.data, labels=False)
     images, frames, every_frame = _split_frames(args, split)
     if args.instances and not every_frame:
-        raise ValueError(
+        raise UsageError(
             "--instances writes a Cell Tracking Challenge result folder, which needs a mask for every "
             "frame of the sequence: do not select frames with --frames or --fold"
         )
@@ -271,7 +272,7 @@ def _predict_split(args: argparse.Namespace, models: Models, settings: PredictSe
 def _predict_image_files(args: argparse.Namespace, models: Models, settings: PredictSettings, device) -> None:
     """Each input file's probabilities (and masks) into the folder `--out`, named after the file."""
     if args.frames or fold_of(args) or args.submission or args.instances:
-        raise ValueError("--frames, --fold, --submission and --instances go with a prepared split (--data)")
+        raise UsageError("--frames, --fold, --submission and --instances go with a prepared split (--data)")
     paths = image_files(args.images)
     stems = [path.stem for path in paths]
     twice = sorted({stem for stem in stems if stems.count(stem) > 1})
@@ -304,7 +305,7 @@ def _split_frames(args: argparse.Namespace, split: Split) -> tuple[np.ndarray, l
     """The raw images of the frames to predict, their ids, and whether they are every frame of the split."""
     fold = fold_of(args)
     if fold and args.frames:
-        raise ValueError("select frames with --frames or with --fold, not both")
+        raise UsageError("select frames with --frames or with --fold, not both")
     if fold:
         frames = held_out_frames(split.labelled, fold[1], fold[0])
     elif args.frames:

@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from unet.errors import UsageError
+
 PAPER_TILE = 572  # the paper's input tile side (Fig. 1): 388 x 388 outputs
 
 
-class SettingError(ValueError):
+class SettingError(UsageError):
     """A setting out of its bounds, of the wrong type, or unknown; the message names its config key."""
 
 

@@ -7,8 +7,10 @@ output = input - 184 (572 -> 388).
 
 from __future__ import annotations
 
+from unet.errors import UsageError
 
-class InvalidSizeError(ValueError):
+
+class InvalidSizeError(UsageError):
     """A tile size the valid-convolution network cannot take or produce."""
 
 

@@ -52,6 +52,7 @@ from unet import metrics, provenance
 from unet.augment import Augmenter
 from unet.checkpoint import CHECKPOINT, resume, save_checkpoint
 from unet.device import resolve_device
+from unet.errors import UsageError
 from unet.io import (
     NORMALIZATION_PERCENTILES,
     DataError,
@@ -169,9 +170,9 @@ def _frame_selection(args: argparse.Namespace) -> tuple[list[int] | None, list[i
     frames, val_frames = (parse_frames(spec) if spec else None for spec in (args.frames, args.val_frames))
     fold = fold_of(args)
     if fold and (frames or val_frames):
-        raise ValueError("select frames with --frames/--val-frames or with --fold, not both")
+        raise UsageError("select frames with --frames/--val-frames or with --fold, not both")
     if (fold or val_frames) and args.val_data:
-        raise ValueError("hold out frames of --data (--val-frames, --fold) or give --val-data, not both")
+        raise UsageError("hold out frames of --data (--val-frames, --fold) or give --val-data, not both")
     if fold:
         labelled = read_json(Path(args.data) / "frames.json")["labelled"]
         val_frames = held_out_frames(labelled, fold[1], fold[0])
@@ -221,7 +222,7 @@ def load_data(
         frames = [frame for frame in split.labelled if frame not in val_frames]
     both = sorted(set(frames) & set(val_frames))
     if both:
-        raise ValueError(f"frames {format_frames(both)} are both trained on and held out (--frames, --val-frames)")
+        raise UsageError(f"frames {format_frames(both)} are both trained on and held out (--frames, --val-frames)")
     training = load_training_set(data_dir, weight_dir, frames)
     _check_targets_and_weights(training, Path(weight_dir))
     held_out = None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from unet.errors import UsageError
 from unet.figures import figure
 from unet.io import atomic_path
 
@@ -24,7 +25,7 @@ COLUMNS = ("iteration", "loss", "learning_rate", "elapsed_s", "samples_per_s", "
 SCORES = {"val_iou": "held-out foreground IoU", "val_seg": "held-out SEG"}
 
 
-class DivergedError(ValueError):
+class DivergedError(UsageError):
     """The loss became NaN or infinite: the settings do not train on this data."""
 
 

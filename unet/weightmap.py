@@ -39,6 +39,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
+from unet.errors import UsageError
 from unet.figures import figure, show_weights
 from unet.io import DataError, read_split, write_tiff
 from unet.settings import WeightmapSettings, from_arguments
@@ -86,13 +87,13 @@ def ignored_pixels(unannotated: np.ndarray | None, label: np.ndarray, margin: in
 def label_objects(label: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(objects, separation): int32 object ids (0 = background) and the separation border mask."""
     if label.ndim != 2:
-        raise ValueError(f"weightmap: expected a 2D label image, found shape {label.shape}")
+        raise UsageError(f"weightmap: expected a 2D label image, found shape {label.shape}")
     if kind == "binary":
         objects, _ = ndimage.label(label > 0)  # default structure: 4-connectivity
         return objects.astype(np.int32), np.zeros(label.shape, dtype=bool)
     if kind == "instance":
         return separate_instances(label)
-    raise ValueError(f"weightmap: kind must be 'binary' or 'instance', found {kind!r}")
+    raise UsageError(f"weightmap: kind must be 'binary' or 'instance', found {kind!r}")
 
 
 def separate_instances(instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +125,7 @@ def border_weights(
 ) -> np.ndarray:
     """w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) on background pixels, 0 on objects; exact to `TOLERANCE`."""
     if w0 < 0 or sigma <= 0:
-        raise ValueError(f"weightmap: need w0 >= 0 and sigma > 0, found w0={w0}, sigma={sigma}")
+        raise UsageError(f"weightmap: need w0 >= 0 and sigma > 0, found w0={w0}, sigma={sigma}")
     reach = math.ceil(border_reach(w0, sigma))
     boxes = ndimage.find_objects(objects)
     # (first row, end row, first column, end column) per object id - 1; an id without pixels gets an empty box.
@@ -285,7 +286,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = from_arguments(WeightmapSettings, args)
     if args.out is None and args.figure is None:
-        raise ValueError("nothing to do: give OUT_DIR, --figure, or both")
+        raise UsageError("nothing to do: give OUT_DIR, --figure, or both")
     split = read_split(args.data)
     if split.labels is None:
         raise DataError(f"{args.data}: the split has no labelled frames, so it has no weight maps")
