@@ -217,6 +217,11 @@ def isbi_split(shared_data, tmp_path_factory):
     return root
 
 
+def predict_split(root: Path, out: Path, *extra: str) -> list[str]:
+    """`unet predict` arguments for the tiny model and training split of `isbi_split`."""
+    return ["predict", "--model", str(root / "model.pt"), "--data", str(root / "train"), "--out", str(out), *extra]
+
+
 def test_cli_predicts_the_held_out_fold(isbi_split, tmp_path):
     out = tmp_path / "probabilities.tif"
     finished = unet(
@@ -284,26 +289,8 @@ def test_cli_writes_the_submission_for_the_real_isbi_test_volume(shared_data, tm
 
 
 def test_cli_writes_ctc_masks_for_every_frame(isbi_split, tmp_path):
-    code = unet_main(
-        [
-            "predict",
-            "--model",
-            str(isbi_split / "model.pt"),
-            "--data",
-            str(isbi_split / "train"),
-            "--out",
-            str(tmp_path / "p.tif"),
-            "--instances",
-            str(tmp_path / "02_RES"),
-            "--min-area",
-            "3",
-            "--tta",
-            "none",
-            "--device",
-            "cpu",
-        ]
-    )
-    assert code == 0
+    extra = ["--instances", str(tmp_path / "02_RES"), "--min-area", "3", "--tta", "none", "--device", "cpu"]
+    assert unet_main(predict_split(isbi_split, tmp_path / "p.tif", *extra)) == 0
     masks = np.stack([tifffile.imread(tmp_path / "02_RES" / f"mask{t:03d}.tif") for t in range(6)])
     np.testing.assert_array_equal(masks, instance_masks(tifffile.imread(tmp_path / "p.tif"), 3))
 
@@ -324,16 +311,7 @@ def test_cli_writes_ctc_masks_for_every_frame(isbi_split, tmp_path):
     ],
 )
 def test_cli_rejects_bad_requests_clearly(isbi_split, tmp_path, capsys, extra, message):
-    argv = [
-        "predict",
-        "--model",
-        str(isbi_split / "model.pt"),
-        "--data",
-        str(isbi_split / "train"),
-        "--out",
-        str(tmp_path / "p.tif"),
-        *[str(tmp_path / a) if a == "RES" else a for a in extra],
-    ]
+    argv = predict_split(isbi_split, tmp_path / "p.tif", *[str(tmp_path / a) if a == "RES" else a for a in extra])
     try:
         code = unet_main(argv)
     except SystemExit as exit:  # argparse rejects unknown choices itself

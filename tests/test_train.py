@@ -76,6 +76,22 @@ def read_log(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+# A run to interrupt: 100 iterations, a checkpoint every 10, held-out scores every 7.
+INTERRUPTED_RUN = [
+    *("--iterations", "100", "--checkpoint-every", "10", "--frames", "0-4", "--val-frames", "5"),
+    *("--val-every", "7", "--seed", "5", "--device", "cpu"),
+]
+
+
+def assert_same_run(straight: Path, resumed: Path) -> None:
+    """The same final weights and the same logged losses, the interval a stop cut included."""
+    expected, found = weights_of(straight / "model.pt"), weights_of(resumed / "model.pt")
+    assert expected.keys() == found.keys()
+    assert all(torch.equal(expected[k], found[k]) for k in expected), "resumed weights differ"
+    logs = [read_log(run / "log.csv") for run in (straight, resumed)]
+    assert [(row["iteration"], row["loss"]) for row in logs[0]] == [(row["iteration"], row["loss"]) for row in logs[1]]
+
+
 def weights_of(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
@@ -236,22 +252,7 @@ def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_final_weights(synthetic, tmp_path):
     data, weights = synthetic
-    flags = [
-        "--iterations",
-        "100",
-        "--checkpoint-every",
-        "10",
-        "--frames",
-        "0-4",
-        "--val-frames",
-        "5",
-        "--val-every",
-        "7",
-        "--seed",
-        "5",
-        "--device",
-        "cpu",
-    ]
+    flags = INTERRUPTED_RUN
     assert main(train_arguments(data, weights, tmp_path / "straight", *flags)) == 0  # in this process
 
     out = tmp_path / "killed"
@@ -270,11 +271,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_final_weights(synthetic, 
     resumed = unet(*train_arguments(data, weights, out, *flags), check=True, env=ONE_THREAD)
     assert f"resuming from {out / 'checkpoint.pt'} at iteration {interrupted_at}" in resumed.stderr
     assert not list(out.glob(".checkpoint.pt.*"))
-    straight, again = weights_of(tmp_path / "straight" / "model.pt"), weights_of(out / "model.pt")
-    assert straight.keys() == again.keys()
-    assert all(torch.equal(straight[k], again[k]) for k in straight), "resumed weights differ"
-    losses = [[row["loss"] for row in read_log(run / "log.csv")] for run in (tmp_path / "straight", out)]
-    assert losses[0] == losses[1]
+    assert_same_run(tmp_path / "straight", out)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
@@ -282,24 +279,7 @@ def test_a_run_stopped_by_a_cluster_signal_checkpoints_where_it_is_and_resumes_i
     """A time limit or a preemption (SIGTERM), or `sbatch --signal` ahead of it (SIGUSR1): the run writes a
     checkpoint at the iteration it reached, exits with 128 + the signal, and a new start continues exactly."""
     data, weights = synthetic
-    flags = [
-        "--iterations",
-        "100",
-        "--checkpoint-every",
-        "10",
-        "--log-every",
-        "4",
-        "--frames",
-        "0-4",
-        "--val-frames",
-        "5",
-        "--val-every",
-        "7",
-        "--seed",
-        "5",
-        "--device",
-        "cpu",
-    ]
+    flags = [*INTERRUPTED_RUN, "--log-every", "4"]
     assert main(train_arguments(data, weights, tmp_path / "straight", *flags)) == 0
 
     out = tmp_path / "stopped"
@@ -320,11 +300,7 @@ def test_a_run_stopped_by_a_cluster_signal_checkpoints_where_it_is_and_resumes_i
 
     resumed = unet(*train_arguments(data, weights, out, *flags), check=True, env=ONE_THREAD)
     assert f"resuming from {out / 'checkpoint.pt'} at iteration {stopped_at}" in resumed.stderr
-    straight, again = weights_of(tmp_path / "straight" / "model.pt"), weights_of(out / "model.pt")
-    assert all(torch.equal(straight[k], again[k]) for k in straight), "resumed weights differ"
-    # The log's losses too: the loss of the interval the signal cut carried over in the checkpoint.
-    logs = [read_log(run / "log.csv") for run in (tmp_path / "straight", out)]
-    assert [(row["iteration"], row["loss"]) for row in logs[0]] == [(row["iteration"], row["loss"]) for row in logs[1]]
+    assert_same_run(tmp_path / "straight", out)
 
 
 def test_cell_runs_score_the_held_out_sequence_with_seg(tmp_path):

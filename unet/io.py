@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -507,10 +507,17 @@ def load_training_set(data_dir: str | Path, weight_dir: str | Path, frames: list
                 f"{Path(weight_dir) / name}: shape {stack.shape} does not match the labels "
                 f"{split.labels.shape} of {data_dir}; recompute it with `unet weightmap`"
             )
+    chosen, rows = select_labelled(split, data_dir, frames)
+    images = normalize_intensity(split.labelled_images()[rows])
+    return TrainingSet(images, targets[rows], weights[rows].astype(np.float32), chosen)
+
+
+def select_labelled(
+    split: Split, data_dir: str | os.PathLike, frames: Iterable[int] | None
+) -> tuple[list[int], list[int]]:
+    """The chosen frames (all labelled ones, or `frames`) and their rows in the labelled stacks."""
     chosen = split.labelled if frames is None else list(frames)
     unknown = sorted(set(chosen) - set(split.labelled))
     if unknown:
         raise DataError(f"{data_dir}: frames {unknown} are not labelled (labelled: {split.labelled})")
-    rows = [split.labelled.index(frame) for frame in chosen]
-    images = normalize_intensity(split.labelled_images()[rows])
-    return TrainingSet(images, targets[rows], weights[rows].astype(np.float32), chosen)
+    return chosen, [split.labelled.index(frame) for frame in chosen]

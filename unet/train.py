@@ -63,6 +63,7 @@ from unet.io import (
     parse_frames,
     read_json,
     read_split,
+    select_labelled,
     write_json,
 )
 from unet.model import UNet, save_model
@@ -238,11 +239,7 @@ def load_held_out(data_dir: Path, frames: list[int] | None = None) -> HeldOut:
     split = read_split(data_dir)
     if split.labels is None:
         raise DataError(f"{data_dir}: the split has no labelled frames to hold out")
-    chosen = split.labelled if frames is None else list(frames)
-    unknown = sorted(set(chosen) - set(split.labelled))
-    if unknown:
-        raise DataError(f"{data_dir}: frames {unknown} are not labelled (labelled: {split.labelled})")
-    rows = [split.labelled.index(frame) for frame in chosen]
+    chosen, rows = select_labelled(split, data_dir, frames)
     images = normalize_intensity(split.labelled_images()[rows])
     return HeldOut(images, split.labels[rows], split.kind, chosen, str(data_dir))
 
