@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from unet.io import DataError, Split, write_split, write_tiff
 from unet.model import load_model
 from unet.settings import AugmentSettings, ModelSettings, TrainSettings
 from unet.train import learning_rate_at, load_data, load_held_out, train, weighted_cross_entropy
+from unet.training_log import constant_output_loss
 
 from helpers import copy_workflow, snakemake, unet
 
@@ -115,6 +117,24 @@ def test_weighted_cross_entropy_is_the_weighted_mean_of_the_cross_entropy():
     assert weighted_cross_entropy(logits, target, ignored).item() == pytest.approx(only_second.item())
     assert weighted_cross_entropy(logits, target, torch.zeros_like(weight)).item() == 0
     assert weighted_cross_entropy(logits.bfloat16(), target, weight).dtype == torch.float32
+
+
+def test_the_plateau_is_the_loss_of_the_best_constant_output_under_the_weights():
+    """The loss.png reference line: no output that ignores the image does better, and the weights move
+    it off ln 2 (here most weight lies on the background, as on ISBI's membranes)."""
+    rng = np.random.default_rng(0)
+    targets = (rng.random((3, 20, 20)) < 0.8).astype(np.uint8)
+    weights = np.where(targets > 0, 1.0, 12.0) * rng.random(targets.shape)
+    plateau = constant_output_loss(targets, weights)
+    assert plateau < math.log(2) - 0.05
+
+    def loss_of_constant(p_cell: float) -> float:
+        logits = torch.tensor([0.0, math.log(p_cell / (1 - p_cell))]).view(1, 2, 1, 1).expand(3, 2, 20, 20)
+        return weighted_cross_entropy(logits, torch.from_numpy(targets).long(), torch.from_numpy(weights)).item()
+
+    share = weights[targets > 0].sum() / weights.sum()
+    assert loss_of_constant(share) == pytest.approx(plateau, rel=1e-5)
+    assert all(loss_of_constant(p) > plateau for p in (share - 0.05, share + 0.05, 0.5, 0.8))
 
 
 def test_learning_rate_warms_up_linearly_then_decays_polynomially():

@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import platform
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ from unet.settings import (
     from_arguments,
 )
 from unet.settings import add_arguments as add_settings_arguments
-from unet.training_log import FIGURE, LOG, DivergedError, TrainingLog, plot_loss, write_log
+from unet.training_log import FIGURE, LOG, DivergedError, TrainingLog, constant_output_loss, plot_loss, write_log
 
 MODEL = "model.pt"
 RUN_RECORD = "run.json"  # what produced the model (unet.provenance), for the tables
@@ -419,6 +420,12 @@ class _Session:
         self.start = resumed.iteration
         self.last_checkpoint = resumed.iteration or None
         self.log = TrainingLog(resumed.rows, resumed.pending, resumed.elapsed_s, settings.batch_size)
+        self.constant_loss = constant_output_loss(data.train.targets, data.train.weights)
+        print(
+            f"unet train: a constant output would have loss {self.constant_loss:.3f} on these weight maps; "
+            "the network learns once its loss falls below that",
+            file=sys.stderr,
+        )
         self.progress = progress_bar(settings.iterations, desc="train", unit="it", initial=self.start)
 
     def report(self, iteration: int, learning_rate: float, *, scores: bool = True) -> None:
@@ -476,7 +483,7 @@ class _Session:
         self.last_checkpoint = iteration
         write_log(self.out_dir / LOG, self.log.rows)
         if self.log.rows:
-            plot_loss(self.out_dir / FIGURE, self.log.rows)
+            plot_loss(self.out_dir / FIGURE, self.log.rows, self.constant_loss)
 
     def interrupt(self, iteration: int, signum: int) -> None:
         """Checkpoint at `iteration` and raise `Interrupted`."""
@@ -493,9 +500,13 @@ class _Session:
     def finish(self, predict: PredictSettings) -> UNet:
         self.progress.close()
         write_log(self.out_dir / LOG, self.log.rows)
-        plot_loss(self.out_dir / FIGURE, self.log.rows)
+        plot_loss(self.out_dir / FIGURE, self.log.rows, self.constant_loss)
         run = run_record(
-            self.device, seed=self.seed, iterations=self.settings.iterations, train_wall_s=round(self.log.elapsed(), 1)
+            self.device,
+            seed=self.seed,
+            iterations=self.settings.iterations,
+            train_wall_s=round(self.log.elapsed(), 1),
+            constant_output_loss=round(self.constant_loss, 4),
         )
         save_model(
             self.out_dir / MODEL,

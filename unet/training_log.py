@@ -13,6 +13,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from unet.errors import UsageError
@@ -83,11 +84,27 @@ def write_log(path: Path, rows: list[dict]) -> None:
         writer.writerows({key: row.get(key, "") for key in COLUMNS} for row in rows)
 
 
-def plot_loss(path: Path, rows: list[dict]) -> None:
-    """The training loss (log scale) and, on the right axis, the held-out scores."""
+def constant_output_loss(targets: np.ndarray, weights: np.ndarray) -> float:
+    """The loss of the best output that ignores the image: the plateau before a network learns.
+
+    Under the weighted mean of the cross-entropy that output is p(cell) = f, the cells' share of
+    the weight, everywhere, and its loss the entropy of f. The separation borders carry most of
+    the weight, so f is not the cells' share of the pixels (ISBI 2012: 0.29, not 0.79), and a
+    network that has not learned yet predicts no cells at all.
+    """
+    weights = weights.astype(np.float64)
+    cells = float(weights[targets > 0].sum() / max(weights.sum(), np.finfo(np.float64).tiny))
+    return -sum(share * math.log(share) for share in (cells, 1 - cells) if share > 0)
+
+
+def plot_loss(path: Path, rows: list[dict], constant_loss: float | None = None) -> None:
+    """The training loss (log scale) beside `constant_loss`, and on the right axis the held-out scores."""
     with figure(path, size=(6.5, 4), dpi=120, layout="tight") as (_, axes):
         axis = axes[0, 0]
-        axis.plot([row["iteration"] for row in rows], [row["loss"] for row in rows], color="C0")
+        axis.plot([row["iteration"] for row in rows], [row["loss"] for row in rows], color="C0", label="training loss")
+        if constant_loss:
+            axis.axhline(constant_loss, color="0.5", linestyle="--", label="a constant output (not learning)")
+            axis.legend(loc="upper right")
         axis.set_xlabel("iteration")
         axis.set_ylabel("training loss (weighted cross-entropy)", color="C0")
         axis.set_yscale("log")
