@@ -187,11 +187,10 @@ def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, caps
 # --- training -----------------------------------------------------------------------------
 
 
-def test_a_small_network_overfits_one_synthetic_image_within_seconds(synthetic, tmp_path):
+def test_a_small_network_overfits_one_synthetic_image(synthetic, tmp_path):
     data_dir, weights = synthetic
     data = load_data(data_dir, weights, frames=[0])
     data.held_out = load_held_out(data_dir, [0])  # the scores of the training image itself
-    start = time.perf_counter()
     train(
         data,
         tmp_path / "model",
@@ -208,14 +207,12 @@ def test_a_small_network_overfits_one_synthetic_image_within_seconds(synthetic, 
             device="cpu",
         ),
     )
-    seconds = time.perf_counter() - start
     log = read_log(tmp_path / "model" / "log.csv")
     first, last = float(log[0]["loss"]), float(log[-1]["loss"])
     # The weighted loss starts near ln 2 = 0.69 and must fall below 0.05 (about 95 % of pixels
     # confidently right); the foreground IoU of the image itself must exceed 0.95.
     assert first > 0.3 and last < 0.05, (first, last)
     assert float(log[-1]["val_iou"]) > 0.95 and log[-1]["val_seg"] == ""  # binary labels: no SEG
-    assert seconds < 60
 
 
 def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
