@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from bioimageio.spec.model import v0_5
 
+from unet import errors, sizes
 from unet import model as model_module
 from unet import settings as settings_module
-from unet import sizes
 from unet.io import (
     NORMALIZATION_PERCENTILES,
     DataError,
@@ -78,10 +78,10 @@ FILES = {
     "readme": "README.md",
 }
 # What `unet_architecture.py` bundles, each module after those it imports.
-ARCHITECTURE_MODULES = (sizes, settings_module, model_module)
+ARCHITECTURE_MODULES = (errors, sizes, settings_module, model_module)
 ARCHITECTURE_HEADER = '''"""The network of a unet-reproduction bioimage.io package: `SoftmaxUNet(**kwargs)`.
 
-Written by `unet export`: unet/sizes.py, unet/settings.py and unet/model.py verbatim, less their
+Written by `unet export`: unet/errors.py, unet/sizes.py, unet/settings.py and unet/model.py verbatim, less their
 imports of each other, then `SoftmaxUNet` (unet/export.py). Needs only torch.
 """
 
