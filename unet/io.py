@@ -149,18 +149,23 @@ def read_tiff(path: str | os.PathLike, *, shown_as: str | None = None) -> np.nda
     tifffile only logs a warning for a broken page chain (a truncated multi-page file) and returns the pages
     before the break: such a warning is an error here.
     """
+    return read_tiff_with_axes(path, shown_as=shown_as)[0]
+
+
+def read_tiff_with_axes(path: str | os.PathLike, *, shown_as: str | None = None) -> tuple[np.ndarray, str]:
+    """`read_tiff`, and the axes of the array as tifffile names them (YX, ZYX, TYX, YXS, CYX...)."""
     path = Path(path)
     name = shown_as or str(path)
     if not path.is_file():
         raise DataError(f"{name}: no such file")
     try:
         with _tifffile_warnings() as warnings, tifffile.TiffFile(path) as tiff:
-            array = tiff.asarray()
+            array, axes = tiff.asarray(), tiff.series[0].axes
     except Exception as error:  # tifffile raises many types for corrupt files
         raise DataError(f"{name}: not a readable TIFF ({error})") from error
     if warnings:
         raise DataError(f"{name}: a damaged or truncated TIFF ({warnings[0]})")
-    return array
+    return array, axes
 
 
 @contextlib.contextmanager
@@ -308,8 +313,7 @@ def read_split(directory: str | os.PathLike, *, labels: bool = True) -> Split:
     missing = {"dataset", "split", "kind", "frames", "labelled"} - set(meta)
     if missing:
         raise DataError(f"{meta_path}: missing keys {sorted(missing)}")
-    wanted = labels
-    labels = read_stack(directory / "labels.tif") if meta["labelled"] and wanted else None
+    label_stack = read_stack(directory / "labels.tif") if meta["labelled"] and labels else None
     unannotated = directory / UNANNOTATED
     split = Split(
         dataset=meta["dataset"],
@@ -317,11 +321,11 @@ def read_split(directory: str | os.PathLike, *, labels: bool = True) -> Split:
         kind=meta["kind"],
         images=read_stack(directory / "images.tif"),
         frames=list(meta["frames"]),
-        labels=labels,
+        labels=label_stack,
         labelled=list(meta["labelled"]),
-        unannotated=read_stack(unannotated) > 0 if labels is not None and unannotated.is_file() else None,
+        unannotated=read_stack(unannotated) > 0 if label_stack is not None and unannotated.is_file() else None,
     )
-    _validate_split(split, source=str(directory), labels_read=wanted)
+    _validate_split(split, source=str(directory), labels_read=labels)
     return split
 
 
@@ -455,9 +459,7 @@ def read_image_file(path: Path, channel: int | None = None) -> ImageFile:
         axes = "YXS" if array.ndim == 3 else "YX"
         channel_axis = 2 if array.ndim == 3 else None
     else:
-        array = read_tiff(path)
-        with tifffile.TiffFile(path) as tiff:
-            axes = tiff.series[0].axes
+        array, axes = read_tiff_with_axes(path)
         channel_axis = next((i for i, axis in enumerate(axes) if axis in "CS"), None)
     if channel_axis is not None:
         array, axes = _one_channel(path, array, axes, channel_axis, channel)
