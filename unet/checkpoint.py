@@ -85,11 +85,34 @@ def resume(path: Path, settings: dict, model, optimizer, augmenter, device: torc
         )
         return Resumed()
     model.load_state_dict(checkpoint["state_dict"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    restore_optimizer(optimizer, checkpoint["optimizer"])
     augmenter.load_state_dict(checkpoint["augmenter"])
     _set_rng_state(checkpoint["rng"], device)
     print(f"unet train: resuming from {path} at iteration {checkpoint['iteration']}", file=sys.stderr)
     return Resumed(checkpoint["iteration"], checkpoint["log"], checkpoint.get("pending", {}), checkpoint["elapsed_s"])
+
+
+# What `optimizer` chose for this run's device, which a checkpoint from another device must not override.
+_IMPLEMENTATION_KEYS = ("lr", "fused", "foreach", "capturable", "differentiable")
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimiser state, keeping this run's implementation (`fused`, `foreach`, the learning-rate
+    tensor) and giving each momentum buffer the memory layout of its parameter.
+
+    A run may resume on another device or memory format (`unet.train.RUN_CONTROL`): a CUDA run's fused SGD
+    and channels_last buffers, restored as saved into a contiguous CPU run, would make the fused update read
+    each buffer in the wrong order, silently.
+    """
+    own = [{key: group[key] for key in _IMPLEMENTATION_KEYS if key in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, implementation in zip(optimizer.param_groups, own):
+        group.update(implementation)
+        for parameter in group["params"]:
+            parameter_state = optimizer.state.get(parameter, {})
+            if parameter_state.get("momentum_buffer") is not None:
+                buffer = parameter_state["momentum_buffer"]
+                parameter_state["momentum_buffer"] = torch.empty_like(parameter).copy_(buffer)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:

@@ -1,28 +1,71 @@
-"""Where the network runs: the device a `--device` name means, and whether it computes in bf16."""
+"""Where the network runs, and in which precision and memory layout it computes there.
+
+`precision: auto` (training and prediction) means the fastest correct choice of the device:
+bf16 autocast where the device computes bf16 natively, fp32 elsewhere.
+
+- CUDA: bf16 where `torch.cuda.is_bf16_supported()` (Ampere and newer).
+- CPU: bf16 where the CPU has bf16 dot-product instructions, AVX512-BF16 or AMX-BF16, as torch
+  reports them (`torch.cpu.get_capabilities()`, from cpuinfo). Without them oneDNN emulates bf16,
+  about 10 times slower than fp32 (an AVX2 CPU, `benchmarks/results/train.md`), so `auto` stays fp32.
+
+Autocast covers the convolutions; the loss, the weight maps, the optimiser's state and every metric
+stay fp32 (or fp64) in any case.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from unet.errors import UsageError
+from unet.settings import PRECISIONS
 
-PRECISIONS = ("auto", "bf16", "fp32")
+# The CPU features (torch.cpu.get_capabilities) with which bf16 is faster than fp32.
+NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto`: the GPU when there is one, else the CPU; a CUDA name on a machine without CUDA is an error."""
+    """`auto`: the GPU when there is one, else the CPU; a CUDA name this machine cannot honour is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: this machine has no CUDA device (use auto or cpu)")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise UsageError(f"--device {name}: this machine has no CUDA device (use auto or cpu)")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively, i.e. faster than fp32 (see the module docstring)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # torch >= 2.8; older: assume none
+        return any(capabilities.get(feature, False) for feature in NATIVE_BF16_CPU_FEATURES)
+    return False
+
+
 def uses_bf16(precision: str, device: torch.device) -> bool:
-    """Whether `precision` means bf16 autocast on `device` (`auto`: on CUDA devices that support it)."""
+    """Whether `precision` means bf16 autocast on `device` (`auto`: where the device computes bf16 natively).
+
+    An explicit `bf16` is honoured on any CPU (emulated where it is not native: slow, but the same numbers);
+    on a CUDA device without bf16 it is an error.
+    """
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {PRECISIONS}, found {precision!r}")
     if precision == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return native_bf16(device)
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise UsageError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support (use auto or fp32)")
     return precision == "bf16"
+
+
+def precision_used(bf16: bool, device: torch.device) -> str:
+    """What the convolutions compute in, for `run.json`: on CUDA, fp32 lets cuDNN use TF32 unless turned off."""
+    if bf16:
+        return "bf16 autocast"
+    if device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "fp32 (TF32 convolutions)"
+    return "fp32"

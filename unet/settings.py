@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from unet.errors import UsageError
 
 PAPER_TILE = 572  # the paper's input tile side (Fig. 1): 388 x 388 outputs
+PRECISIONS = ("auto", "bf16", "fp32")  # `unet.device` says what `auto` means on each device
 
 
 class SettingError(UsageError):
@@ -206,8 +207,13 @@ class TrainSettings(StageSettings):
     device: str = setting(
         "auto", "auto (cuda if available), cpu, cuda or cuda:N", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"
     )
-    precision: str = setting("bf16", "bf16 autocast on CUDA; the CPU always computes in fp32", choices=("bf16", "fp32"))
-    channels_last: bool = setting(True, "channels_last memory format on CUDA")
+    precision: str = setting(
+        "auto",
+        "auto = bf16 autocast where the device computes bf16 natively (CUDA, CPUs with AVX512-BF16 or AMX), "
+        "else fp32; bf16 or fp32 to force one (the loss stays fp32)",
+        choices=PRECISIONS,
+    )
+    channels_last: bool = setting(True, "channels_last memory format (faster convolutions on GPUs and most CPUs)")
     compile: bool = setting(False, "torch.compile the forward pass and loss")
 
 
@@ -226,7 +232,10 @@ class PredictSettings(StageSettings):
         choices=("none", "flips", "d4"),
     )
     precision: str = setting(
-        "auto", "bf16 autocast or fp32; auto = bf16 on CUDA, fp32 on the CPU", choices=("auto", "bf16", "fp32")
+        "auto",
+        "auto = bf16 autocast where the device computes bf16 natively (CUDA, CPUs with AVX512-BF16 or AMX), "
+        "else fp32; bf16 or fp32 to force one",
+        choices=PRECISIONS,
     )
     min_area: int = setting(0, "instances smaller than this many pixels are removed", minimum=0)
     connectivity: int = setting(8, "pixel connectivity of instances", choices=(4, 8))

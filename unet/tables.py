@@ -119,7 +119,19 @@ def _by_dataset(scores: list[Score], key: str) -> dict[str, list[Score]]:
 
 
 # What produced our rows (from the models' run.json, `unet.provenance`): one column each.
-PROVENANCE = ("commit", "python", "torch", "numpy", "snakemake", "cuda", "cudnn", "device", "seeds", "train_wall_s")
+PROVENANCE = (
+    "commit",
+    "python",
+    "torch",
+    "numpy",
+    "snakemake",
+    "cuda",
+    "cudnn",
+    "device",
+    "precision",
+    "seeds",
+    "train_wall_s",
+)
 RunKey = tuple[str, str, int]  # dataset, run, seed
 
 
@@ -285,8 +297,9 @@ def table2_document(frame: pd.DataFrame, settings_note: str) -> Document:
         if _count(ours.get(f"{d} n"))
     )
     notes = [
-        f"Our rows average the runs and seeds ({counts}). IoU is the plain foreground IoU, "
-        'a different and usually higher number than SEG; the paper\'s "IOU" is the SEG measure.',
+        f"Our rows average the runs and seeds ({counts}). IoU is the plain foreground IoU, scored outside the "
+        "cells that the ground truth shows but leaves unannotated (unannotated.tif); a different and usually "
+        'higher number than SEG, which counts annotated cells only; the paper\'s "IOU" is the SEG measure.',
         _differences(settings_note),
         *_provenance_lines(frame, "method"),
     ]

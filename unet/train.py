@@ -18,9 +18,11 @@
   split, or the labelled frames of `--val-data`, e.g. the other CTC sequence) are
   predicted whole, by the overlap-tile prediction without test-time augmentation; the
   log gets their foreground IoU and, for instance labels, their SEG.
-- On a GPU: bf16 autocast, channels_last, cudnn autotuning, optional torch.compile;
-  the loss is only read back every `log_every` iterations. On the CPU the same code
-  runs in fp32, and a resumed run is bit-identical to an uninterrupted one.
+- Precision and layout (`unet.device`): `precision: auto` is bf16 autocast where the device computes
+  bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX) and fp32 elsewhere; the loss, the weight maps and
+  the optimiser's state stay fp32. `channels_last` on every device. On a GPU also cudnn autotuning, the
+  fused SGD and optional torch.compile; the loss is only read back every `log_every` iterations. On the
+  CPU a resumed run is bit-identical to an uninterrupted one.
 - Checkpoints (`unet.checkpoint`) every `checkpoint_every` iterations, and at once when
   the process gets SIGTERM or SIGUSR1 (a cluster's time limit or preemption): the run
   then exits with status 128 + the signal's number, and a run started again resumes.
@@ -52,7 +54,7 @@ from torch.nn import functional as F
 from unet import metrics, provenance
 from unet.augment import Augmenter
 from unet.checkpoint import CHECKPOINT, resume, save_checkpoint
-from unet.device import resolve_device
+from unet.device import precision_used, resolve_device, uses_bf16
 from unet.errors import UsageError
 from unet.io import (
     NORMALIZATION_PERCENTILES,
@@ -194,6 +196,7 @@ class HeldOut:
     kind: str
     frames: list[int]
     source: str
+    unannotated: np.ndarray | None = None  # bool: cells shown but not annotated, left out of the IoU
 
 
 @dataclass
@@ -242,7 +245,8 @@ def load_held_out(data_dir: Path, frames: list[int] | None = None) -> HeldOut:
         raise DataError(f"{data_dir}: the split has no labelled frames to hold out")
     chosen, rows = select_labelled(split, data_dir, frames)
     images = normalize_intensity(split.labelled_images()[rows])
-    return HeldOut(images, split.labels[rows], split.kind, chosen, str(data_dir))
+    unannotated = split.unannotated[rows] if split.unannotated is not None else None
+    return HeldOut(images, split.labels[rows], split.kind, chosen, str(data_dir), unannotated)
 
 
 def _check_targets_and_weights(training: TrainingSet, weight_dir: Path) -> None:
@@ -289,22 +293,28 @@ def learning_rate_at(step: int, settings: TrainSettings) -> float:
 
 
 class Trainer:
-    """The model, its optimiser and one training step on a device, tuned for the GPU.
+    """The model, its optimiser and one training step on a device.
 
-    `step` returns the loss as a device tensor and never synchronises with the host.
+    The precision and memory layout are the fastest correct ones for the device (`unet.device`): bf16
+    autocast where the device computes bf16 natively, channels_last where asked. `step` returns the loss as
+    a device tensor and never synchronises with the host: the learning rate lives on the device too.
     """
 
     def __init__(self, model: UNet, settings: TrainSettings, device: torch.device):
         self.device = device
         cuda = device.type == "cuda"
-        self.memory_format = torch.channels_last if cuda and settings.channels_last else torch.contiguous_format
+        self.bf16 = uses_bf16(settings.precision, device)
+        self.precision = precision_used(self.bf16, device)
+        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.memory_format).train()
+        # A tensor, so that neither a step nor a captured CUDA graph bakes the rate in; float64 on the CPU
+        # keeps the update bit-identical to a Python float's.
+        self.learning_rate = torch.zeros((), dtype=torch.float32 if cuda else torch.float64, device=device)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, fused=cuda or None
+            self.model.parameters(), lr=self.learning_rate, momentum=settings.momentum, fused=cuda or None
         )
         self.grad_clip = settings.grad_clip
-        self.precision = "bf16" if cuda and settings.precision == "bf16" else "fp32"  # bf16 only on CUDA
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.forward_loss = torch.compile(_forward_loss) if settings.compile else _forward_loss
         if cuda:
             torch.backends.cudnn.benchmark = True
@@ -312,8 +322,7 @@ class Trainer:
     def step(
         self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, learning_rate: float
     ) -> torch.Tensor:
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate
+        self.learning_rate.fill_(learning_rate)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast:
             loss = self.forward_loss(self.model, image.contiguous(memory_format=self.memory_format), target, weight)
@@ -321,11 +330,11 @@ class Trainer:
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, foreach=True)
         self.optimizer.step()
-        return loss.detach()
+        return loss.detach().clone()  # a buffer of its own: a CUDA graph's replay would overwrite the graph's
 
     def held_out_scores(self, held_out: HeldOut, input_size: int) -> dict[str, float]:
         """The held-out frames' foreground IoU and, for instance labels, SEG (`held_out_scores`)."""
-        scores = held_out_scores(self.model, held_out, input_size, precision=self.precision)
+        scores = held_out_scores(self.model, held_out, input_size, precision="bf16" if self.bf16 else "fp32")
         self.model.to(memory_format=self.memory_format)  # prediction leaves it channels-last
         return scores
 
@@ -337,12 +346,13 @@ def held_out_scores(
     model: torch.nn.Module, held_out: HeldOut, input_size: int, precision: str = "auto"
 ) -> dict[str, float]:
     """Whole held-out frames predicted without test-time augmentation: the foreground IoU of `probability > 0.5`
-    against the labelled cells and, for instance labels, the Cell Tracking Challenge's SEG of the connected
-    components (`unet.predict.instance_masks` at its defaults)."""
+    against the labelled cells (outside the cells left unannotated) and, for instance labels, the Cell Tracking
+    Challenge's SEG of the connected components (`unet.predict.instance_masks` at its defaults)."""
     probabilities = predict_probabilities(
         model, held_out.images, input_size=input_size, tta="none", precision=precision
     )
-    scores = {"val_iou": metrics.foreground_iou(probabilities > 0.5, held_out.labels > 0)["value"]}
+    cells = probabilities > 0.5
+    scores = {"val_iou": metrics.foreground_iou(cells, held_out.labels > 0, held_out.unannotated)["value"]}
     if held_out.kind == "instance":
         scores["val_seg"] = metrics.ctc_seg(instance_masks(probabilities), held_out.labels)["value"]
     return scores
@@ -503,6 +513,8 @@ class _Session:
         plot_loss(self.out_dir / FIGURE, self.log.rows, self.constant_loss)
         run = run_record(
             self.device,
+            precision=self.trainer.precision,
+            memory_format="channels_last" if self.trainer.memory_format == torch.channels_last else "contiguous",
             seed=self.seed,
             iterations=self.settings.iterations,
             train_wall_s=round(self.log.elapsed(), 1),
