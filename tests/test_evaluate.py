@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from unet import metrics
 from unet.cli import main
-from unet.io import write_tiff
+from unet.io import read_split, write_tiff
+from unet.prepare import prepare
 
 from helpers import copy_workflow, snakemake, unet
 
@@ -189,6 +190,26 @@ def test_ctc_table_and_a_missing_result_frame(hela, tmp_path):
     assert not (tmp_path / "seg.json").exists()
     code, _, err = run_in_process("ctc", res, tmp_path)
     assert code == 2 and "SEG: no such folder" in err
+
+
+def test_the_iou_leaves_out_the_cells_that_the_ground_truth_shows_without_a_mask(shared_data, tmp_path):
+    """Real HeLa 01: a result that finds every cell, the unannotated ones included, is perfect outside them."""
+    raw = shared_data / "ctc" / "DIC-C2DH-HeLa"
+    prepare("DIC-C2DH-HeLa", raw, tmp_path / "data", splits=["01"])
+    split = read_split(tmp_path / "data" / "01")
+    res = tmp_path / "01_RES"
+    res.mkdir()
+    for frame, label, unannotated in zip(split.labelled, split.labels, split.unannotated):
+        write_tiff(res / f"mask{frame:03d}.tif", np.where(unannotated, label.max() + 1, label).astype(np.uint16))
+    plain = json.loads(run_in_process("ctc", res, raw / "01_GT", "--json")[1])
+    outside = json.loads(
+        run_in_process("ctc", res, raw / "01_GT", "--unannotated", tmp_path / "data" / "01", "--json")[1]
+    )
+    frame_67 = split.labelled.index(67)
+    assert plain["frames"][frame_67]["iou"] < 0.5 and plain["iou"]["value"] < 0.95
+    assert outside["iou"]["value"] == 1.0 and [row["iou"] for row in outside["frames"]] == [1.0] * 9
+    assert outside["seg"] == plain["seg"] == {**plain["seg"], "value": 1.0}  # SEG counts annotated cells only
+    assert outside["meta"]["iou_leaves_out"].endswith("unannotated.tif")
 
 
 # The rules

@@ -1,14 +1,15 @@
 """`unet evaluate`: score predictions with the challenges' own metrics.
 
     unet evaluate isbi PROBABILITIES.tif LABELS.tif [--slices SPEC] [--json] [--out FILE]
-    unet evaluate ctc RES_DIR GT_DIR [--json] [--out FILE]
+    unet evaluate ctc RES_DIR GT_DIR [--unannotated SPLIT_DIR] [--json] [--out FILE]
 
 `isbi` compares a float32 cell-probability stack with the matching pages of a
 binary label stack (cell > 0) and reports the ISBI 2012 metrics exactly as
 Fiji's evaluation computes them (`unet.metrics`). `ctc` compares a Cell
 Tracking Challenge result folder (`maskTTT.tif`, uint16 instances) with the
 official ground truth folder `XX_GT` on every frame annotated in `XX_GT/SEG`
-and reports SEG and the foreground IoU. Without `--json` a table is printed;
+and reports SEG and the foreground IoU (with `--unannotated`, outside the cells
+that the ground truth shows but leaves without a mask). Without `--json` a table is printed;
 `--out` writes the JSON atomically (also when printing the table).
 """
 
@@ -25,10 +26,12 @@ from unet import metrics
 from unet.errors import UsageError
 from unet.figures import figure
 from unet.io import (
+    UNANNOTATED,
     DataError,
     format_frames,
     numbered_files,
     parse_frames,
+    read_split,
     read_stack,
     read_tiff,
     write_json,
@@ -79,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ctc.add_argument("res_dir", type=Path, metavar="RES_DIR", help="folder with maskTTT.tif (or maskTTTT.tif)")
     ctc.add_argument("gt_dir", type=Path, metavar="GT_DIR", help="the official XX_GT folder (with SEG/man_segTTT.tif)")
+    ctc.add_argument(
+        "--unannotated",
+        type=Path,
+        metavar="SPLIT_DIR",
+        help="the prepared split of the same sequence (`unet prepare`): the IoU leaves out the cells that its "
+        "unannotated.tif marks (shown by the tracking markers, without a mask in GT_DIR/SEG)",
+    )
     _add_output_arguments(ctc)
 
 
@@ -178,7 +188,8 @@ def isbi_table(scores: dict) -> str:
 
 def evaluate_ctc(args: argparse.Namespace) -> tuple[dict, str]:
     frames, res_masks, gt_masks = read_ctc_pair(args.res_dir, args.gt_dir)
-    seg, iou = metrics.ctc_seg(res_masks, gt_masks), metrics.foreground_iou(res_masks, gt_masks)
+    ignored = read_unannotated(args.unannotated, frames) if args.unannotated else None
+    seg, iou = metrics.ctc_seg(res_masks, gt_masks), metrics.foreground_iou(res_masks, gt_masks, ignored)
     per_frame = [
         {"frame": frame, **seg_frame, "iou": iou_frame}
         for frame, seg_frame, iou_frame in zip(frames, seg.pop("per_frame"), iou.pop("per_frame"))
@@ -188,7 +199,11 @@ def evaluate_ctc(args: argparse.Namespace) -> tuple[dict, str]:
             "seg": seg,
             "iou": iou,
             "frames": per_frame,
-            "meta": {"res_dir": str(args.res_dir), "gt_dir": str(args.gt_dir)},
+            "meta": {
+                "res_dir": str(args.res_dir),
+                "gt_dir": str(args.gt_dir),
+                "iou_leaves_out": str(args.unannotated / UNANNOTATED) if args.unannotated else None,
+            },
         }
     )
     if args.figure:
@@ -219,6 +234,21 @@ def read_ctc_pair(res_dir: Path, gt_dir: Path) -> tuple[list[int], list[np.ndarr
         if res.shape != gt.shape:
             raise DataError(f"{results[frame]}: shape {res.shape} differs from {annotated[frame]} {gt.shape}")
     return frames, res_masks, gt_masks
+
+
+def read_unannotated(split_dir: Path, frames: list[int]) -> list[np.ndarray]:
+    """The unannotated cells (`unannotated.tif` of a prepared split) of each of `frames`, all False where the split
+    has none; a frame the split does not label is a `DataError`."""
+    split = read_split(split_dir)
+    missing = [frame for frame in frames if frame not in split.labelled]
+    if missing:
+        raise DataError(f"{split_dir}: frames {missing} are not among its labelled frames {split.labelled}")
+    rows = [split.labelled.index(frame) for frame in frames]
+    return (
+        [np.zeros(split.labels.shape[1:], bool)] * len(rows)
+        if split.unannotated is None
+        else list(split.unannotated[rows])
+    )
 
 
 def _mask(path: Path) -> np.ndarray:

@@ -457,15 +457,21 @@ def _matched_jaccards(res: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.where(2 * overlap > gt_sizes, overlap / (gt_sizes + res_sizes[best] - overlap), 0.0)
 
 
-def foreground_iou(res_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray]) -> dict:
+def foreground_iou(
+    res_masks: Sequence[np.ndarray], gt_masks: Sequence[np.ndarray], ignored: Sequence[np.ndarray] | None = None
+) -> dict:
     """Pixel-level IoU of foreground (any object) against ground-truth foreground, pooled over all frames.
 
-    A different, usually higher number than SEG; unlike SEG it penalises
-    objects the ground truth does not annotate. Returns {"value", "per_frame": [iou]}.
+    A different, usually higher number than SEG; unlike SEG it penalises objects the ground truth does not
+    annotate, so the pixels `ignored` (bool, per frame: cells shown but left unannotated, `unannotated.tif`)
+    are left out. Returns {"value", "per_frame": [iou]}.
     """
     per_frame, intersection, union = [], 0, 0
-    for res, gt in _aligned_masks(res_masks, gt_masks):
-        i, u = int(np.count_nonzero((res > 0) & (gt > 0))), int(np.count_nonzero((res > 0) | (gt > 0)))
+    ignored = [None] * len(gt_masks) if ignored is None else ignored
+    for (res, gt), left_out in zip(_aligned_masks(res_masks, gt_masks), ignored, strict=True):
+        scored = np.ones(gt.shape, bool) if left_out is None else ~np.asarray(left_out, bool)
+        res, gt = (res > 0) & scored, (gt > 0) & scored
+        i, u = int(np.count_nonzero(res & gt)), int(np.count_nonzero(res | gt))
         per_frame.append(i / u if u else math.nan)
         intersection, union = intersection + i, union + u
     return {"value": intersection / union if union else math.nan, "per_frame": per_frame}

@@ -4,7 +4,7 @@
 # ISBI runs (fold{k}) score their probability stack against the label pages they held
 # out (`--fold k --folds N`, the blocks training held out and prediction predicted).
 # CTC runs (01, 02: the training sequence) score the other sequence's result masks
-# against its official ground truth.
+# against its official ground truth (the IoU outside the cells it leaves unannotated).
 
 
 rule evaluate_isbi:
@@ -47,6 +47,7 @@ rule evaluate_ctc:
             f"results/predictions/{w.dataset}/{w.run}/seed{w.seed}/{run_of(w).predicts}_RES"
         ),
         raw="results/raw/{dataset}",
+        unannotated=lambda w: split_files(w.dataset, run_of(w).predicts)["unannotated"],
     output:
         scores="results/scores/{dataset}/{run}/seed{seed}.json",
         figure=report(
@@ -71,6 +72,7 @@ rule evaluate_ctc:
         runtime=10,
     params:
         ground_truth=lambda w, input: f"{input.raw}/{run_of(w).predicts}_GT",
+        split=subpath(input.unannotated, parent=True),
     shell:
-        "unet evaluate ctc {input.results:q} {params.ground_truth:q}"
+        "unet evaluate ctc {input.results:q} {params.ground_truth:q} --unannotated {params.split:q}"
         " --out {output.scores:q} --figure {output.figure:q} > {log:q} 2>&1"
