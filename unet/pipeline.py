@@ -29,6 +29,7 @@ import yaml
 from unet.errors import UsageError
 from unet.settings import (
     MODEL_PREDICT_KEYS,
+    PAPER_TILE,
     STAGE_SETTINGS,
     SettingError,
     StageSettings,
@@ -293,6 +294,26 @@ def _where(config: Mapping[str, Any], dataset: str, stage: str, key: str) -> str
     """The config key that sets `stage.key` for `dataset`: its own section's, if it has one."""
     own = config["datasets"][dataset].get(stage, {})
     return f"datasets.{dataset}.{stage}.{key}" if key in own else f"{stage}.{key}"
+
+
+# Snakemake priorities: the data jobs that trainings wait for first (they take seconds), then the trainings,
+# longest first, so that the longest ones do not start last and leave cores idle at the end.
+DATA_PRIORITY = 1000
+TRAINING_PRIORITY = 100  # the costliest training's; the others' in proportion (at least 1)
+
+
+def training_priority(config: Mapping[str, Any], dataset: str) -> int:
+    """The Snakemake priority of `dataset`'s training jobs, in proportion to their cost among the experiments."""
+    costs = {name: training_cost(config, name) for name in config["experiments"]}
+    return max(1, round(TRAINING_PRIORITY * training_cost(config, dataset) / max(costs.values())))
+
+
+def training_cost(config: Mapping[str, Any], dataset: str) -> float:
+    """What one training of `dataset` costs, in paper-network steps: iterations x tiles per step x the tile's area
+    x the width squared, each relative to the paper's network (572 px, 64 channels)."""
+    train, model = stage_settings(config, "train", dataset), stage_settings(config, "model", dataset)
+    relative_step = train.batch_size * (train.input_size / PAPER_TILE) ** 2 * (model.base_channels / 64) ** 2
+    return train.iterations * relative_step
 
 
 def model_predict_flags(config: Mapping[str, Any], dataset: str) -> str:

@@ -27,6 +27,7 @@ rule fetch:
         "results/benchmarks/fetch/{dataset}.tsv"
     wildcard_constraints:
         dataset=ONE_OF["fetched"],
+    priority: pipeline.DATA_PRIORITY
     conda:
         "../../envs/unet.yaml"
     threads: 1
@@ -70,6 +71,7 @@ rule synthesize:
         "results/benchmarks/synthesize/{dataset}.tsv"
     wildcard_constraints:
         dataset=ONE_OF["synthetic"],
+    priority: pipeline.DATA_PRIORITY
     conda:
         "../../envs/unet.yaml"
     threads: 1
@@ -97,6 +99,7 @@ rule prepare:
         "results/benchmarks/prepare/{dataset}-{split}.tsv"
     wildcard_constraints:
         split=pipeline.LABELLED_SPLIT_PATTERN,
+    priority: pipeline.DATA_PRIORITY
     conda:
         "../../envs/unet.yaml"
     threads: 1

@@ -33,6 +33,8 @@ rule train:
         "results/logs/train/{dataset}/{run}/seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{dataset}/{run}/seed{seed}.tsv"
+    # Longest first (unet.pipeline.training_priority), so that two slots stay busy to the end.
+    priority: lambda w: pipeline.training_priority(config, w.dataset)
     conda:
         "../../envs/unet.yaml"
     threads: lambda w: config["threads"]["train"]

@@ -16,6 +16,7 @@ rule weightmap:
         "results/benchmarks/weightmap/{dataset}-{split}.tsv"
     wildcard_constraints:
         split=pipeline.LABELLED_SPLIT_PATTERN,
+    priority: pipeline.DATA_PRIORITY
     conda:
         "../../envs/unet.yaml"
     threads: 1
