@@ -48,6 +48,20 @@ def median_seconds(function: Callable[[], object], *, repeats: int, warmup: int 
     return statistics.median(times)
 
 
+def matmul_rates(device: str, size: int, repeats: int, precisions=("fp32", "bf16")) -> dict[str, float]:
+    """FLOP/s of a size x size matmul per precision: the device's practical limit for dense arithmetic in each."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    calls = 20 if str(device).startswith("cuda") else 1
+    rates = {}
+    for precision in precisions:
+        a, b = (torch.randn(size, size, device=device, dtype=dtypes[precision]) for _ in range(2))
+        seconds = median_seconds(lambda: [a @ b for _ in range(calls)], repeats=repeats, device=device)  # noqa: B023
+        rates[precision] = 2 * size**3 * calls / seconds
+    return rates
+
+
 def device_name(device: str) -> str:
     if str(device).startswith("cuda"):
         import torch
