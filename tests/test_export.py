@@ -217,6 +217,14 @@ def test_the_packaged_network_takes_any_size_and_returns_unet_predicts_probabili
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_the_torchscript_weights_follow_the_inputs_device(exported):
+    """A trace keeps the device of a tensor created with an explicit one (`torch.arange(n, device=x.device)`): the
+    mirroring's indices would stay on the CPU when a tool runs the weights on a GPU. No GPU here: read the graph."""
+    network = torch.jit.load(io.BytesIO(package_file(exported / "package.zip", FILES["torchscript"])))
+    assert ": Device = prim::Constant" not in str(network.inlined_graph)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("weight_format", WEIGHT_FORMATS)
 @pytest.mark.parametrize("shape", [(131, 97), (512, 512)])
 def test_bioimageio_cores_predict_returns_unet_predicts_probabilities_at_the_images_size(

@@ -114,16 +114,17 @@ class SameSizeUNet(UNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2], x.shape[-1]
-        tile = x.index_select(-2, self._mirrored(height, x.device)).index_select(-1, self._mirrored(width, x.device))
+        tile = x.index_select(-2, self._mirrored(x, height)).index_select(-1, self._mirrored(x, width))
         return torch.softmax(super().forward(tile), dim=1)[..., :height, :width]
 
-    def _mirrored(self, size: int, device: torch.device) -> torch.Tensor:
-        """For an axis of `size` px, the index of the image pixel at each position of the tile."""
+    def _mirrored(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """For an axis of `x` of `size` px, the index of the image pixel at each position of the tile."""
         before, step, smallest = border(self.depth), 2**self.depth, valid_input_size_at_least(1, self.depth)
         # valid_input_size_at_least(size + 2 * before) without its branch, which a trace would freeze: for
         # size >= 1, size + 2 * before exceeds smallest - step.
         tile = smallest + (size + 2 * before - smallest + step - 1) // step * step
-        position = torch.arange(tile, device=device) - before
+        # arange(tile) - before on x's device: a trace would fix torch.arange's device to the CPU it was traced on.
+        position = x.new_ones(tile, dtype=torch.long).cumsum(0) - (before + 1)
         last = torch.full_like(position, size - 1)
         # NumPy's reflect: period 2 * (size - 1), every index 0 for a 1 px axis.
         return last - (position % (2 * last).clamp(min=1) - last).abs()
