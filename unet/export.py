@@ -9,25 +9,29 @@ gets a folder of the same files (`save_bioimageio_package_as_folder`), to read o
 The package holds:
 
 - the weights twice: `pytorch_state_dict` with its architecture `unet_architecture.py`, and
-  `torchscript` (what deepImageJ and QuPath run), traced on the CPU in eval mode. `unet` is not
-  on PyPI, so the architecture file carries the code: unet/sizes.py, unet/settings.py and
-  unet/model.py verbatim, then `SoftmaxUNet`, the U-Net with the soft-max applied.
-- one input, `raw` (batch, channel, y, x): one grayscale channel whose sides are valid inputs,
-  min + n * step with min = `unet.sizes.valid_input_size_at_least(1, depth)` and step = 2**depth
-  (the paper's network: 188 + 16n, e.g. 572). Preprocessing: `scale_range` with the percentiles
-  the model was trained with (1st and 99th, per image and channel, not clipped), as
-  `unet.io.normalize_intensity` scales.
-- one output, `probabilities` (batch, channel, y, x): background and cell. Valid convolutions
-  lose `unet.sizes.border(depth)` px per side (92 for the paper's network: 572 -> 388); the
-  output's sides are the input's with that offset, and every output pixel is valid. So the
-  output axes have no `halo`: in spec 0.5 a halo is what a tool crops off the output in
-  addition, and the spec asks for an offset where the network crops itself (choice,
+  `torchscript` (what deepImageJ and QuPath run), traced on the CPU in eval mode. Both are
+  `SameSizeUNet`: any image in, probabilities of the same size out (it mirrors the image to a
+  valid tile, runs the valid-convolution U-Net and crops back: `unet predict --tta none` with
+  one tile). `unet` is not on PyPI, so the architecture file carries the code: unet/errors.py,
+  unet/sizes.py, unet/settings.py and unet/model.py verbatim, then `SameSizeUNet`.
+- one input, `raw` (batch, channel, y, x): one grayscale channel, each side any size (step 1)
+  from `smallest_input(depth)` = 2 * halo + 2**depth px (240 for the paper's network): the
+  spec wants more than twice the halo, and a tile of min + n px with n a multiple of 2**depth
+  keeps a multiple of 2**depth. Tools that pad the halo, as bioimageio.core does, pad it by
+  reflection (`pad`: NumPy's `reflect`, the mirroring of `unet predict`). Preprocessing:
+  `scale_range` with the percentiles the model was trained with (1st and 99th, per image and
+  channel, not clipped), as `unet.io.normalize_intensity` scales.
+- one output, `probabilities` (batch, channel, y, x): background and cell, the input's size
+  (offset 0), with a `halo` of `halo(depth)` px (112 for the paper's network): how far the
+  network looks beyond a pixel, rounded up to its pooling grid, so that tools that tile keep
+  only output whose context is the image's, on the pooling grid of the whole image (choice,
   config/README.md).
-- test input and output (`test_input.npy`, `test_output.npy`): the centre of the test image
-  (`--image`, a stack's first frame; else a synthetic EM section) as float32, and what the
-  package's own preprocessing and network make of it, which `bioimageio test` reproduces.
+- test input and output (`test_input.npy`, `test_output.npy`): the centre square of the test
+  image (`--image`, a stack's first frame; else a synthetic EM section), at most 512 px, as
+  float32, and what the package's own preprocessing and network make of it, which
+  `bioimageio test` reproduces.
 - a cover (the input beside its cell probability), README.md (the model, its training, the
-  input it needs, the valid tile sizes), the MIT license, authors and the paper's citation.
+  sizes it takes), the MIT license, authors and the paper's citation.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from unet.io import (
     write_tiff,
 )
 from unet.model import UNet, load_metadata, load_model
-from unet.settings import PAPER_TILE, SyntheticEmSettings
+from unet.settings import SyntheticEmSettings
 from unet.sizes import border, valid_input_size_at_least
 
 INPUT, OUTPUT = v0_5.TensorId("raw"), v0_5.TensorId("probabilities")
@@ -79,10 +83,10 @@ FILES = {
 }
 # What `unet_architecture.py` bundles, each module after those it imports.
 ARCHITECTURE_MODULES = (errors, sizes, settings_module, model_module)
-ARCHITECTURE_HEADER = '''"""The network of a unet-reproduction bioimage.io package: `SoftmaxUNet(**kwargs)`.
+ARCHITECTURE_HEADER = '''"""The network of a unet-reproduction bioimage.io package: `SameSizeUNet(**kwargs)`.
 
 Written by `unet export`: unet/errors.py, unet/sizes.py, unet/settings.py and unet/model.py verbatim, less their
-imports of each other, then `SoftmaxUNet` (unet/export.py). Needs only torch.
+imports of each other, then `SameSizeUNet` (unet/export.py). Needs only torch.
 """
 
 from __future__ import annotations
@@ -94,16 +98,50 @@ PAPER = (
     "Segmentation. MICCAI 2015, LNCS 9351, pp. 234-241. arXiv:1505.04597"
 )
 PAPER_DOI = "10.1007/978-3-319-24574-4_28"
+TEST_INPUT_SIDE = 512  # at most: the side of the ISBI 2012 and Cell Tracking Challenge frames
 
 
-class SoftmaxUNet(UNet):
-    """The U-Net with the soft-max over the classes applied: per pixel the probabilities of background and cell.
+class SameSizeUNet(UNet):
+    """The U-Net as the package runs it: an image of any size in, the soft-max probabilities of background and
+    cell out, of the same size: `unet predict --tta none` with one tile.
 
-    The entry point of the package's `unet_architecture.py`; its weights are those of the `UNet` it extends.
+    It mirrors the image into the smallest valid tile whose output covers it, the tile starting border(depth) px
+    before the image as `unet predict`'s tiles do (NumPy's `reflect`, repeated where the image is smaller than the
+    padding), runs the valid-convolution U-Net and crops the output to the image. The padding is tensor arithmetic
+    on the input's shape, so that a TorchScript trace follows every size. The entry point of the package's
+    `unet_architecture.py`; its weights are those of the `UNet` it extends.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(super().forward(x), dim=1)
+        height, width = x.shape[-2], x.shape[-1]
+        tile = x.index_select(-2, self._mirrored(x, height)).index_select(-1, self._mirrored(x, width))
+        return torch.softmax(super().forward(tile), dim=1)[..., :height, :width]
+
+    def _mirrored(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """For an axis of `x` of `size` px, the index of the image pixel at each position of the tile."""
+        before, step, smallest = border(self.depth), 2**self.depth, valid_input_size_at_least(1, self.depth)
+        # valid_input_size_at_least(size + 2 * before) without its branch, which a trace would freeze: for
+        # size >= 1, size + 2 * before exceeds smallest - step.
+        tile = smallest + (size + 2 * before - smallest + step - 1) // step * step
+        # arange(tile) - before on x's device: a trace would fix torch.arange's device to the CPU it was traced on.
+        position = x.new_ones(tile, dtype=torch.long).cumsum(0) - (before + 1)
+        last = torch.full_like(position, size - 1)
+        # NumPy's reflect: period 2 * (size - 1), every index 0 for a 1 px axis.
+        return last - (position % (2 * last).clamp(min=1) - last).abs()
+
+
+def halo(depth: int) -> int:
+    """The package's output halo: how far the network looks beyond a pixel, border(depth) px and up to 2**depth - 1
+    more through its pooling windows, rounded up to the pooling grid (2**depth). Tiles that start on that grid and
+    keep their output beyond the halo reproduce the whole image's; so does an image mirrored by the halo first."""
+    step = 2**depth
+    return -(-(border(depth) + step - 1) // step) * step
+
+
+def smallest_input(depth: int) -> int:
+    """The package's smallest input side: twice the halo and one step of the pooling grid, so that a tile keeps at
+    least one step of output (the spec wants at least 1 px beyond the halos)."""
+    return 2 * halo(depth) + 2**depth
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,20 +180,20 @@ def input_percentiles(metadata: dict) -> tuple[float, float]:
 
 
 def read_test_input(path: str | None, depth: int, percentiles: tuple[float, float]) -> np.ndarray:
-    """The package's test input: the centre square of the image (a stack's first frame) at the largest valid input
-    side up to the paper's 572 px, float32 (1, 1, side, side) with the values as acquired."""
+    """The package's test input: the centre square of the image (a stack's first frame), at most TEST_INPUT_SIDE px,
+    float32 (1, 1, side, side) with the values as acquired."""
     if path is None:
         image, source = _synthetic_section(), "the synthetic test section"
     else:
         image, source = read_stack(path)[0], path
     check_finite(image, source)
     height, width = image.shape
-    side = largest_valid_input(min(height, width, PAPER_TILE), depth)
-    if side is None:
+    if min(height, width) < smallest_input(depth):
         raise DataError(
-            f"{source}: the image is {height}x{width} px, smaller than this U-Net's smallest input "
-            f"({valid_input_size_at_least(1, depth)} px)"
+            f"{source}: the image is {height}x{width} px, smaller than this package's smallest input "
+            f"({smallest_input(depth)} px)"
         )
+    side = min(height, width, TEST_INPUT_SIDE)
     top, left = (height - side) // 2, (width - side) // 2
     crop = image[None, None, top : top + side, left : left + side].astype(np.float32)
     low, high = np.percentile(crop, percentiles)
@@ -164,18 +202,10 @@ def read_test_input(path: str | None, depth: int, percentiles: tuple[float, floa
     return crop
 
 
-def largest_valid_input(size: int, depth: int) -> int | None:
-    """The largest valid input side of at most `size` px; None if even the smallest is larger."""
-    side = valid_input_size_at_least(size, depth)
-    if side > size:
-        side -= 2**depth
-    return side if side >= valid_input_size_at_least(1, depth) else None
-
-
 def _synthetic_section() -> np.ndarray:
     from unet.synthetic import em_section  # only for models exported without an image
 
-    image, _ = em_section(np.random.default_rng(0), PAPER_TILE, SyntheticEmSettings().cell_size)
+    image, _ = em_section(np.random.default_rng(0), TEST_INPUT_SIDE, SyntheticEmSettings().cell_size)
     return image
 
 
@@ -193,7 +223,7 @@ def describe(
     """Write the package's files into `folder` and return their description, which validates them (the test
     tensors against the axes, the files' hashes). `image`: the raw test input (`read_test_input`)."""
     files = {role: folder / name for role, name in FILES.items()}
-    network = softmax_unet(model)
+    network = same_size_unet(model)
     low, high = input_percentiles(metadata)
     scaling = v0_5.ScaleRangeKwargs(axes=list(SPATIAL_AXES), min_percentile=low, max_percentile=high)
     preprocessed = torch.from_numpy(scale_range(image, scaling))
@@ -233,16 +263,17 @@ def model_name(dataset: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9_+\-() ]", "-", f"U-Net{trained_on} (Ronneberger 2015 reproduction)")
 
 
-def softmax_unet(model: UNet) -> SoftmaxUNet:
-    """`model` with the soft-max applied, on the CPU in eval mode."""
-    network = SoftmaxUNet(**model.config)
+def same_size_unet(model: UNet) -> SameSizeUNet:
+    """`model` as the package runs it, on the CPU in eval mode."""
+    network = SameSizeUNet(**model.config)
     network.load_state_dict(model.state_dict())
     return network.cpu().eval()
 
 
-def torchscript(network: SoftmaxUNet, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """`network` traced on `example`. The trace keeps the crops' arithmetic on the input's shape, so it takes any
-    valid size; the size check of `UNet.forward` runs only while tracing, hence torch's warnings about it."""
+def torchscript(network: SameSizeUNet, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """`network` traced on `example`. The trace keeps the padding's and the crops' arithmetic on the input's shape,
+    so it takes any size; the size check of `UNet.forward` runs only while tracing, hence torch's warnings about
+    it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings of that check, and torch.jit's deprecation notice
         with torch.no_grad():
@@ -251,13 +282,13 @@ def torchscript(network: SoftmaxUNet, example: torch.Tensor) -> torch.jit.Script
 
 def architecture_source() -> str:
     """The package's `unet_architecture.py`: ARCHITECTURE_MODULES verbatim, less their imports of each other, then
-    `SoftmaxUNet`. A module-level import of another unet module than those bundled before is a `RuntimeError`."""
+    `SameSizeUNet`. A module-level import of another unet module than those bundled before is a `RuntimeError`."""
     parts = [ARCHITECTURE_HEADER]
     bundled: set[str] = set()
     for module in ARCHITECTURE_MODULES:
         parts.append(f"# ---- {module.__name__.replace('.', '/')}.py ----\n\n{_without_imports(module, bundled)}")
         bundled.add(module.__name__)
-    parts.append(f"# ---- {__name__}.SoftmaxUNet ----\n\n{inspect.getsource(SoftmaxUNet)}")
+    parts.append(f"# ---- {__name__}.SameSizeUNet ----\n\n{inspect.getsource(SameSizeUNet)}")
     return "\n\n".join(parts)
 
 
@@ -279,16 +310,17 @@ def _without_imports(module, bundled: set[str]) -> str:
 
 
 def input_description(depth: int, scaling: v0_5.ScaleRangeKwargs, files: dict[str, Path]) -> v0_5.InputTensorDescr:
-    """One grayscale channel; each side a valid U-Net input, min + n * 2**depth px."""
-    size = v0_5.ParameterizedSize(min=valid_input_size_at_least(1, depth), step=2**depth)
+    """One grayscale channel; each side any size from smallest_input(depth); halos padded by reflection."""
+    size = v0_5.ParameterizedSize(min=smallest_input(depth), step=1)
     return v0_5.InputTensorDescr(
         id=INPUT,
-        description="one 2D grayscale image (any intensity range; preprocessing scales it)",
+        description="one 2D grayscale image of any size (any intensity range; preprocessing scales it)",
         axes=[
             v0_5.BatchAxis(),
             v0_5.ChannelAxis(channel_names=[v0_5.Identifier("gray")]),
-            *(v0_5.SpaceInputAxis(id=axis, size=size) for axis in SPATIAL_AXES),
+            *(v0_5.SpaceInputAxis(id=axis, size=size, concatenable=True) for axis in SPATIAL_AXES),
         ],
+        pad=v0_5.ReflectPadding(mode="reflect"),  # the mode given, or spec 0.5.12 writes `pad: {}`: constant 0
         test_tensor=v0_5.FileDescr(source=files["test_input"]),
         sample_tensor=v0_5.FileDescr(source=files["sample_input"]),
         data=v0_5.IntervalOrRatioDataDescr(type="float32"),
@@ -297,16 +329,16 @@ def input_description(depth: int, scaling: v0_5.ScaleRangeKwargs, files: dict[st
 
 
 def output_description(depth: int, files: dict[str, Path]) -> v0_5.OutputTensorDescr:
-    """Background and cell probabilities; each side the input's less 2 * border(depth): valid convolutions."""
+    """Background and cell probabilities, the input's size, with the halo that tiling tools crop."""
     return v0_5.OutputTensorDescr(
         id=OUTPUT,
-        description=f"soft-max probabilities; {border(depth)} px per side smaller than the input",
+        description="soft-max probabilities, the input's size",
         axes=[
             v0_5.BatchAxis(),
             v0_5.ChannelAxis(channel_names=[v0_5.Identifier(name) for name in CLASSES]),
             *(
-                v0_5.SpaceOutputAxis(
-                    id=axis, size=v0_5.SizeReference(tensor_id=INPUT, axis_id=axis, offset=-2 * border(depth))
+                v0_5.SpaceOutputAxisWithHalo(
+                    id=axis, size=v0_5.SizeReference(tensor_id=INPUT, axis_id=axis), halo=halo(depth)
                 )
                 for axis in SPATIAL_AXES
             ),
@@ -323,7 +355,7 @@ def weights_description(config: dict, files: dict[str, Path]) -> v0_5.WeightsDes
         pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
             source=files["weights"],
             architecture=v0_5.ArchitectureFromFileDescr(
-                source=files["architecture"], callable=v0_5.Identifier(SoftmaxUNet.__name__), kwargs=config
+                source=files["architecture"], callable=v0_5.Identifier(SameSizeUNet.__name__), kwargs=config
             ),
             pytorch_version=version,
         ),
@@ -337,14 +369,12 @@ def weights_description(config: dict, files: dict[str, Path]) -> v0_5.WeightsDes
 
 
 def write_cover(path: Path, image: np.ndarray, probability: np.ndarray, min_height: int = 256) -> None:
-    """The input (scaled, the output's field of view) beside the cell probability, 2:1, in gray."""
-    from matplotlib.image import imsave
+    """The input (scaled) beside its cell probability, 2:1, an 8-bit gray PNG (the spec asks for under 500 kB)."""
+    from PIL import Image
 
-    margin = (image.shape[0] - probability.shape[0]) // 2
-    seen = image[margin : margin + probability.shape[0], margin : margin + probability.shape[1]]
-    cover = np.concatenate([np.clip(seen, 0, 1), probability], axis=1)
-    zoom = max(1, -(-min_height // cover.shape[0]))  # small networks' outputs are a few pixels
-    imsave(path, np.kron(cover, np.ones((zoom, zoom))), cmap="gray", vmin=0, vmax=1)
+    cover = np.concatenate([np.clip(image, 0, 1), probability], axis=1)
+    zoom = max(1, -(-min_height // cover.shape[0]))  # small test images
+    Image.fromarray(np.round(np.kron(cover, np.ones((zoom, zoom))) * 255).astype(np.uint8)).save(path)
 
 
 def write_package(description: v0_5.ModelDescr, out: Path) -> None:
@@ -362,7 +392,7 @@ def write_package(description: v0_5.ModelDescr, out: Path) -> None:
 def readme(config: dict, metadata: dict, dataset: str | None) -> str:
     """The package's documentation (README.md)."""
     depth = config["depth"]
-    smallest, step, lost = valid_input_size_at_least(1, depth), 2**depth, border(depth)
+    smallest, step, context = smallest_input(depth), 2**depth, halo(depth)
     low, high = input_percentiles(metadata)
     training = "\n".join(f"- {key}: {value}" for key, value in training_facts(metadata, dataset).items())
     return f"""# {model_name(dataset)}
@@ -373,21 +403,30 @@ first level, valid (unpadded) 3x3 convolutions. It labels each pixel background 
 
 ## Input
 
-One 2D grayscale image (a single channel, any intensity range), like the images it was trained
-on. The package scales it itself (`scale_range`): per image, the percentiles {low:g} and {high:g}
-of its intensities map to 0 and 1, without clipping, as in training. Tools that split a large
-image into tiles may compute these percentiles per tile instead.
-
-Valid tile sides: {smallest} + {step}n px ({smallest}, {smallest + step}, {smallest + 2 * step}, ...;
-the paper's network takes 572).
+One 2D grayscale image (a single channel, any intensity range) of any size, like the images it
+was trained on: no padding or cropping by hand. The description asks for at least {smallest} px
+per side, as the spec wants more than twice the halo (below); bioimageio.core (ilastik, napari)
+refuses smaller images, while the network itself takes any size from 1 px. The package scales
+the image itself (`scale_range`): per image, the percentiles {low:g} and {high:g} of its
+intensities map to 0 and 1, without clipping, as in training. bioimageio.core 0.11 computes them
+over the whole image when it tiles, but over the image mirrored by the halo when it does not,
+which can shift them by a few gray values.
 
 ## Output
 
-Two channels, the soft-max probabilities of background and cell (cell > 0.5: cell). The network
-uses valid convolutions: each output side is {2 * lost} px shorter than the input's, the output
-covering the input's centre without its {lost} px border, and every output pixel is valid. For
-probabilities up to the image's edges, pad the image by {lost} px per side (mirrored) first, as
-`unet predict` does.
+Two channels, the soft-max probabilities of background and cell (cell > 0.5: cell), at the
+input's size. The network uses valid convolutions, as in the paper: the package mirrors the
+image into the next valid tile (NumPy's `reflect`, as `unet predict` mirrors), runs the network
+and crops the probabilities back to the image.
+
+Tiling: each output axis has a halo of {context} px, how far the network looks beyond a pixel,
+rounded up to its pooling grid of {step} px. Tools that split a large image into tiles mirror or
+take that much context around each tile and crop it off the tile's output. The tiles reproduce
+the untiled probabilities exactly when the part each keeps (a tile of {smallest} + n px keeps
+{step} + n) starts and ends on that grid: n a multiple of {step}, and, as bioimageio.core places
+the last tile of a row flush with the image's end, image sides that are multiples of {step} px
+(512, 1024, 2048, ...). Elsewhere a tile pools on a shifted grid, and its probabilities can
+differ from the untiled ones.
 
 `unet predict` also averages the predictions of flipped and rotated copies (test-time
 augmentation) and tiles large images itself; this package computes a single pass.
@@ -405,7 +444,7 @@ error; Cell Tracking Challenge: SEG and IoU) in its tables (`results/tables/`).
 
 ## Weights
 
-`pytorch_state_dict` (architecture: `unet_architecture.py`, class `SoftmaxUNet`, needs only
+`pytorch_state_dict` (architecture: `unet_architecture.py`, class `SameSizeUNet`, needs only
 PyTorch) and `torchscript` (traced on the CPU), the same network and numbers.
 
 ## Citation
