@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 
 from unet.errors import UsageError
@@ -12,7 +15,15 @@ PRECISIONS = ("auto", "bf16", "fp32")
 def resolve_device(name: str) -> torch.device:
     """`auto`: the GPU when there is one, else the CPU; a CUDA name on a machine without CUDA is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):  # e.g. a GPU of `unet gpu --gpus` that this machine lacks
+            print(
+                f"unet: torch sees no CUDA device (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}): "
+                "computing on the CPU",
+                file=sys.stderr,
+            )
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: this machine has no CUDA device (use auto or cpu)")
