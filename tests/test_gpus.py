@@ -17,6 +17,8 @@ import pytest
 
 from unet.gpus import GPUS_VARIABLE, POLL_S, gpu_id
 
+from helpers import DEMO_CONFIG, copy_workflow, snakemake
+
 GPUS = ("0", "1", "2", "3")
 WAITING = "are all held by other jobs; waiting for one to be free"
 # A job: records its GPU, process id and start, holds the GPU until the test creates `release`, records its end.
@@ -180,3 +182,22 @@ def test_the_recorded_gpu_is_the_machines_id_of_the_device() -> None:
     assert gpu_id(1, {"CUDA_VISIBLE_DEVICES": "GPU-5e1f, GPU-77aa"}) == "GPU-77aa"
     assert gpu_id(0, {"CUDA_VISIBLE_DEVICES": "2"}) == "2"
     assert gpu_id(1, {}) == "1"
+
+
+@pytest.mark.slow
+def test_the_workflow_runs_two_trainings_on_two_gpus_and_other_gpus_rerun_nothing(tmp_path: Path) -> None:
+    """The demo's first two ISBI folds trained at once (--resources gpu=2) on the pretended GPUs 5 and 6."""
+    workdir = copy_workflow(tmp_path)
+    models = [f"results/models/demo-em/fold{k}/seed0/model.pt" for k in (0, 1)]
+    settings = ("train={iterations: 2, log_every: 1, val_every: 2}", "threads={train: 1}")
+    run = ("--configfile", DEMO_CONFIG, "--cores", "2", "--resources", "gpu=2", "--config", *settings)
+    result = snakemake(workdir, *run, "gpus=[5,6]", "--", *models, env=environment())
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = [(workdir / f"results/logs/train/demo-em/fold{k}/seed0.log").read_text() for k in (0, 1)]
+    gpus = sorted(gpu for gpu in "56" for log in logs if f"this job runs on GPU {gpu} " in log)
+    assert gpus == ["5", "6"], logs
+    assert all("computing on the CPU" in log for log in logs), logs
+    assert json.loads((workdir / models[0]).with_name("run.json").read_text())["gpu"] is None  # computed on the CPU
+
+    other_gpus = snakemake(workdir, *run, "gpus=[1]", "--dry-run", "--", *models, env=environment())
+    assert "Nothing to be done" in other_gpus.stdout + other_gpus.stderr, other_gpus.stdout[-3000:]
