@@ -43,8 +43,9 @@ def schema_section(name: str) -> dict:
     return yaml.safe_load(SCHEMA.read_text())["$defs"][name]["properties"]
 
 
-def test_importing_the_workflows_module_loads_no_heavy_library():
-    code = "import sys, unet.pipeline; print(sorted({'torch', 'numba', 'scipy', 'numpy'} & set(sys.modules)))"
+def test_importing_the_workflows_modules_loads_no_heavy_library():
+    heavy = "{'torch', 'numba', 'scipy', 'numpy'}"
+    code = f"import sys, unet.pipeline, unet.gpus; print(sorted({heavy} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
 

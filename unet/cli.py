@@ -25,6 +25,7 @@ COMMANDS = {
     "evaluate": ("unet.evaluate", "score predictions with the challenges' metrics"),
     "tables": ("unet.tables", "write Table 1 and Table 2 beside the paper's numbers"),
     "export": ("unet.export", "write a trained model as a bioimage.io package (Fiji, ilastik, QuPath, napari)"),
+    "gpu": ("unet.gpus", "run a command on a GPU of its own: the first free one, waiting while all are held"),
 }
 
 

@@ -14,6 +14,9 @@ stay fp32 (or fp64) in any case.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 
 from unet.errors import UsageError
@@ -26,7 +29,15 @@ NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
 def resolve_device(name: str) -> torch.device:
     """`auto`: the GPU when there is one, else the CPU; a CUDA name this machine cannot honour is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):  # e.g. a GPU of `unet gpu --gpus` that this machine lacks
+            print(
+                f"unet: torch sees no CUDA device (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}): "
+                "computing on the CPU",
+                file=sys.stderr,
+            )
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -56,6 +56,7 @@ from unet.augment import Augmenter
 from unet.checkpoint import CHECKPOINT, resume, save_checkpoint
 from unet.device import precision_used, resolve_device, uses_bf16
 from unet.errors import UsageError
+from unet.gpus import gpu_id
 from unet.io import (
     NORMALIZATION_PERCENTILES,
     DataError,
@@ -540,7 +541,8 @@ class _Session:
 
 
 def run_record(device: torch.device, **extra) -> dict:
-    """`unet.provenance.record` with what torch knows: its CUDA and cuDNN builds and the device's name."""
+    """`unet.provenance.record` with what torch knows: its CUDA and cuDNN builds, the device's name and, on a GPU,
+    its id on the machine (`unet.gpus.gpu_id`: which of several it was)."""
     cuda = device.type == "cuda"
     name = (
         torch.cuda.get_device_name(device)
@@ -548,7 +550,8 @@ def run_record(device: torch.device, **extra) -> dict:
         else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     )
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return provenance.record(device=name, cuda=torch.version.cuda, cudnn=cudnn, **extra)
+    gpu = gpu_id(device.index or 0) if cuda else None
+    return provenance.record(device=name, gpu=gpu, cuda=torch.version.cuda, cudnn=cudnn, **extra)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.utils import min_version, update_config
 
 from unet import pipeline
+from unet.gpus import GPUS_VARIABLE
 
 min_version("9.0")
 
@@ -21,6 +22,10 @@ update_config(
 pipeline.check_config(
     config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 )
+
+# The GPUs that training and prediction share, one job per GPU (`unet gpu`, config key `gpus`), reach the
+# jobs in their environment, not as a param: choosing other GPUs does not rerun finished jobs.
+os.environ[GPUS_VARIABLE] = ",".join(map(str, config.get("gpus") or []))
 
 EXPERIMENTS = list(config["experiments"])
 DATASETS = list(config["datasets"])

@@ -7,6 +7,7 @@
 #   ctc test:         both models, averaged, predict the challenge's test sequences
 #                     (ctc.predict_test), into results/predictions/{dataset}-test/.
 # Settings: the `predict` section merged with the data set's own (config/README.md).
+# Like training, each job runs on a GPU of its own where there are several (`unet gpu`).
 
 
 rule predict_isbi_fold:
@@ -32,7 +33,7 @@ rule predict_isbi_fold:
         fold=lambda w: run_of(w).fold_flags(FOLDS),
         settings=lambda w: flags(w, "predict"),
     shell:
-        "unet predict --model {input.model} --data {params.data} --out {output}"
+        "unet gpu -- unet predict --model {input.model} --data {params.data} --out {output}"
         " {params.fold} {params.settings} > {log} 2>&1"
 
 
@@ -59,7 +60,7 @@ rule predict_isbi_test:
         data=subpath(input.frames, parent=True),
         settings=lambda w: flags(w, "predict"),
     shell:
-        "unet predict --model {input.model} --data {params.data} --out {output.probabilities}"
+        "unet gpu -- unet predict --model {input.model} --data {params.data} --out {output.probabilities}"
         " --submission {output.submission} {params.settings} > {log} 2>&1"
 
 
@@ -88,7 +89,7 @@ rule predict_ctc:
         data=subpath(input.frames, parent=True),
         settings=lambda w: flags(w, "predict"),
     shell:
-        "unet predict --model {input.model} --data {params.data} --out {output.probabilities}"
+        "unet gpu -- unet predict --model {input.model} --data {params.data} --out {output.probabilities}"
         " --instances {output.masks} {params.settings} > {log} 2>&1"
 
 
@@ -121,5 +122,5 @@ rule predict_ctc_test:
         data=subpath(input.frames, parent=True),
         settings=lambda w: flags(w, "predict"),
     shell:
-        "unet predict --model {input.models} --data {params.data} --out {output.probabilities}"
+        "unet gpu -- unet predict --model {input.models} --data {params.data} --out {output.probabilities}"
         " --instances {output.masks} {params.settings} > {log} 2>&1"

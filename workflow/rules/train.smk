@@ -38,8 +38,8 @@ rule train:
     conda:
         "../../envs/unet.yaml"
     threads: lambda w: config["threads"]["train"]
-    # GPU profiles add the `gpu` resource (and a partition) to this rule;
-    # `--device auto` then trains on the GPU.
+    # GPU profiles add the `gpu` resource (and a partition) to this rule; `--device auto`
+    # then trains on the GPU, and `unet gpu` gives each job its own where there are several.
     resources:
         mem_mb=16000,
         runtime=720,
@@ -51,5 +51,5 @@ rule train:
         settings=lambda w: flags(w, "model", "augment", "train"),
         predict=lambda w: pipeline.model_predict_flags(config, w.dataset),
     shell:
-        "unet train --data {params.data} --weights {params.weights} --out {params.out}"
+        "unet gpu -- unet train --data {params.data} --weights {params.weights} --out {params.out}"
         " {params.held_out} --seed {wildcards.seed} {params.settings} {params.predict} > {log} 2>&1"
