@@ -53,7 +53,7 @@ def main() -> None:
     bf16 = uses_bf16(args.precision, device)
     rows = []
     for input_size in args.input_size:
-        layout = tile_layout((SIDE, SIDE), input_size, model.depth)
+        layout = tile_layout((SIDE, SIDE), input_size, model.depth, device)
         tiles_per_variant = math.prod(layout.counts)
         flops = forward_flops(model, layout.tile)
         for tta in args.tta:
