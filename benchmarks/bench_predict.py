@@ -94,7 +94,7 @@ def measure(
     model: UNet, images: np.ndarray, device: torch.device, precision: str, input_size: int, tta: str, args
 ) -> list:
     """One row: the prediction of `images` and the bare forward passes over its tiles, per slice."""
-    layout = tile_layout((SIDE, SIDE), input_size, model.depth)
+    layout = tile_layout((SIDE, SIDE), input_size, model.depth, device)
     tiles = len(TTA[tta]) * math.prod(layout.counts) * args.slices
     predict = functools.partial(
         predict_probabilities,

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# $UNET_BENCHMARK_RESULTS: another folder for the results files (`benchmarks/gpu.sh selftest` records into one).
+RESULTS = Path(os.environ.get("UNET_BENCHMARK_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -71,16 +72,13 @@ def device_name(device: str) -> str:
 
 
 def commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=RESULTS.parent
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=RESULTS.parent
-        ).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    """The short commit, "+dirty" with uncommitted changes (`unet.provenance.code_version`: git or $UNET_COMMIT)."""
+    from unet.provenance import code_version
+
+    version = code_version()
+    if version["commit"] is None:
         return "unknown"
+    return version["commit"][:7] + ("+dirty" if version["dirty"] else "")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -120,6 +118,4 @@ def _format(value: object) -> str:
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -3,7 +3,10 @@ statistics, exact rotations and flips, mirrored context, reproducibility and res
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -11,6 +14,9 @@ import tifffile
 import torch
 from matplotlib import image as mpimg
 from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from unet.augment import Augmenter, SampleParameters, deformed_grid, plot_augmentation
 from unet.errors import UsageError
@@ -173,6 +179,82 @@ def test_same_seed_same_samples_and_exact_resume(isbi):
     resumed.load_state_dict(state)
     for a, b in zip(resumed.sample(3), expected):
         assert torch.equal(a, b)
+
+
+@dataclass
+class Transfer:
+    operation: str
+    non_blocking: bool
+    pinned: bool  # every host tensor read is in pinned memory
+
+
+class _HostTensorsToDevice(TorchDispatchMode):
+    """Records each operation that reads a host tensor (not a 0-d scalar, which kernels take by value) into a
+    tensor on another device: copies, and indexing with host indices."""
+
+    def __init__(self, transfers: list[Transfer]):
+        super().__init__()
+        self.transfers = transfers
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        host = [t for t in inputs if t.device.type == "cpu" and t.dim() > 0]
+        outputs = [t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
+        if host and any(t.device.type != "cpu" for t in outputs):
+            non_blocking = kwargs.get("non_blocking", False) or (
+                func is torch.ops.aten.copy_.default and args[2:3] == (True,)
+            )
+            self.transfers.append(Transfer(str(func), bool(non_blocking), all(t.is_pinned() for t in host)))
+        return result
+
+
+class _HostDataToDevice(TorchFunctionMode):
+    """Records tensors made on a device from host data (a list, a number, a NumPy array): `torch.tensor([...],
+    device=...)` copies below the dispatch modes' reach."""
+
+    CONSTRUCTORS = (torch.tensor, torch.as_tensor, torch.asarray, torch.Tensor.new_tensor)
+
+    def __init__(self, transfers: list[Transfer]):
+        super().__init__()
+        self.transfers = transfers
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        data = args[1] if func is torch.Tensor.new_tensor else args[0]
+        if func in self.CONSTRUCTORS and result.device.type != "cpu" and not isinstance(data, torch.Tensor):
+            self.transfers.append(Transfer(func.__name__, False, False))
+        return result
+
+
+@contextlib.contextmanager
+def host_to_device_transfers() -> Iterator[list[Transfer]]:
+    """The host-to-device transfers made inside the block, as torch carries them out."""
+    transfers: list[Transfer] = []
+    with _HostDataToDevice(transfers), _HostTensorsToDevice(transfers):
+        yield transfers
+
+
+DEVICES = ["meta", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_batch_reaches_the_device_in_one_asynchronous_copy(isbi, device):
+    """The draws come from the CPU generator (the same samples on any device), then move in one non-blocking copy
+    from pinned memory: the step's host never waits for the device. `meta` stands in for a GPU on the CPU."""
+    augmenter = Augmenter(*isbi, input_size=188, device=device, seed=0)
+    with host_to_device_transfers() as transfers:
+        torch.tensor([1.0, 2.0], device=device)
+        torch.zeros(3).to(device)
+        assert [transfer.non_blocking for transfer in transfers] == [False, False]  # the observer sees both kinds
+    with host_to_device_transfers() as transfers:
+        image, target, weight = augmenter.sample(4)
+    assert image.device.type == target.device.type == weight.device.type == device
+    assert image.shape == (4, 1, 188, 188) and target.shape == weight.shape == (4, 4, 4)
+    assert len(transfers) == 1, transfers
+    assert transfers[0].non_blocking
+    assert transfers[0].pinned or device != "cuda"  # pinned memory needs CUDA
 
 
 def test_bad_inputs_are_refused(isbi):

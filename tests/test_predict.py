@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +134,72 @@ def test_prediction_leaves_a_training_model_in_training_mode(images):
     first = predict_probabilities(model, images[:1], input_size=300, tta="none")
     assert model.training
     np.testing.assert_array_equal(first, predict_probabilities(model, images[:1], input_size=300, tta="none"))
+
+
+def test_every_forward_pass_of_a_prediction_sees_one_input_shape(images):
+    """cuDNN's autotuner tunes anew for each input shape: the last, partial batch is padded (by less than a tile
+    per batch on the CPU), and the result stays exact."""
+    model = tiny_unet()
+    shapes = []
+    model.register_forward_pre_hook(lambda _, inputs: shapes.append(tuple(inputs[0].shape)))
+    tiles = len(images) * math.prod(tile_layout(images.shape[1:], 100, model.depth).counts)
+    assert tiles % 10 and (tiles // len(images)) % 10  # batches of 10 would leave partial ones
+    predicted = predict_probabilities(model, images, input_size=100, batch_size=10, tta="none")
+    assert len(set(shapes)) == 1, set(shapes)
+    padding = len(shapes) * shapes[0][0] - tiles
+    assert shapes[0][0] <= 10 and 0 < padding < len(shapes)
+    np.testing.assert_allclose(predicted, whole_image_probability(model, images), atol=1e-5, rtol=0)
+
+
+def test_autotuned_cuda_devices_share_few_tile_sides_across_image_sizes(monkeypatch):
+    """With cuDNN autotuning on, tile sides step down from input_size by 4 * 2**depth, never adding a tile; on the
+    CPU, tiles stay as small as possible."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    shapes = [tuple(side) for side in np.random.default_rng(0).integers(40, 2500, size=(200, 2))]
+    tiles = set()
+    for shape in shapes:
+        smallest, few = tile_layout(shape, 572, 4, "cpu"), tile_layout(shape, 572, 4, "cuda")
+        assert few.counts == smallest.counts and smallest.tile <= few.tile <= 572
+        assert (572 - few.tile) % 64 == 0
+        tiles.add(few.tile)
+    assert len(tiles) <= 7 and len({tile_layout(shape, 572, 4).tile for shape in shapes}) > 2 * len(tiles)
+    assert tile_layout((512, 512), 572, 4, "cuda").tile == 444  # the challenges' images keep their tiles
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    assert tile_layout((300, 300), 572, 4, "cuda") == tile_layout((300, 300), 572, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_prediction_of_images_of_many_sizes_runs_few_shapes(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    model = tiny_unet(depth=4).cuda()
+    shapes = set()
+    model.register_forward_pre_hook(lambda _, inputs: shapes.add(tuple(inputs[0].shape)))
+    for side in range(40, 1200, 37):
+        image = np.random.default_rng(side).random((1, side, side + 11), dtype=np.float32)
+        predict_probabilities(model, image, batch_size=8, tta="flips")
+    assert {shape[0] for shape in shapes} == {8} and len(shapes) <= 7, shapes
+
+
+def test_prediction_memory_is_bounded_by_the_batch_not_the_image():
+    """A 4096 x 4096 image with four test-time variants, in a fresh process: the peak memory grows by the output,
+    its sum in progress and a batch of tiles, far less than holding the tiles of every variant."""
+    batch_size = 2
+    result = subprocess.run(
+        [sys.executable, Path(__file__).with_name("prediction_memory.py"), "4096", "1012", str(batch_size), "flips"],
+        # Allocations from 64 KiB up are mapped and returned at once, so resident memory follows what is in use.
+        env=os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout)
+    tile_bytes = 4 * measured["tile"] ** 2
+    # The output and the image's sum; per tile of a batch, its input, two logits and their soft-max (each at most a
+    # tile); 16 MiB for the allocator and the index vectors.
+    bound = 2 * measured["image_bytes"] + 5 * batch_size * tile_bytes + 16 * 2**20
+    assert bound < len(TTA["flips"]) * measured["image_bytes"]  # less than the inputs of all variants at once
+    assert measured["growth"] < bound, (measured, bound)
+    assert measured["error"] < 1e-6  # and every pixel was predicted
 
 
 def test_instance_masks_label_components_and_drop_small_ones():

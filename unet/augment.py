@@ -37,13 +37,15 @@ standard deviation, turned into per-pixel displacements by bicubic interpolation
   numbers per sample move to the device afterwards, so the same seed gives the same samples on any
   device, and `state_dict()` / `load_state_dict()` resume the stream exactly. All parameters are
   drawn even when their magnitude is zero, so changing one magnitude leaves the others' draws alone.
+  They move in one asynchronous copy per batch (`SampleParameters.to`): a training step never waits
+  for the host.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -70,7 +72,24 @@ class SampleParameters:
     brightness: torch.Tensor  # (B,) float32 offset
 
     def to(self, device: torch.device) -> SampleParameters:
-        return replace(self, **{item.name: getattr(self, item.name).to(device) for item in fields(self)})
+        """The parameters on `device` in one asynchronous copy: their bytes packed into one buffer, pinned for CUDA.
+
+        (A pageable copy per tensor would make the host wait for the device's queue, once per tensor.)
+        """
+        tensors = [getattr(self, item.name) for item in fields(self)]
+        if all(tensor.device == device for tensor in tensors):
+            return self
+        sizes = [-(-tensor.nbytes // _ALIGNMENT) * _ALIGNMENT for tensor in tensors]  # each part aligned for its dtype
+        packed = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=device.type == "cuda")
+        for part, tensor in zip(packed.split(sizes), tensors):
+            part[: tensor.nbytes].copy_(tensor.contiguous().view(-1).view(torch.uint8))
+        moved = packed.to(device, non_blocking=True).split(sizes)
+        return SampleParameters(
+            *(part[: tensor.nbytes].view(tensor.dtype).view(tensor.shape) for part, tensor in zip(moved, tensors))
+        )
+
+
+_ALIGNMENT = 8  # bytes: the largest element size among the parameters (int64)
 
 
 class Augmenter:
@@ -95,18 +114,20 @@ class Augmenter:
     ):
         images, targets, weights = _stacks(images, targets, weights)
         self.config = config or AugmentSettings()
-        self.device = torch.device(device)
         self.input_size = input_size
         self.output_size = output_size(input_size, depth)
         self.margin = (input_size - self.output_size) // 2
         self.count, self.height, self.width = images.shape
-        self._images = images[:, None].to(self.device)
+        self._images = images[:, None].to(device)
+        self.device = self._images.device  # with its index ("cuda:0"), as the moved parameters will report it
         # Target and weight are sampled together so that both come from the same source pixel.
         self._target_weight = torch.stack([targets.float(), weights], dim=1).to(self.device)
         self._generator = torch.Generator().manual_seed(int(seed))
         # Offsets of the tile's rows (and columns) from the tile centre.
         self._offsets = (torch.arange(input_size, dtype=torch.float32) - (input_size - 1) / 2).to(self.device)
         self._bicubic = _bicubic_matrix(self.config.elastic_grid, input_size).to(self.device)
+        # grid_sample's coordinates: -1 and 1 are the centres of the first and last pixel (column, row).
+        self._to_grid = torch.tensor([2 / (self.width - 1), 2 / (self.height - 1)]).to(self.device)
 
     def sample(self, batch_size: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.apply(self.draw(batch_size))
@@ -132,9 +153,9 @@ class Augmenter:
         """The image tiles, targets and weights for drawn parameters, on the device."""
         parameters = parameters.to(self.device)
         coordinates = self.source_coordinates(parameters)
-        image = sample_at(self._images[parameters.index], coordinates, mode="bicubic")
+        image = self.read(self._images[parameters.index], coordinates, mode="bicubic")
         inner = slice(self.margin, self.margin + self.output_size)
-        target_weight = sample_at(self._target_weight[parameters.index], coordinates[:, inner, inner], mode="nearest")
+        target_weight = self.read(self._target_weight[parameters.index], coordinates[:, inner, inner], mode="nearest")
         return self._vary_gray_values(image, parameters), target_weight[:, 0].round().long(), target_weight[:, 1]
 
     def source_coordinates(self, parameters: SampleParameters) -> torch.Tensor:
@@ -161,6 +182,12 @@ class Augmenter:
         """(B, 2, S, S) per-pixel (row, column) displacements: bicubic interpolation of the (B, 2, g, g) controls."""
         return self._bicubic @ coarse.to(self.device) @ self._bicubic.T
 
+    def read(self, stacks: torch.Tensor, coordinates: torch.Tensor, *, mode: str) -> torch.Tensor:
+        """Read (B, C, H, W) `stacks` of the images' size at (B, h, w, 2) pixel positions (column, row), mirroring
+        beyond the border."""
+        grid = coordinates * self._to_grid - 1
+        return F.grid_sample(stacks, grid, mode=mode, padding_mode="reflection", align_corners=True)
+
     def state_dict(self) -> dict:
         return {"generator": self._generator.get_state()}
 
@@ -179,13 +206,6 @@ class Augmenter:
         contrast = parameters.contrast[:, None, None, None]
         brightness = parameters.brightness[:, None, None, None]
         return mean + contrast * (image - mean) + brightness
-
-
-def sample_at(stack: torch.Tensor, coordinates: torch.Tensor, *, mode: str) -> torch.Tensor:
-    """Read (B, C, H, W) `stack` at (B, h, w, 2) pixel positions (column, row), mirroring beyond the border."""
-    height, width = stack.shape[-2:]
-    scale = torch.tensor([2 / (width - 1), 2 / (height - 1)], device=coordinates.device)
-    return F.grid_sample(stack, coordinates * scale - 1, mode=mode, padding_mode="reflection", align_corners=True)
 
 
 def _bicubic_matrix(points: int, size: int) -> torch.Tensor:
@@ -220,7 +240,7 @@ def deformed_grid(augmenter: Augmenter, parameters: SampleParameters, *, spacing
     lines = (rows | columns).float().to(augmenter.device)
     batch = len(parameters.index)
     coordinates = augmenter.source_coordinates(parameters)
-    return sample_at(lines.expand(batch, 1, -1, -1), coordinates, mode="bilinear")[:, 0]
+    return augmenter.read(lines.expand(batch, 1, -1, -1), coordinates, mode="bilinear")[:, 0]
 
 
 def plot_augmentation(augmenter: Augmenter, path: str | Path, *, samples: int = 3, title: str = "") -> None:

@@ -25,6 +25,19 @@ it needs at the image border is filled by mirroring the image. Decisions:
   or ``none``. Each variant is computed as "rotate the image, predict, rotate
   back" (its own mirroring and tiling); the tiles are square, so the tiles of all
   variants share the same forward passes.
+- Memory. Tiles go through the network ``batch_size`` at a time and each tile's
+  output is added to its image's sum at once, so memory holds one batch of tiles,
+  the images in progress and their sums, whatever the image size or the number of
+  variants. Tiles are read from the image through index vectors (the mirroring and
+  the variant's flips folded in), not from mirrored or rotated copies.
+- Shapes. Every forward pass of a call gets the same number of tiles (the last
+  batch is padded). cuDNN's autotuner (``torch.backends.cudnn.benchmark``) tunes
+  its kernels anew for every input shape, for about as long as dozens of batches
+  take: on a CUDA device with autotuning on, every batch has ``batch_size`` tiles
+  and tile sides are rounded up to ``input_size - k * 4 * 2**depth`` (572, 508,
+  444, ... for the paper's network), so that a folder of images of many sizes costs
+  a few tunings. Elsewhere the padding is less than one tile per batch (the tiles
+  are split into equal batches) and tiles stay as small as possible.
 """
 
 from __future__ import annotations
@@ -62,6 +75,16 @@ class Transform:
             images = images.flip(self._flipped_axes())
         return images.transpose(-2, -1) if self.transpose else images
 
+    def source_window(self, rows: slice, columns: slice, shape: tuple[int, int]) -> tuple[slice, slice]:
+        """The window of an image of `shape` that the window (`rows`, `columns`) of its transformed version shows
+        (`invert` puts that window's pixels in the image's order)."""
+        height, width = shape[::-1] if self.transpose else shape
+        if self.flip_y:
+            rows = slice(height - rows.stop, height - rows.start)
+        if self.flip_x:
+            columns = slice(width - columns.stop, width - columns.start)
+        return (columns, rows) if self.transpose else (rows, columns)
+
     def _flipped_axes(self) -> tuple[int, ...]:
         return tuple(axis for axis, flip in ((-2, self.flip_y), (-1, self.flip_x)) if flip)
 
@@ -72,6 +95,14 @@ TTA = {
     "flips": _FLIPS,
     "d4": _FLIPS + tuple(Transform(True, t.flip_y, t.flip_x) for t in _FLIPS),
 }
+
+
+# With cuDNN autotuning, tile sides step down from input_size by LADDER multiples of 2**depth: few shapes to tune.
+LADDER = 4
+
+
+def _autotuned(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.backends.cudnn.benchmark
 
 
 @dataclass(frozen=True)
@@ -93,8 +124,11 @@ class TileLayout:
         return tuple((self.border, padded - size - self.border) for size, padded in zip(shape, self.padded_shape))
 
 
-def tile_layout(shape: tuple[int, int], input_size: int, depth: int) -> TileLayout:
-    """The tiles for an image of `shape`: the fewest tiles of at most `input_size`, each as small as that allows.
+def tile_layout(
+    shape: tuple[int, int], input_size: int, depth: int, device: str | torch.device | None = None
+) -> TileLayout:
+    """The tiles for an image of `shape`: the fewest tiles of at most `input_size`, each as small as that allows,
+    or, on a CUDA `device` with cuDNN autotuning on, the next side of `input_size - k * LADDER * 2**depth`.
 
     `InvalidSizeError` (a `ValueError`) names the nearest valid sizes when `input_size` is not a valid tile.
     """
@@ -119,6 +153,9 @@ def tile_layout(shape: tuple[int, int], input_size: int, depth: int) -> TileLayo
         return tile
 
     tile = max(smallest_tile(length) for length in shape)
+    if device is not None and _autotuned(torch.device(device)) and tile < input_size:
+        rung = LADDER * step
+        tile = input_size - (input_size - tile) // rung * rung
     counts = tuple(tiles_needed(tile, length) for length in shape)
     return TileLayout(tile, output_size(tile, depth), stride(tile), counts, border(depth))
 
@@ -137,11 +174,11 @@ def predict_probabilities(
     """The cell probability (soft-max channel 1) of each image of a (N, H, W) stack, float32 (N, H, W).
 
     `images` are normalised already (`unet.io.normalize_intensity`). `batch_size`
-    tiles (variants of tiles included) go through the network per forward pass.
-    The model is put in eval mode for the call and moved to `device` (default:
-    where it is) in channels-last layout. `precision`: `bf16` autocast, `fp32`, or
-    `auto` (bf16 on CUDA devices that support it, fp32 elsewhere). `progress`: a progress bar over the images
-    on stderr.
+    tiles (variants of tiles included) go through the network per forward pass
+    (fewer when the whole stack has fewer). The model is put in eval mode for the
+    call and moved to `device` (default: where it is) in channels-last layout.
+    `precision`: `bf16` autocast, `fp32`, or `auto` (bf16 on CUDA devices that
+    support it, fp32 elsewhere). `progress`: a progress bar over the images on stderr.
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3 or 0 in images.shape:
@@ -150,17 +187,15 @@ def predict_probabilities(
         raise UsageError(f"tta must be one of {sorted(TTA)}, found {tta!r}")
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, found {batch_size}")
-    transforms = TTA[tta]
-    layout = tile_layout(images.shape[1:], input_size, model.depth)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    layout = tile_layout(images.shape[1:], input_size, model.depth, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device))
     cuda = device.type == "cuda"
     # Pinned host memory lets the copies in both directions run without stalling the device queue.
     source = torch.from_numpy(images)
     source = source.pin_memory() if cuda else source
     result = torch.empty(images.shape, dtype=torch.float32, pin_memory=cuda)
-    tiler = _Tiler(layout, images.shape[1:], device)
-    images_per_chunk = max(1, batch_size // (len(transforms) * math.prod(layout.counts)))
+    tiler = _Tiler(layout, images.shape[1:], TTA[tta], device)
     was_training = model.training
     model.eval().to(device, memory_format=torch.channels_last)
     try:
@@ -169,12 +204,7 @@ def predict_probabilities(
             autocast,
             progress_bar(len(images), desc="predict", unit="image", shown=progress) as bar,
         ):
-            for start in range(0, len(images), images_per_chunk):
-                chunk = source[start : start + images_per_chunk].to(device, non_blocking=True)
-                result[start : start + len(chunk)].copy_(
-                    _predict_chunk(model, chunk, tiler, transforms, batch_size), non_blocking=True
-                )
-                bar.update(len(chunk))
+            _predict_stack(model, source, result, tiler, batch_size, bar)
         if cuda:
             torch.cuda.synchronize(device)
     finally:
@@ -183,57 +213,96 @@ def predict_probabilities(
 
 
 class _Tiler:
-    """Mirror-pads images of one shape (or its transpose), cuts the tiles and stitches their outputs."""
+    """The tiles of every variant (test-time transform) of images of one shape, and where their outputs go.
 
-    def __init__(self, layout: TileLayout, shape: tuple[int, int], device: torch.device):
-        self.layout = layout
-        # Gather indices for both orientations, made once: uploading them per chunk would wait for the device.
-        self.indices = {
-            transposed: self._mirror_indices(shape[::-1] if transposed else shape, transposed, device)
-            for transposed in (False, True)
-        }
+    A variant's tile is read from the image through index vectors, one per axis, in which its mirroring and
+    flips are folded (its transpose is a view), so no mirrored or transformed copy of an image is made. Each
+    pixel of a variant's output comes from one tile, the last that covers it (neighbouring tiles overlap by
+    a few identical pixels), and is added, transformed back, to the image's sum.
+    """
 
-    def _mirror_indices(self, shape: tuple[int, int], transposed: bool, device: torch.device) -> list[torch.Tensor]:
-        padding = self._layout(transposed).padding(shape)
-        return [
-            torch.as_tensor(np.pad(np.arange(size), pad, mode="reflect"), device=device)
-            for size, pad in zip(shape, padding)
-        ]
+    def __init__(self, layout: TileLayout, shape: tuple[int, int], transforms, device: torch.device):
+        self.layout, self.shape, self.transforms = layout, shape, transforms
+        self.tiles_per_image = len(transforms) * math.prod(layout.counts)
+        # Made once: uploading them per tile would wait for the device.
+        self.indices = [self._source_indices(transform, device) for transform in transforms]
 
-    def _layout(self, transposed: bool) -> TileLayout:
-        return replace(self.layout, counts=self.layout.counts[::-1]) if transposed else self.layout
+    def _source_indices(self, transform: Transform, device: torch.device) -> list[torch.Tensor]:
+        """Per axis of the variant's mirrored extension: the row (column) of the image, transposed for a
+        transposing variant, that each of its pixels shows."""
+        shape = self.shape[::-1] if transform.transpose else self.shape
+        flips = (transform.flip_y, transform.flip_x)
+        indices = []
+        for size, padding, flip in zip(shape, self._layout(transform).padding(shape), flips):
+            index = np.pad(np.arange(size), padding, mode="reflect")
+            indices.append(torch.as_tensor(size - 1 - index if flip else index, device=device))
+        return indices
 
-    def tiles(self, images: torch.Tensor, transposed: bool) -> torch.Tensor:
-        """(k, H, W) images -> (k * tiles, tile, tile) mirrored input tiles, row by row."""
-        rows, cols = self.indices[transposed]
+    def _layout(self, transform: Transform) -> TileLayout:
+        counts = self.layout.counts
+        return replace(self.layout, counts=counts[::-1]) if transform.transpose else self.layout
+
+    def tile(self, number: int) -> tuple[int, int, int, int]:
+        """The `number`th tile of the stack: (image, variant, tile row, tile column), image by image, variant by
+        variant."""
+        image, rest = divmod(number, self.tiles_per_image)
+        variant, position = divmod(rest, math.prod(self.layout.counts))
+        columns = self._layout(self.transforms[variant]).counts[1]
+        return (image, variant, *divmod(position, columns))
+
+    def cut(self, image: torch.Tensor, variant: int, row: int, column: int) -> torch.Tensor:
+        """(tile, tile): the input tile at (`row`, `column`) of the variant of the (H, W) image."""
         tile, stride = self.layout.tile, self.layout.stride
-        mirrored = images.index_select(1, rows).index_select(2, cols)
-        return mirrored.unfold(1, tile, stride).unfold(2, tile, stride).reshape(-1, tile, tile)
+        rows, columns = (
+            index[start : start + tile] for index, start in zip(self.indices[variant], (row * stride, column * stride))
+        )
+        if self.transforms[variant].transpose:  # read the image's rows, as rows: a gather along a strided axis is slow
+            return image.index_select(0, columns).index_select(1, rows).T
+        return image.index_select(0, rows).index_select(1, columns)
 
-    def stitch(self, outputs: torch.Tensor, shape: tuple[int, int], transposed: bool) -> torch.Tensor:
-        """(k * tiles, out, out) tile outputs -> (k, *shape) image."""
-        rows, cols = self._layout(transposed).counts
-        out, stride = self.layout.output, self.layout.stride
-        outputs = outputs.view(-1, rows, cols, out, out)
-        image = outputs.new_empty((len(outputs), (rows - 1) * stride + out, (cols - 1) * stride + out))
-        for i in range(rows):
-            for j in range(cols):  # overlapping pixels are identical: the later tile may overwrite them
-                image[:, i * stride : i * stride + out, j * stride : j * stride + out] = outputs[:, i, j]
-        return image[:, : shape[0], : shape[1]]
+    def add(self, total: torch.Tensor, output: torch.Tensor, variant: int, row: int, column: int) -> None:
+        """Add the pixels that the (out, out) `output` of that tile is the last to cover to the image's `total`."""
+        transform = self.transforms[variant]
+        counts = self._layout(transform).counts
+        shape = self.shape[::-1] if transform.transpose else self.shape
+        window = []
+        for index, count, size in zip((row, column), counts, shape):
+            start = index * self.layout.stride
+            extent = self.layout.stride if index < count - 1 else self.layout.output
+            window.append(slice(start, min(start + extent, size)))
+        rows, columns = window
+        pixels = output[: rows.stop - rows.start, : columns.stop - columns.start]
+        total[transform.source_window(rows, columns, self.shape)] += transform.invert(pixels)
 
 
-def _predict_chunk(model, images: torch.Tensor, tiler: _Tiler, transforms, batch_size: int) -> torch.Tensor:
-    """Mean cell probability over `transforms` of (k, H, W) images: each variant is transformed, mirrored,
-    tiled, predicted, stitched and transformed back; the tiles of all variants share the forward passes."""
-    variants = [transform.apply(images) for transform in transforms]
-    inputs = torch.cat([tiler.tiles(v, t.transpose) for t, v in zip(transforms, variants)])
-    inputs = inputs[:, None].contiguous(memory_format=torch.channels_last)
-    out = tiler.layout.output
-    probabilities = torch.empty((len(inputs), out, out), dtype=torch.float32, device=inputs.device)
-    for start in range(0, len(inputs), batch_size):
-        logits = model(inputs[start : start + batch_size]).float()
-        probabilities[start : start + len(logits)] = torch.softmax(logits, dim=1)[:, 1]
-    mean = torch.zeros(images.shape, dtype=torch.float32, device=images.device)
-    for transform, variant, outputs in zip(transforms, variants, probabilities.chunk(len(transforms))):
-        mean += transform.invert(tiler.stitch(outputs, variant.shape[1:], transform.transpose))
-    return mean / len(transforms)
+def _predict_stack(
+    model: torch.nn.Module, source: torch.Tensor, result: torch.Tensor, tiler: _Tiler, batch_size: int, bar
+) -> None:
+    """Write into `result` the mean cell probability over the variants of each (H, W) image of `source`.
+
+    The tiles of the stack go through the network in batches of one size (the last is padded). An image is moved
+    to the device with its first tile; its sum is written to `result` after its last.
+    """
+    device = tiler.indices[0][0].device
+    count = len(source) * tiler.tiles_per_image
+    # Autotuned: batch_size tiles whatever the image. Elsewhere: equal batches, padded by less than a tile each.
+    batch = batch_size if _autotuned(device) else math.ceil(count / math.ceil(count / batch_size))
+    inputs = torch.zeros((batch, 1, tiler.layout.tile, tiler.layout.tile), device=device)
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
+    in_progress: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # image -> (the image on the device, its sum)
+    for start in range(0, count, batch):
+        tiles = [tiler.tile(number) for number in range(start, min(start + batch, count))]
+        for slot, (image, *where) in enumerate(tiles):
+            if image not in in_progress:
+                in_progress[image] = (
+                    source[image].to(device, non_blocking=True),
+                    torch.zeros(tiler.shape, dtype=torch.float32, device=device),
+                )
+            inputs[slot, 0] = tiler.cut(in_progress[image][0], *where)
+        probabilities = torch.softmax(model(inputs).float(), dim=1)[:, 1]  # a padded batch's extra slots unused
+        for (image, *where), output in zip(tiles, probabilities):
+            tiler.add(in_progress[image][1], output, *where)
+        for image in [image for image in in_progress if (image + 1) * tiler.tiles_per_image <= start + len(tiles)]:
+            _, total = in_progress.pop(image)
+            result[image].copy_(total.div_(len(tiler.transforms)), non_blocking=True)
+            bar.update(1)

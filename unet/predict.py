@@ -236,7 +236,7 @@ _MACHINE_KEYS = tuple(
 def run(args: argparse.Namespace) -> int:
     from_arguments(PredictSettings, args)  # bad flags before any model is read
     device = resolve_device(args.device)
-    torch.backends.cudnn.benchmark = True  # one tile shape throughout: let cuDNN pick its fastest kernels
+    torch.backends.cudnn.benchmark = True  # few input shapes (unet.overlap_tile): let cuDNN pick its fastest kernels
     models = load_models(args.model, device)
     saved = PredictSettings.from_mapping(models.predict, f"{models.paths[0]}: its saved predict")
     settings = from_arguments(PredictSettings, args, defaults=saved)
@@ -323,7 +323,7 @@ def _split_frames(args: argparse.Namespace, split: Split) -> tuple[np.ndarray, l
 
 
 def _report(frames, shape, settings: PredictSettings, models: Models, device, seconds: float) -> None:
-    layout = tile_layout(shape[1:], settings.input_size, models.depth)
+    layout = tile_layout(shape[1:], settings.input_size, models.depth, device)
     ensemble = f", mean of {len(models.networks)} models" if len(models.networks) > 1 else ""
     print(
         f"unet predict: frames {format_frames(frames)} ({len(frames)} of {shape[1]}x{shape[2]}) on {device}, "

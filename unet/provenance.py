@@ -9,6 +9,7 @@ Standard library only; the caller adds what only torch knows (CUDA and cuDNN bui
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -17,10 +18,18 @@ from pathlib import Path
 # The package's own checkout: the commit of the code that ran, wherever the job's working directory is.
 SOURCE = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "numpy", "snakemake")
+# The commit of a copy without .git (as on a lent GPU machine), "+dirty" appended for uncommitted changes:
+# `UNET_COMMIT=$(git rev-parse HEAD)$(git diff --quiet HEAD || echo +dirty)`, set where the copy was made.
+COMMIT_VARIABLE = "UNET_COMMIT"
 
 
 def code_version(source: Path = SOURCE) -> dict[str, object]:
-    """The checkout's commit and whether it had uncommitted changes (None for both outside a git checkout)."""
+    """The checkout's commit and whether it had uncommitted changes: from $UNET_COMMIT where it is set, else from
+    git (None for both outside a git checkout)."""
+    given = os.environ.get(COMMIT_VARIABLE)
+    if given:
+        commit, _, state = given.partition("+")
+        return {"commit": commit, "dirty": state == "dirty"}
     try:
         commit = _git(source, "rev-parse", "HEAD")
         dirty = bool(_git(source, "status", "--porcelain", "--untracked-files=no"))

@@ -99,7 +99,9 @@ def submissions():
 
 
 def exports():
-    """The bioimage.io packages (`unet export`) of every model the run trains."""
+    """The bioimage.io packages (`unet export`) of every model the run trains, unless `exports` is false."""
+    if not config["exports"]:
+        return []
     package = "results/exports/{dataset}/{run}/seed{seed}/model.bioimageio.zip"
     return run_paths(package) + all_slices_paths(package)
 
