@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import matmul_rates, median_seconds, parser, report  # noqa: E402
-from unet.device import native_bf16  # noqa: E402
+from unet.device import memory_format, native_bf16  # noqa: E402
 from unet.model import UNet, forward_flops  # noqa: E402
 from unet.overlap_tile import TTA, predict_probabilities, tile_layout  # noqa: E402
 
@@ -36,7 +36,7 @@ SIDE = 512
 
 def bare_forward(model: UNet, tiles: int, tile: int, batch_size: int, device: torch.device, bf16: bool):
     """A function running the network over `tiles` random tiles in batches, as the prediction does."""
-    inputs = torch.rand(tiles, 1, tile, tile, device=device).contiguous(memory_format=torch.channels_last)
+    inputs = torch.rand(tiles, 1, tile, tile, device=device).contiguous(memory_format=memory_format(device))
 
     def forward():
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -51,7 +51,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    model = UNet(base_channels=args.base_channels).eval().to(device, memory_format=torch.channels_last)
+    model = UNet(base_channels=args.base_channels).eval().to(device, memory_format=memory_format(device))
     images = np.random.default_rng(0).random((args.slices, SIDE, SIDE), dtype=np.float32)
     precisions = args.precisions or ["fp32", *(["bf16"] if native_bf16(device) else [])]
     limits = matmul_rates(args.device, 8192 if device.type == "cuda" else 2048, args.repeats)

@@ -8,7 +8,7 @@ import torch
 
 from unet.augment import Augmenter
 from unet.checkpoint import resume, save_checkpoint
-from unet.device import native_bf16, precision_used, uses_bf16
+from unet.device import channels_last_pays, memory_format, native_bf16, precision_used, uses_bf16
 from unet.errors import UsageError
 from unet.model import UNet
 from unet.settings import AugmentSettings, TrainSettings
@@ -55,7 +55,15 @@ def test_a_trainer_computes_convolutions_in_its_precision_and_keeps_loss_weights
     assert {p.dtype for p in parameters} == {torch.float32}
     assert {trainer.optimizer.state[p]["momentum_buffer"].dtype for p in parameters} == {torch.float32}
     assert trainer.precision == precision_used(precision == "bf16", CPU)
-    assert trainer.model.down[0][0].weight.is_contiguous(memory_format=torch.channels_last)  # the default layout
+    layout = torch.channels_last if channels_last_pays(CPU) else torch.contiguous_format
+    assert trainer.memory_format == layout and trainer.model.down[1][0].weight.is_contiguous(memory_format=layout)
+
+
+def test_channels_last_is_the_layout_where_it_pays():
+    avx512 = bool(torch.cpu.get_capabilities().get("avx512_f"))
+    assert channels_last_pays(CPU) is avx512  # an AVX2 CPU computes channels_last convolutions 2x slower
+    assert memory_format(CPU) == (torch.channels_last if avx512 else torch.contiguous_format)
+    assert memory_format(CPU, channels_last=False) == torch.contiguous_format
 
 
 def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,7 +95,9 @@ def test_a_checkpoint_of_fused_channels_last_sgd_resumes_exactly_in_a_contiguous
     straight = new_trainer(channels_last=False)
     train_steps(straight, range(6))
 
-    first = new_trainer(channels_last=True)
+    first = new_trainer(channels_last=False)  # made channels_last by hand: this CPU may not choose it
+    first.memory_format = torch.channels_last
+    first.model.to(memory_format=torch.channels_last)
     first.optimizer = torch.optim.SGD(first.model.parameters(), lr=first.learning_rate, momentum=0.99, fused=True)
     train_steps(first, range(3))
     buffers = [first.optimizer.state[p]["momentum_buffer"] for p in first.model.parameters() if p.ndim == 4]

@@ -273,7 +273,7 @@ def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data
     jobs = job_stats(log)
     assert (jobs["train"], jobs["predict_isbi_fold"], jobs["predict_ctc"], jobs["evaluate_ctc"]) == (3 + 2, 3, 2, 2)
     assert "predict_isbi_test" not in jobs  # isbi.predict_test is off: no fourth ISBI model
-    commands = [line.removeprefix("Shell command: ") for line in log.splitlines()]
+    commands = [line.removeprefix("Shell command: ").removeprefix("unet gpu -- ") for line in log.splitlines()]
     train_commands = [command for command in commands if command.startswith("unet train ")]
     assert len(train_commands) == 5 and all("--base-channels 16 " in command for command in train_commands)
     fetch_commands = [command for command in commands if command.startswith("unet fetch ")]

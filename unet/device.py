@@ -53,8 +53,7 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # torch >= 2.8; older: assume none
-        return any(capabilities.get(feature, False) for feature in NATIVE_BF16_CPU_FEATURES)
+        return any(_cpu_capabilities().get(feature, False) for feature in NATIVE_BF16_CPU_FEATURES)
     return False
 
 
@@ -71,6 +70,26 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise UsageError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support (use auto or fp32)")
     return precision == "bf16"
+
+
+def channels_last_pays(device: torch.device) -> bool:
+    """Whether channels_last is the faster memory layout for the U-Net's convolutions on `device`: on GPUs
+    (tensor cores), and on CPUs with AVX-512, where oneDNN's channels_last kernels are 1.3 times as fast as the
+    contiguous ones at paper width (a Zen 5). On an AVX2 CPU they are 2 times slower there (a Zen 1,
+    `benchmarks/results/train.md`), so the contiguous layout stays."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(_cpu_capabilities().get("avx512_f", False))
+
+
+def memory_format(device: torch.device, channels_last: bool = True) -> torch.memory_format:
+    """The layout for the network on `device`: channels_last where asked and where it pays, else contiguous."""
+    return torch.channels_last if channels_last and channels_last_pays(device) else torch.contiguous_format
+
+
+def _cpu_capabilities() -> dict:
+    """The CPU's instruction set features as torch reports them (cpuinfo); torch before 2.8: none known."""
+    return dict(getattr(torch.cpu, "get_capabilities", dict)())
 
 
 def precision_used(bf16: bool, device: torch.device) -> str:

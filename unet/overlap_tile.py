@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from unet.device import uses_bf16
+from unet.device import memory_format, uses_bf16
 from unet.errors import UsageError
 from unet.progress import progress_bar
 from unet.settings import PredictSettings
@@ -176,9 +176,9 @@ def predict_probabilities(
     `images` are normalised already (`unet.io.normalize_intensity`). `batch_size`
     tiles (variants of tiles included) go through the network per forward pass
     (fewer when the whole stack has fewer). The model is put in eval mode for the
-    call and moved to `device` (default: where it is) in channels-last layout.
-    `precision`: `bf16` autocast, `fp32`, or `auto` (bf16 on CUDA devices that
-    support it, fp32 elsewhere). `progress`: a progress bar over the images on stderr.
+    call and moved to `device` (default: where it is) in its faster layout (`unet.device.memory_format`).
+    `precision`: `bf16` autocast, `fp32`, or `auto` (bf16 where the device computes
+    it natively, `unet.device.uses_bf16`). `progress`: a progress bar over the images on stderr.
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3 or 0 in images.shape:
@@ -197,7 +197,7 @@ def predict_probabilities(
     result = torch.empty(images.shape, dtype=torch.float32, pin_memory=cuda)
     tiler = _Tiler(layout, images.shape[1:], TTA[tta], device)
     was_training = model.training
-    model.eval().to(device, memory_format=torch.channels_last)
+    model.eval().to(device, memory_format=memory_format(device))
     try:
         with (
             torch.inference_mode(),
@@ -288,7 +288,7 @@ def _predict_stack(
     # Autotuned: batch_size tiles whatever the image. Elsewhere: equal batches, padded by less than a tile each.
     batch = batch_size if _autotuned(device) else math.ceil(count / math.ceil(count / batch_size))
     inputs = torch.zeros((batch, 1, tiler.layout.tile, tiler.layout.tile), device=device)
-    inputs = inputs.contiguous(memory_format=torch.channels_last)
+    inputs = inputs.contiguous(memory_format=memory_format(inputs.device))
     in_progress: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # image -> (the image on the device, its sum)
     for start in range(0, count, batch):
         tiles = [tiler.tile(number) for number in range(start, min(start + batch, count))]

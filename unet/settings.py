@@ -213,7 +213,9 @@ class TrainSettings(StageSettings):
         "else fp32; bf16 or fp32 to force one (the loss stays fp32)",
         choices=PRECISIONS,
     )
-    channels_last: bool = setting(True, "channels_last memory format (faster convolutions on GPUs and most CPUs)")
+    channels_last: bool = setting(
+        True, "channels_last memory format where it is the faster one: GPUs and AVX-512 CPUs (not AVX2 ones)"
+    )
     compile: bool = setting(False, "torch.compile the forward pass and loss")
 
 

@@ -20,9 +20,9 @@
   log gets their foreground IoU and, for instance labels, their SEG.
 - Precision and layout (`unet.device`): `precision: auto` is bf16 autocast where the device computes
   bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX) and fp32 elsewhere; the loss, the weight maps and
-  the optimiser's state stay fp32. `channels_last` on every device. On a GPU also cudnn autotuning, the
-  fused SGD and optional torch.compile; the loss is only read back every `log_every` iterations. On the
-  CPU a resumed run is bit-identical to an uninterrupted one.
+  the optimiser's state stay fp32. `channels_last` where it pays (GPUs, AVX-512 CPUs). On a GPU also
+  cudnn autotuning, the fused SGD and optional torch.compile; the loss is only read back every `log_every`
+  iterations. On the CPU a resumed run is bit-identical to an uninterrupted one.
 - Checkpoints (`unet.checkpoint`) every `checkpoint_every` iterations, and at once when
   the process gets SIGTERM or SIGUSR1 (a cluster's time limit or preemption): the run
   then exits with status 128 + the signal's number, and a run started again resumes.
@@ -54,7 +54,7 @@ from torch.nn import functional as F
 from unet import metrics, provenance
 from unet.augment import Augmenter
 from unet.checkpoint import CHECKPOINT, resume, save_checkpoint
-from unet.device import precision_used, resolve_device, uses_bf16
+from unet.device import memory_format, precision_used, resolve_device, uses_bf16
 from unet.errors import UsageError
 from unet.gpus import gpu_id
 from unet.io import (
@@ -297,7 +297,7 @@ class Trainer:
     """The model, its optimiser and one training step on a device.
 
     The precision and memory layout are the fastest correct ones for the device (`unet.device`): bf16
-    autocast where the device computes bf16 natively, channels_last where asked. `step` returns the loss as
+    autocast where the device computes bf16 natively, channels_last where it pays. `step` returns the loss as
     a device tensor and never synchronises with the host: the learning rate lives on the device too.
     """
 
@@ -306,7 +306,7 @@ class Trainer:
         cuda = device.type == "cuda"
         self.bf16 = uses_bf16(settings.precision, device)
         self.precision = precision_used(self.bf16, device)
-        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        self.memory_format = memory_format(device, settings.channels_last)
         self.model = model.to(device, memory_format=self.memory_format).train()
         # A tensor, so that neither a step nor a captured CUDA graph bakes the rate in; float64 on the CPU
         # keeps the update bit-identical to a Python float's.
@@ -336,7 +336,7 @@ class Trainer:
     def held_out_scores(self, held_out: HeldOut, input_size: int) -> dict[str, float]:
         """The held-out frames' foreground IoU and, for instance labels, SEG (`held_out_scores`)."""
         scores = held_out_scores(self.model, held_out, input_size, precision="bf16" if self.bf16 else "fp32")
-        self.model.to(memory_format=self.memory_format)  # prediction leaves it channels-last
+        self.model.to(memory_format=self.memory_format)  # prediction may leave it in its own layout
         return scores
 
     def parameters_finite(self) -> bool:
