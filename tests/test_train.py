@@ -197,13 +197,15 @@ def test_a_small_network_overfits_one_synthetic_image(synthetic, tmp_path):
         model_settings=ModelSettings(base_channels=16, depth=2, dropout=0.0),
         augment=AugmentSettings.identity(),
         settings=TrainSettings(
-            iterations=150,
+            # 250, not 150: at 150 the channels_last layout (AVX-512 CPUs) ended at IoU 0.946, the contiguous at
+            # 0.997 (summation order alone differs); at 250 both are above 0.99.
+            iterations=250,
             learning_rate=0.01,
             lr_schedule="constant",
             warmup=20,
             input_size=92,
             log_every=25,
-            val_every=150,
+            val_every=250,
             device="cpu",
         ),
     )
