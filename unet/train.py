@@ -58,10 +58,12 @@ from unet.io import (
     NORMALIZATION_PERCENTILES,
     DataError,
     TrainingSet,
+    crops,
     format_frames,
     load_training_set,
     normalize_intensity,
     parse_frames,
+    per_extent,
     read_json,
     read_split,
     select_labelled,
@@ -194,6 +196,7 @@ class HeldOut:
     kind: str
     frames: list[int]
     source: str
+    sizes: list[tuple[int, int]] | None = None  # true extents in a padded stack (`unet.io`); None: whole frames
 
 
 @dataclass
@@ -241,8 +244,9 @@ def load_held_out(data_dir: Path, frames: list[int] | None = None) -> HeldOut:
     if split.labels is None:
         raise DataError(f"{data_dir}: the split has no labelled frames to hold out")
     chosen, rows = select_labelled(split, data_dir, frames)
-    images = normalize_intensity(split.labelled_images()[rows])
-    return HeldOut(images, split.labels[rows], split.kind, chosen, str(data_dir))
+    sizes = split.labelled_sizes(rows)
+    images = normalize_intensity(split.labelled_images()[rows], sizes=sizes)
+    return HeldOut(images, split.labels[rows], split.kind, chosen, str(data_dir), sizes)
 
 
 def _check_targets_and_weights(training: TrainingSet, weight_dir: Path) -> None:
@@ -336,15 +340,20 @@ class Trainer:
 def held_out_scores(
     model: torch.nn.Module, held_out: HeldOut, input_size: int, precision: str = "auto"
 ) -> dict[str, float]:
-    """Whole held-out frames predicted without test-time augmentation: the foreground IoU of `probability > 0.5`
-    against the labelled cells and, for instance labels, the Cell Tracking Challenge's SEG of the connected
-    components (`unet.predict.instance_masks` at its defaults)."""
-    probabilities = predict_probabilities(
-        model, held_out.images, input_size=input_size, tta="none", precision=precision
+    """Whole held-out frames (each at its true extent) predicted without test-time augmentation: the foreground IoU
+    of `probability > 0.5` against the labelled cells and, for instance labels, the Cell Tracking Challenge's SEG
+    of the connected components (`unet.predict.instance_masks` at its defaults)."""
+    probabilities = per_extent(
+        lambda images: predict_probabilities(model, images, input_size=input_size, tta="none", precision=precision),
+        held_out.images,
+        held_out.sizes,
     )
-    scores = {"val_iou": metrics.foreground_iou(probabilities > 0.5, held_out.labels > 0)["value"]}
+    probabilities, labels = crops(probabilities, held_out.sizes), crops(held_out.labels, held_out.sizes)
+    cells = [probability > 0.5 for probability in probabilities]
+    scores = {"val_iou": metrics.foreground_iou(cells, [label > 0 for label in labels])["value"]}
     if held_out.kind == "instance":
-        scores["val_seg"] = metrics.ctc_seg(instance_masks(probabilities), held_out.labels)["value"]
+        masks = [instance_masks(probability[None])[0] for probability in probabilities]
+        scores["val_seg"] = metrics.ctc_seg(masks, labels)["value"]
     return scores
 
 
@@ -408,6 +417,7 @@ class _Session:
             device=self.device,
             seed=seed,
             depth=model_settings.depth,
+            sizes=data.train.sizes,
         )
         resumed = resume(
             out_dir / CHECKPOINT,
