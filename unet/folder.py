@@ -60,11 +60,7 @@ def read_folder_split(
             f"{source}: {len(pairs)} image/mask pairs, fewer than the {folds} cross-validation folds; "
             "add images or lower the folds"
         )
-    images = [_read_image(image, channel) for image, _ in pairs]
-    masks = [_read_mask(mask) for _, mask in pairs]
-    for (image_path, mask_path), image, mask in zip(pairs, images, masks):
-        if mask.shape != image.shape:
-            raise DataError(f"{mask_path}: {_size(mask)} px, but its image {image_path} is {_size(image)} px")
+    images, masks = read_pairs(pairs, channel)
     kind, values = mask_kind(masks, [mask for _, mask in pairs], ignore_label)
     labels = [_labels(mask, kind, values, ignore_label) for mask in masks]
     shape = tuple(max(image.shape[axis] for image in images) for axis in (0, 1))
@@ -82,6 +78,7 @@ def read_folder_split(
         sizes=[images[i].shape for i in order],
         folder={
             "source": str(source),
+            # images[f] and masks[f]: the files of frame id f
             "images": [str(image.relative_to(source)) for image, _ in pairs],
             "masks": [str(mask.relative_to(source)) for _, mask in pairs],
             "mask_values": [int(value) for value in values] if kind == "binary" else None,
@@ -124,6 +121,16 @@ def pair_files(source: Path) -> list[tuple[Path, Path]]:
                 f"of the suffixes {', '.join(MASK_SUFFIXES)} ({stem}{MASK_SUFFIXES[0]}.png)"
             )
     return [(path, masks[stem]) for stem, path in sorted(images.items(), key=lambda item: item[1].name)]
+
+
+def read_pairs(pairs: list[tuple[Path, Path]], channel: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The images and masks of `pairs`, each mask of its image's size."""
+    images = [_read_image(image, channel) for image, _ in pairs]
+    masks = [_read_mask(mask) for _, mask in pairs]
+    for (image_path, mask_path), image, mask in zip(pairs, images, masks):
+        if mask.shape != image.shape:
+            raise DataError(f"{mask_path}: {_size(mask)} px, but its image {image_path} is {_size(image)} px")
+    return images, masks
 
 
 def _image_stem(mask_stem: str, images: dict[str, Path]) -> str | None:
