@@ -88,6 +88,6 @@ def test_selftest_runs_every_step_of_the_gpu_script_on_the_cpu(shared_data, tmp_
     assert {path.name: path.read_bytes() for path in (REPO / "benchmarks" / "results").glob("*.md")} == recorded
     # The reproduction's DAG: the real data sets from the extracted mirror, every target but the exports.
     jobs = job_stats(result.stdout)
-    assert {"fetch", "train", "predict_isbi_fold", "evaluate_ctc", "tables", "rule_times", "all"} <= set(jobs)
+    assert {"fetch", "train", "predict_fold", "evaluate_ctc", "tables", "rule_times", "all"} <= set(jobs)
     assert "export" not in jobs
     assert (work / "mirror" / "data" / "isbi2012" / "train-volume.tif").is_file()

@@ -30,7 +30,7 @@ TINY = [
 ]
 # Each rule kind: a target, and the outputs of its job.
 JOBS = {
-    "predict_isbi_fold": ["results/predictions/demo-em/fold0/seed0/probabilities.tif"],
+    "predict_fold": ["results/predictions/demo-em/fold0/seed0/probabilities.tif"],
     "predict_isbi_test": [
         "results/predictions/demo-em/all/seed0/probabilities.tif",
         "results/predictions/demo-em/all/seed0/submission.tif",

@@ -230,7 +230,7 @@ PAPER_JOBS = {
     "weightmap_figure": 3,  # one per experiment
     "augment_figure": 3,
     "train": (3 + 1) + 2 * 2,  # isbi: 3 folds and all slices; ctc: one per training sequence
-    "predict_isbi_fold": 3,  # each fold's held-out block
+    "predict_fold": 3,  # each fold's held-out block
     "predict_isbi_test": 1,  # the all-slices model on the test volume: the submission
     "predict_ctc": 2 * 2,  # trained on one sequence, predicts the other, per ctc data set
     "evaluate_isbi": 3,  # the folds
@@ -271,7 +271,7 @@ def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     jobs = job_stats(log)
-    assert (jobs["train"], jobs["predict_isbi_fold"], jobs["predict_ctc"], jobs["evaluate_ctc"]) == (3 + 2, 3, 2, 2)
+    assert (jobs["train"], jobs["predict_fold"], jobs["predict_ctc"], jobs["evaluate_ctc"]) == (3 + 2, 3, 2, 2)
     assert "predict_isbi_test" not in jobs  # isbi.predict_test is off: no fourth ISBI model
     commands = [line.removeprefix("Shell command: ").removeprefix("unet gpu -- ") for line in log.splitlines()]
     train_commands = [command for command in commands if command.startswith("unet train ")]

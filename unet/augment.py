@@ -16,7 +16,8 @@ standard deviation, turned into per-pixel displacements by bicubic interpolation
   (`F.interpolate(mode="bicubic", align_corners=True)`, which passes through the control values).
 - Shift. The random crop position is the shift: the output window's top-left corner is uniform
   over the integer positions that keep the window inside the image (or, for an image smaller than
-  the window, that keep the image inside the window).
+  the window, that keep the image inside the window). In a stack of padded images (`sizes`, a
+  folder data set's, `unet.io`) the image is its true extent, so no step is spent on padding.
 - Rotation. Uniform in [-rotation, rotation] degrees; the default 180 (any orientation) is our
   choice, as the paper gives no range: neither EM sections nor cultured cells have a preferred
   direction, and with one composed grid any angle costs the same as a multiple of 90 degrees.
@@ -96,7 +97,8 @@ class Augmenter:
     """Random augmented training pairs: input tiles with the target and weight of their output window.
 
     `images` float32 (N, H, W) normalised (`unet.io.normalize_intensity`), `targets` uint8 (N, H, W), `weights` float32
-    (N, H, W); numpy arrays or tensors. `sample(batch_size)` returns, on `device`, the image
+    (N, H, W); numpy arrays or tensors; `sizes`: each image's true (height, width) in a padded stack (default:
+    the whole stack). `sample(batch_size)` returns, on `device`, the image
     (B, 1, input_size, input_size) float32, the target (B, out, out) int64 and the weight
     (B, out, out) float32, out = `unet.sizes.output_size(input_size, depth)`.
     """
@@ -111,6 +113,7 @@ class Augmenter:
         device: str | torch.device = "cpu",
         seed: int = 0,
         depth: int = ModelSettings.depth,
+        sizes: list[tuple[int, int]] | None = None,
     ):
         images, targets, weights = _stacks(images, targets, weights)
         self.config = config or AugmentSettings()
@@ -118,6 +121,7 @@ class Augmenter:
         self.output_size = output_size(input_size, depth)
         self.margin = (input_size - self.output_size) // 2
         self.count, self.height, self.width = images.shape
+        self._sizes = [tuple(size) for size in sizes] if sizes is not None else [(self.height, self.width)] * self.count
         self._images = images[:, None].to(device)
         self.device = self._images.device  # with its index ("cuda:0"), as the moved parameters will report it
         # Target and weight are sampled together so that both come from the same source pixel.
@@ -140,7 +144,8 @@ class Augmenter:
             return (2 * torch.rand(n, generator=generator) - 1) * magnitude
 
         index = torch.randint(self.count, (n,), generator=generator)
-        corner = torch.stack([self._random_corner(self.height, n), self._random_corner(self.width, n)], dim=1)
+        sizes = [self._sizes[i] for i in index.tolist()]
+        corner = torch.stack([self._random_corner([size[axis] for size in sizes]) for axis in (0, 1)], dim=1)
         angle = symmetric(math.radians(config.rotation))
         flip = (torch.rand(n, generator=generator) < 0.5) & config.flip
         grid = config.elastic_grid
@@ -194,10 +199,11 @@ class Augmenter:
     def load_state_dict(self, state: dict) -> None:
         self._generator.set_state(state["generator"])
 
-    def _random_corner(self, extent: int, n: int) -> torch.Tensor:
-        # Window inside the image if it fits, otherwise the image inside the window.
-        low, high = sorted((0, extent - self.output_size))
-        return torch.randint(low, high + 1, (n,), generator=self._generator)
+    def _random_corner(self, extents: list[int]) -> torch.Tensor:
+        """Per sample, along one axis: the window inside the image's extent if it fits, otherwise the image inside
+        the window. One draw per sample, in order: the same numbers as one draw of the batch when all are equal."""
+        bounds = [sorted((0, extent - self.output_size)) for extent in extents]
+        return torch.cat([torch.randint(low, high + 1, (1,), generator=self._generator) for low, high in bounds])
 
     def _vary_gray_values(self, image: torch.Tensor, parameters: SampleParameters) -> torch.Tensor:
         if not (self.config.gray_contrast or self.config.gray_brightness):
@@ -310,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         depth=args.depth,
+        sizes=training.sizes,
     )
     plot_augmentation(
         augmenter,

@@ -2,6 +2,7 @@
 
     unet evaluate isbi PROBABILITIES.tif LABELS.tif [--slices SPEC] [--json] [--out FILE]
     unet evaluate ctc RES_DIR GT_DIR [--unannotated SPLIT_DIR] [--json] [--out FILE]
+    unet evaluate split PROBABILITIES.tif DATA_SPLIT_DIR [--fold K --folds N] [--json] [--out FILE]
 
 `isbi` compares a float32 cell-probability stack with the matching pages of a
 binary label stack (cell > 0) and reports the ISBI 2012 metrics exactly as
@@ -9,13 +10,20 @@ Fiji's evaluation computes them (`unet.metrics`). `ctc` compares a Cell
 Tracking Challenge result folder (`maskTTT.tif`, uint16 instances) with the
 official ground truth folder `XX_GT` on every frame annotated in `XX_GT/SEG`
 and reports SEG and the foreground IoU (with `--unannotated`, outside the cells
-that the ground truth shows but leaves without a mask). Without `--json` a table is printed;
-`--out` writes the JSON atomically (also when printing the table).
+that the ground truth shows but leaves without a mask). `split` compares a probability stack
+(`unet predict --data SPLIT_DIR`, a fold's) with the labels of a prepared split
+(a folder data set's), each frame at its true size, with the metrics its kind
+of labels calls for: the ISBI 2012 metrics for binary labels; for instance
+labels those of the cells separated as the training target separates them, and
+SEG and the foreground IoU (outside its unannotated pixels) of the instances that
+`unet predict` makes. Without `--json` a table is printed; `--out` writes the
+JSON atomically (also when printing the table).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -28,17 +36,21 @@ from unet.figures import figure
 from unet.io import (
     UNANNOTATED,
     DataError,
+    Split,
+    crops,
     format_frames,
     numbered_files,
     parse_frames,
     read_split,
     read_stack,
     read_tiff,
+    select_labelled,
     write_json,
 )
-from unet.pipeline import add_fold_arguments, fold_of, held_out_frames
-from unet.settings import EvaluateSettings, from_arguments
+from unet.pipeline import FOLDER, add_fold_arguments, fold_of, held_out_frames
+from unet.settings import INSTANCE_KEYS, EvaluateSettings, PredictSettings, from_arguments
 from unet.settings import add_arguments as add_settings_arguments
+from unet.weightmap import label_objects
 
 ISBI_KEYS = ("warping_error", "rand_error", "rand_error_unrestricted", "pixel_error", "vrand", "vinfo")
 ISBI_NAMES = {
@@ -91,6 +103,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_output_arguments(ctc)
 
+    split = protocols.add_parser(
+        "split",
+        help="a prepared split's labelled frames (a folder data set's): the metrics its kind of labels calls for",
+        description="Score a probability stack (unet predict --data) against the labels of a prepared split, each "
+        "frame at its true size: binary labels with the ISBI 2012 metrics; instance labels also with SEG and the "
+        "foreground IoU.",
+    )
+    split.add_argument(
+        "probabilities", type=Path, metavar="PROBABILITIES.tif", help="float32 (N, H, W) stack, 1 = cell, in [0, 1]"
+    )
+    split.add_argument("data", type=Path, metavar="DATA_SPLIT_DIR", help="the prepared split it predicted")
+    add_fold_arguments(split, "score the labelled frames held out by")
+    add_settings_arguments(split, EvaluateSettings)
+    add_settings_arguments(
+        split, PredictSettings, keys=INSTANCE_KEYS, title="instances of a prediction, as `unet predict` makes them"
+    )
+    _add_output_arguments(split)
+
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -104,7 +134,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    scores, table = {"isbi": evaluate_isbi, "ctc": evaluate_ctc}[args.protocol](args)
+    scores, table = {"isbi": evaluate_isbi, "ctc": evaluate_ctc, "split": evaluate_split}[args.protocol](args)
     if args.out is not None:
         write_json(args.out, scores)
     print(json.dumps(scores, indent=2) if args.json else table)
@@ -155,20 +185,25 @@ def read_isbi_pair(
             f"({'--slices ' + spec if spec else 'all of ' + str(labels_path)})"
         )
     labels = labels[slices]
-    if prob.shape[1:] != labels.shape[1:]:
-        raise DataError(f"{prob_path}: pages are {prob.shape[1:]} but {labels_path} pages are {labels.shape[1:]}")
+    _check_probabilities(prob, prob_path, labels.shape[1:], labels_path)
+    return prob, labels, slices
+
+
+def _check_probabilities(prob: np.ndarray, prob_path: Path, page: tuple[int, ...], labels_path: Path) -> None:
+    """Pages of the labels' size, float cell probabilities in [0, 1]; else a `DataError` naming the file."""
+    if prob.shape[1:] != page:
+        raise DataError(f"{prob_path}: pages are {prob.shape[1:]} but {labels_path} pages are {page}")
     if not np.issubdtype(prob.dtype, np.floating):
         raise DataError(f"{prob_path}: expected float cell probabilities in [0, 1], found dtype {prob.dtype}")
     low, high = float(np.min(prob)), float(np.max(prob))
     if not (0.0 <= low and high <= 1.0):
         raise DataError(f"{prob_path}: probabilities must lie in [0, 1] (1 = cell), found values from {low} to {high}")
-    return prob, labels, slices
 
 
 def isbi_table(scores: dict) -> str:
     meta = scores.get("meta", {})
     lines = [
-        f"ISBI 2012 metrics (Fiji's definitions), {len(meta.get('slices', []))} slices",
+        f"ISBI 2012 metrics (Fiji's definitions), {len(meta.get('slices', meta.get('frames', [])))} slices",
         "",
         f"{'metric':<38} {'best':>10}  threshold",
     ]
@@ -189,26 +224,27 @@ def isbi_table(scores: dict) -> str:
 def evaluate_ctc(args: argparse.Namespace) -> tuple[dict, str]:
     frames, res_masks, gt_masks = read_ctc_pair(args.res_dir, args.gt_dir)
     ignored = read_unannotated(args.unannotated, frames) if args.unannotated else None
+    scores = instance_scores(frames, res_masks, gt_masks, ignored)
+    scores["meta"] = {
+        "res_dir": str(args.res_dir),
+        "gt_dir": str(args.gt_dir),
+        "iou_leaves_out": str(args.unannotated / UNANNOTATED) if args.unannotated else None,
+    }
+    scores = _finite_or_null(scores)
+    if args.figure:
+        plot_ctc_overlay(args.figure, frames, res_masks, gt_masks)
+    return scores, ctc_table(scores)
+
+
+def instance_scores(frames: list[int], res_masks, gt_masks, ignored=None) -> dict:
+    """{"seg", "iou", "frames"}: SEG and the foreground IoU (outside the pixels `ignored`, unannotated cells) of
+    instance masks, in all and per frame."""
     seg, iou = metrics.ctc_seg(res_masks, gt_masks), metrics.foreground_iou(res_masks, gt_masks, ignored)
     per_frame = [
         {"frame": frame, **seg_frame, "iou": iou_frame}
         for frame, seg_frame, iou_frame in zip(frames, seg.pop("per_frame"), iou.pop("per_frame"))
     ]
-    scores = _finite_or_null(
-        {
-            "seg": seg,
-            "iou": iou,
-            "frames": per_frame,
-            "meta": {
-                "res_dir": str(args.res_dir),
-                "gt_dir": str(args.gt_dir),
-                "iou_leaves_out": str(args.unannotated / UNANNOTATED) if args.unannotated else None,
-            },
-        }
-    )
-    if args.figure:
-        plot_ctc_overlay(args.figure, frames, res_masks, gt_masks)
-    return scores, ctc_table(scores)
+    return {"seg": seg, "iou": iou, "frames": per_frame}
 
 
 def read_ctc_pair(res_dir: Path, gt_dir: Path) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
@@ -279,18 +315,82 @@ def ctc_table(scores: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# A prepared split (a folder data set's folds)
+
+
+def evaluate_split(args: argparse.Namespace) -> tuple[dict, str]:
+    from unet.predict import instance_masks  # here: it imports torch, which the other scores do without
+
+    settings = from_arguments(EvaluateSettings, args)
+    instances = from_arguments(PredictSettings, args, keys=INSTANCE_KEYS)
+    fold = fold_of(args)
+    split, frames, probabilities, labels, unannotated = read_split_pair(args.probabilities, args.data, fold)
+    # The cells of instance labels as the training target has them: touching cells separated.
+    cells = [label_objects(label, split.kind)[0] > 0 for label in labels]
+    scores = metrics.isbi_metrics(
+        probabilities, cells, rand_normalisation=settings.rand_normalisation, radius=settings.warping_radius
+    )
+    meta = {
+        "probabilities": str(args.probabilities),
+        "data": str(args.data),
+        "protocol": FOLDER if split.folder is not None else None,
+        "kind": split.kind,
+        "frames": frames,
+        "fold": fold[0] if fold else None,
+        "folds": fold[1] if fold else None,
+        **dataclasses.asdict(settings),
+    }
+    if split.kind == "instance":
+        masks = [
+            instance_masks(p[None], instances.min_area, connectivity=instances.connectivity)[0] for p in probabilities
+        ]
+        scores |= instance_scores(frames, masks, labels, unannotated)
+        meta |= {key: getattr(instances, key) for key in INSTANCE_KEYS}
+        if args.figure:
+            plot_ctc_overlay(args.figure, frames, masks, labels)
+    elif args.figure:
+        plot_isbi_overlay(args.figure, probabilities, labels, frames, title="frame")
+    scores = _finite_or_null(scores | {"meta": meta})
+    table = isbi_table(scores)
+    return scores, f"{table}\n\n{ctc_table(scores)}" if split.kind == "instance" else table
+
+
+def read_split_pair(
+    prob_path: Path, data_dir: Path, fold: tuple[int, int] | None
+) -> tuple[Split, list[int], list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+    """The split, the labelled frames scored (all, or those `fold` = (fold, folds) holds out), and their
+    probabilities, labels and unannotated pixels (None without), each at its frame's true size; bad input raises
+    `DataError` naming the file."""
+    split = read_split(data_dir)
+    if split.labels is None:
+        raise DataError(f"{data_dir}: the split has no labelled frames to score")
+    frames = held_out_frames(split.labelled, fold[1], fold[0]) if fold else split.labelled
+    _, rows = select_labelled(split, data_dir, frames)
+    prob = read_stack(prob_path)
+    if len(prob) != len(frames):
+        selected = f"fold {fold[0]} of {fold[1]}" if fold else "all labelled frames"
+        raise DataError(f"{prob_path}: has {len(prob)} pages but {data_dir} has {len(frames)} frames ({selected})")
+    _check_probabilities(prob, prob_path, split.labels.shape[1:], data_dir / "labels.tif")
+    sizes = split.labelled_sizes(rows)
+    unannotated = crops(split.unannotated[rows], sizes) if split.unannotated is not None else None
+    return split, frames, crops(prob, sizes), crops(split.labels[rows], sizes), unannotated
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Figures for the report
 
 
-def plot_isbi_overlay(path: Path, prob: np.ndarray, labels: np.ndarray, slices: list[int], count: int = 2) -> None:
-    """Per slice: the cell probability, and the errors at p > 0.5: membrane predicted inside a cell (red),
-    membrane missed (cyan)."""
+def plot_isbi_overlay(
+    path: Path, prob, labels, slices: list[int], count: int = 2, *, title: str = "label page"
+) -> None:
+    """Per slice (of a stack or a list): the cell probability, and the errors at p > 0.5: membrane predicted
+    inside a cell (red), membrane missed (cyan)."""
     rows = min(count, len(prob))
     with figure(path, rows, 2, size=(10, 5 * rows), layout="tight") as (_, axes):
-        for row, (p, truth, page) in enumerate(zip(prob[:rows], labels[:rows] > 0, slices)):
+        for row, (p, label, page) in enumerate(zip(prob[:rows], labels[:rows], slices)):
             axes[row, 0].imshow(p, cmap="gray", vmin=0, vmax=1)
-            axes[row, 0].set_title(f"label page {page}: cell probability")
-            predicted = p > 0.5
+            axes[row, 0].set_title(f"{title} {page}: cell probability")
+            truth, predicted = label > 0, p > 0.5
             errors = np.zeros(p.shape + (3,))
             errors[truth & predicted] = 0.6
             errors[truth & ~predicted] = (1.0, 0.0, 0.0)

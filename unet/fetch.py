@@ -44,7 +44,7 @@ import numpy as np
 
 from unet.errors import UsageError
 from unet.io import DataError, atomic_directory, atomic_path, numbered_files, read_tiff, write_tiff
-from unet.pipeline import CTC_SEQUENCES, PROTOCOLS
+from unet.pipeline import CHALLENGE_PROTOCOLS, CTC_SEQUENCES
 
 PARTS = ("train", "test")
 ISBI_FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
@@ -131,15 +131,18 @@ CATALOGUE: dict[str, Entry] = {
 KNOWN_REMOTES = {ISBI_HDF5.url: ISBI_HDF5}
 
 
-def protocol_of(dataset: str, protocol: str | None = None) -> str:
-    """The protocol of `dataset`: its catalogue entry's, or `protocol` for a name outside the catalogue."""
+def protocol_of(dataset: str, protocol: str | None = None, protocols: tuple[str, ...] = CHALLENGE_PROTOCOLS) -> str:
+    """The protocol of `dataset`: its catalogue entry's, or `protocol` (one of `protocols`) for a name outside the
+    catalogue."""
     known = CATALOGUE[dataset].protocol if dataset in CATALOGUE else None
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise DataError(f"{dataset}: protocol must be one of {PROTOCOLS}, found {protocol!r}")
+    if protocol is not None and protocol not in protocols:
+        raise DataError(f"{dataset}: protocol must be one of {protocols}, found {protocol!r}")
     if known and protocol and protocol != known:
         raise DataError(f"{dataset}: the catalogue's protocol is {known!r}, not {protocol!r}")
     if not (known or protocol):
-        raise DataError(f"{dataset}: not in the catalogue ({sorted(CATALOGUE)}); give its protocol (isbi or ctc)")
+        raise DataError(
+            f"{dataset}: not in the catalogue ({sorted(CATALOGUE)}); give its protocol ({' or '.join(protocols)})"
+        )
     return known or protocol
 
 
@@ -672,7 +675,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=ALGO:HEX",
         help="accept this checksum (md5: or sha256:) for the file or archive NAME (or URL); repeatable",
     )
-    parser.add_argument("--protocol", choices=PROTOCOLS, help="isbi or ctc, for a data set outside the catalogue")
+    parser.add_argument(
+        "--protocol", choices=CHALLENGE_PROTOCOLS, help="isbi or ctc, for a data set outside the catalogue"
+    )
     parser.add_argument(
         "--part",
         choices=PARTS,

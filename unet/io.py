@@ -14,6 +14,13 @@ The canonical form of a prepared data set split (`results/data/{dataset}/{split}
   all 0 for fully annotated data such as ISBI 2012). Training gives these pixels no weight.
 - `frames.json`: `{"dataset", "split", "kind", "frames": [...], "labelled": [...]}`;
   `frames[i]` is the frame id of `images[i]`, `labelled[j]` the frame id of `labels[j]`.
+  Images of different sizes (a folder data set, `unet.folder`) are padded to the largest height
+  and width by mirroring, at the bottom and the right; `"sizes": [[height, width], ...]` then
+  gives each frame's true extent (`images[i][:height, :width]`), in the order of `frames`. The
+  padding is no part of the data: its labels are 0, its weights 0 (`unet.weightmap`), and
+  scaling, prediction and scores see the true extent only (`per_extent`). A folder split also
+  records where its frames came from (`"folder"`: the source folder, each frame's image and mask
+  file, the mask values).
 """
 
 from __future__ import annotations
@@ -233,7 +240,11 @@ def read_json(path: str | os.PathLike):
 NORMALIZATION_PERCENTILES = (1.0, 99.0)
 
 
-def normalize_intensity(images: np.ndarray, percentiles: tuple[float, float] = NORMALIZATION_PERCENTILES) -> np.ndarray:
+def normalize_intensity(
+    images: np.ndarray,
+    percentiles: tuple[float, float] = NORMALIZATION_PERCENTILES,
+    sizes: list[tuple[int, int]] | None = None,
+) -> np.ndarray:
     """Scale each image of a (N, H, W) stack (or one image) so that its 1st and 99th percentiles map to 0 and 1.
 
     Percentiles, not the minimum and maximum: a DIC-HeLa frame spans 29-255 through a few
@@ -242,16 +253,61 @@ def normalize_intensity(images: np.ndarray, percentiles: tuple[float, float] = N
     quick profile's HeLa models did not learn in 1,500 iterations). Values beyond the
     percentiles are kept, not clipped. Per image, so that a frame gets the same input whether
     it is predicted alone or within its sequence. An image whose percentiles coincide (mostly
-    one value) falls back to its minimum and maximum; a constant image maps to zeros.
+    one value) falls back to its minimum and maximum; a constant image maps to zeros. With
+    `sizes` (a padded stack), each image's scale comes from its true extent alone, so a frame
+    gets the same input as its own file would.
     """
     images = np.asarray(images, dtype=np.float32)
+    if sizes is None or all(tuple(size) == images.shape[-2:] for size in sizes):
+        return _scaled(images, images, percentiles)
+    return np.stack(
+        [_scaled(image, image[:height, :width], percentiles) for image, (height, width) in zip(images, sizes)]
+    )
+
+
+def _scaled(images: np.ndarray, reference: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """`images` scaled by the percentiles of `reference` (each image's, over its last two axes)."""
     axes = (-2, -1)
-    low, high = np.percentile(images, percentiles, axis=axes, keepdims=True).astype(np.float32)
+    low, high = np.percentile(reference, percentiles, axis=axes, keepdims=True).astype(np.float32)
     span = high - low
     mostly_one_value = span <= 0
-    low = np.where(mostly_one_value, images.min(axis=axes, keepdims=True), low)
-    span = np.where(mostly_one_value, images.max(axis=axes, keepdims=True) - low, span)
+    low = np.where(mostly_one_value, reference.min(axis=axes, keepdims=True), low)
+    span = np.where(mostly_one_value, reference.max(axis=axes, keepdims=True) - low, span)
     return (images - low) / np.where(span > 0, span, 1.0)
+
+
+# --- frames of different sizes in one stack (see the module docstring) ------------------------------------
+
+
+def mirror_pad(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`image` (H, W) padded at the bottom and right to `shape` by mirroring (NumPy's `reflect`, as overlap-tile
+    mirrors; repeated where the padding exceeds the image)."""
+    padding = [(0, target - size) for size, target in zip(image.shape, shape)]
+    return np.pad(image, padding, mode="reflect") if any(after for _, after in padding) else image
+
+
+def crops(stack: np.ndarray, sizes: list[tuple[int, int]] | None) -> list[np.ndarray]:
+    """Each image of a padded stack at its true extent (without `sizes`, as it is)."""
+    if sizes is None:
+        return list(stack)
+    return [image[:height, :width] for image, (height, width) in zip(stack, sizes)]
+
+
+def per_extent(function, stack: np.ndarray, sizes: list[tuple[int, int]] | None) -> np.ndarray:
+    """`function` ((k, h, w) -> (k, h, w)) applied to the images of a padded stack at their true extents, the
+    images of one size together; the padding of the result is 0. To the whole stack where nothing is padded."""
+    if sizes is None or all(tuple(size) == stack.shape[1:] for size in sizes):
+        return function(stack)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for row, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(row)
+    result = None
+    for (height, width), rows in groups.items():
+        values = function(stack[rows, :height, :width])
+        if result is None:
+            result = np.zeros(stack.shape, dtype=values.dtype)
+        result[rows, :height, :width] = values
+    return result
 
 
 @dataclass
@@ -267,6 +323,9 @@ class Split:
     labelled: list[int] = field(default_factory=list)
     # bool (M, H, W), beside `labels`: cells the ground truth shows but leaves without a mask (`unet.prepare`).
     unannotated: np.ndarray | None = None
+    # (height, width) of each frame's true extent, in the order of `frames`; None: every frame fills the stack.
+    sizes: list[tuple[int, int]] | None = None
+    folder: dict | None = None  # a folder split's origin (`unet.folder`), as frames.json records it
 
     @property
     def axes(self) -> str:
@@ -275,8 +334,21 @@ class Split:
 
     def labelled_images(self) -> np.ndarray:
         """The images that have labels, in the order of `labels`."""
+        return self.images[self._labelled_rows()]
+
+    def true_sizes(self) -> list[tuple[int, int]]:
+        """Each frame's (height, width) without padding, in the order of `frames`."""
+        return list(self.sizes) if self.sizes is not None else [tuple(self.images.shape[1:])] * len(self.frames)
+
+    def labelled_sizes(self, rows: list[int] | None = None) -> list[tuple[int, int]]:
+        """The true sizes of the labelled frames (or of the labelled `rows`), in the order of `labels`."""
+        sizes = self.true_sizes()
+        labelled = [sizes[row] for row in self._labelled_rows()]
+        return labelled if rows is None else [labelled[row] for row in rows]
+
+    def _labelled_rows(self) -> list[int]:
         index = {frame: i for i, frame in enumerate(self.frames)}
-        return self.images[[index[frame] for frame in self.labelled]]
+        return [index[frame] for frame in self.labelled]
 
 
 def write_split(directory: str | os.PathLike, split: Split) -> None:
@@ -292,16 +364,18 @@ def _write_split_files(directory: Path, split: Split) -> None:
         write_tiff(directory / "labels.tif", split.labels, axes=split.axes)
         unannotated = split.unannotated if split.unannotated is not None else np.zeros(split.labels.shape, bool)
         write_tiff(directory / UNANNOTATED, unannotated, axes=split.axes, compression="zlib")  # mostly zeros
-    write_json(
-        directory / "frames.json",
-        {
-            "dataset": split.dataset,
-            "split": split.split,
-            "kind": split.kind,
-            "frames": [int(f) for f in split.frames],
-            "labelled": [int(f) for f in split.labelled],
-        },
-    )
+    meta = {
+        "dataset": split.dataset,
+        "split": split.split,
+        "kind": split.kind,
+        "frames": [int(f) for f in split.frames],
+        "labelled": [int(f) for f in split.labelled],
+    }
+    if split.sizes is not None:
+        meta["sizes"] = [[int(height), int(width)] for height, width in split.sizes]
+    if split.folder is not None:
+        meta["folder"] = split.folder
+    write_json(directory / "frames.json", meta)
 
 
 def read_split(directory: str | os.PathLike, *, labels: bool = True) -> Split:
@@ -324,6 +398,8 @@ def read_split(directory: str | os.PathLike, *, labels: bool = True) -> Split:
         labels=label_stack,
         labelled=list(meta["labelled"]),
         unannotated=read_stack(unannotated) > 0 if label_stack is not None and unannotated.is_file() else None,
+        sizes=[tuple(size) for size in meta["sizes"]] if "sizes" in meta else None,
+        folder=meta.get("folder"),
     )
     _validate_split(split, source=str(directory), labels_read=labels)
     return split
@@ -344,6 +420,8 @@ def _validate_split(split: Split, *, source: str, labels_read: bool = True) -> N
     if len(set(split.frames)) != len(split.frames):
         fail("frames.json lists a frame id twice")
     check_finite(split.images, f"{source}/images.tif", frames=split.frames)
+    if split.sizes is not None:
+        _validate_sizes(split.sizes, split.images.shape, fail)
     if split.labels is None:
         if split.labelled and labels_read:
             fail("frames.json lists labelled frames but there is no labels.tif")
@@ -369,6 +447,14 @@ def _validate_split(split: Split, *, source: str, labels_read: bool = True) -> N
             fail(f"{UNANNOTATED} shape {split.unannotated.shape} does not match labels.tif {split.labels.shape}")
         if (split.unannotated & (split.labels > 0)).any():
             fail(f"{UNANNOTATED} marks pixels of annotated objects")
+
+
+def _validate_sizes(sizes, shape: tuple[int, ...], fail) -> None:
+    if len(sizes) != shape[0]:
+        fail(f"frames.json gives {len(sizes)} sizes for the {shape[0]} frames of images.tif")
+    for size in sizes:
+        if not (len(size) == 2 and all(isinstance(n, int) and 1 <= n <= limit for n, limit in zip(size, shape[1:]))):
+            fail(f"frames.json: size {list(size)} is not a (height, width) within images.tif's {shape[1:]}")
 
 
 def check_finite(images: np.ndarray, source: str, *, frames: list[int] | None = None) -> None:
@@ -453,9 +539,7 @@ def read_image_file(path: Path, channel: int | None = None) -> ImageFile:
     An RGB or multichannel image is refused unless `channel` picks one: the networks take one gray channel.
     """
     if path.suffix.lower() == ".png":
-        from skimage import io as skimage_io
-
-        array = skimage_io.imread(path)
+        array = _read_png(path)
         axes = "YXS" if array.ndim == 3 else "YX"
         channel_axis = 2 if array.ndim == 3 else None
     else:
@@ -472,6 +556,17 @@ def read_image_file(path: Path, channel: int | None = None) -> ImageFile:
     if array.ndim != 3:
         raise DataError(f"{path}: expected a 2D image or a stack of them, found axes {axes} of shape {array.shape}")
     return ImageFile(path, array, stack_axes)
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from skimage import io as skimage_io
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        return skimage_io.imread(path)
+    except Exception as error:  # imageio raises many types for a file it cannot decode
+        raise DataError(f"{path}: not a readable PNG ({str(error).splitlines()[0]})") from error
 
 
 def _one_channel(path: Path, array: np.ndarray, axes: str, channel_axis: int, channel: int | None):
@@ -493,8 +588,9 @@ def _one_channel(path: Path, array: np.ndarray, axes: str, channel_axis: int, ch
 class TrainingSet(NamedTuple):
     images: np.ndarray  # float32 (M, H, W), normalised with `normalize_intensity`
     targets: np.ndarray  # uint8 (M, H, W)
-    weights: np.ndarray  # float32 (M, H, W)
+    weights: np.ndarray  # float32 (M, H, W); 0 on padding
     frames: list[int]  # frame ids
+    sizes: list[tuple[int, int]]  # each frame's true (height, width)
 
 
 def load_training_set(data_dir: str | Path, weight_dir: str | Path, frames: list[int] | None = None) -> TrainingSet:
@@ -510,8 +606,9 @@ def load_training_set(data_dir: str | Path, weight_dir: str | Path, frames: list
                 f"{split.labels.shape} of {data_dir}; recompute it with `unet weightmap`"
             )
     chosen, rows = select_labelled(split, data_dir, frames)
-    images = normalize_intensity(split.labelled_images()[rows])
-    return TrainingSet(images, targets[rows], weights[rows].astype(np.float32), chosen)
+    sizes = split.labelled_sizes(rows)
+    images = normalize_intensity(split.labelled_images()[rows], sizes=sizes)
+    return TrainingSet(images, targets[rows], weights[rows].astype(np.float32), chosen, sizes)
 
 
 def select_labelled(

@@ -9,6 +9,8 @@ sources), step by step where the order of steps decides the result:
   comparison with a threshold (Fiji compares float pixels with double
   thresholds). Cell where p > th.
 - `labels`: the ground truth (N, H, W), cell where > 0 (0/1 or 0/255).
+- Slices of different sizes (a folder data set's images, `unet.folder`): `prob` and `labels` may be
+  lists of 2D slices, paired by position; the counts add up over them as over a stack's slices.
 - Thresholds as Fiji builds them, by adding 0.1 in double precision
   (0.30000000000000004, ..., 0.9999999999999999): 0.0..1.0 for the pixel and
   Rand errors and V_rand/V_info, 0.0..0.9 for the warping error. Results key
@@ -185,7 +187,13 @@ def vrand_vinfo(prob, labels) -> dict:
 
 
 def _checked(prob, labels) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 (N, H, W) probabilities, bool (N, H, W) cells) after checking shapes and values."""
+    """(float32 (N, H, W) probabilities, bool (N, H, W) cells) after checking shapes and values; for lists of
+    slices (which may differ in size), lists of float32 and bool 2D slices."""
+    if isinstance(prob, (list, tuple)):
+        if len(prob) != len(labels):
+            raise UsageError(f"{len(prob)} probability slices but {len(labels)} label slices")
+        pairs = [_checked(p, truth) for p, truth in zip(prob, labels)]
+        return [p[0] for p, _ in pairs], [cells[0] for _, cells in pairs]
     prob, labels = np.asarray(prob), np.asarray(labels)
     if prob.ndim == 2:
         prob = prob[None]
@@ -237,14 +245,19 @@ def _f_score(tp, fp, fn):
 def _pixel_f_scores(prob, cells, thresholds) -> np.ndarray:
     """F-score of the cell pixels at each threshold, counts summed over all slices."""
     # Pixel i is a cell at threshold k exactly when k < level[i], the number of thresholds below p[i].
-    level = np.searchsorted(np.asarray(thresholds), prob.astype(np.float64).ravel(), side="left")
-    truth = cells.ravel()
+    level = np.searchsorted(np.asarray(thresholds), _flat(prob).astype(np.float64), side="left")
+    truth = _flat(cells)
     at_least = lambda counts: np.cumsum(counts[::-1])[::-1][1:]  # noqa: E731  pixels with level > k
     n_levels = len(thresholds) + 1
     tp = at_least(np.bincount(level[truth], minlength=n_levels))
     fp = at_least(np.bincount(level[~truth], minlength=n_levels))
     fn = int(truth.sum()) - tp
     return _f_score(tp, fp, fn)
+
+
+def _flat(slices) -> np.ndarray:
+    """The pixels of a stack, or of a list of slices, in one flat array."""
+    return slices.ravel() if isinstance(slices, np.ndarray) else np.concatenate([s.ravel() for s in slices])
 
 
 def _rand_f_scores(prob, cells, thresholds) -> dict[str, np.ndarray]:
@@ -347,7 +360,7 @@ def _warping_error(prob, cells, radius, thresholds) -> dict:
     for truth_cells, p in zip(cells, prob):
         for k, th in enumerate(thresholds):
             counts[k] += warped_splits_and_mergers(truth_cells, p, th, radius)
-    result = _lowest(counts.sum(axis=1) / cells.size, thresholds)
+    result = _lowest(counts.sum(axis=1) / sum(truth.size for truth in cells), thresholds)
     result["counts"] = {_key(th): {"splits": int(s), "mergers": int(m)} for th, (s, m) in zip(thresholds, counts)}
     return result
 

@@ -2,11 +2,14 @@
 
 - Protocols and splits: an `isbi` data set is prepared into the splits `train` (labelled) and
   `test`; a `ctc` data set into its sequences `01` and `02`, and its challenge test
-  sequences into `{dataset}-test/01`, `02`.
-- Runs: what one trained model is called. ISBI `fold<k>` trains on the training slices except
-  the k-th of `isbi.folds` contiguous blocks and predicts that block; ISBI `all` trains on all
-  slices and predicts the test volume; a CTC run is named after its training sequence (`01`,
-  `02`) and predicts the other one.
+  sequences into `{dataset}-test/01`, `02`; a `folder` data set (your own annotated images,
+  `unet.folder`) into `train`.
+- Runs: what one trained model is called. `fold<k>` trains on the labelled frames except the
+  k-th of `folds` contiguous blocks and predicts that block (ISBI: `isbi.folds` over the
+  training slices; folder: `datasets.NAME.folds` over its images, which the prepared split holds
+  in a seeded order); `all` trains on all of them (ISBI: and predicts the test volume; folder:
+  the model to use and export); a CTC run is named after its training sequence (`01`, `02`) and
+  predicts the other one.
 - Configuration: the stage sections merged per data set, checked before any job runs, with
   errors that name the config key and value; the flags each rule passes to its command.
 
@@ -28,6 +31,7 @@ import yaml
 
 from unet.errors import UsageError
 from unet.settings import (
+    INSTANCE_KEYS,
     MODEL_PREDICT_KEYS,
     PAPER_TILE,
     STAGE_SETTINGS,
@@ -40,10 +44,14 @@ from unet.settings import (
 )
 from unet.sizes import InvalidSizeError, check_prediction_tile, output_size
 
-PROTOCOLS = ("isbi", "ctc")
+CHALLENGE_PROTOCOLS = ("isbi", "ctc")  # data sets fetched in a challenge's official layout
+FOLDER = "folder"  # a folder of your own images and masks, read where it is (`unet.folder`)
+PROTOCOLS = (*CHALLENGE_PROTOCOLS, FOLDER)
+CROSS_VALIDATED = ("isbi", FOLDER)  # protocols scored by cross-validation folds
+FOLDER_FOLDS = 5  # the default of `datasets.NAME.folds`
 # Prepared splits per protocol, the labelled ones first.
-SPLITS = {"isbi": ("train", "test"), "ctc": ("01", "02")}
-LABELLED_SPLITS = {"isbi": ("train",), "ctc": ("01", "02")}
+SPLITS = {"isbi": ("train", "test"), "ctc": ("01", "02"), FOLDER: ("train",)}
+LABELLED_SPLITS = {"isbi": ("train",), "ctc": ("01", "02"), FOLDER: ("train",)}
 CTC_SEQUENCES = SPLITS["ctc"]
 OTHER_SEQUENCE = {"01": "02", "02": "01"}
 LABEL_KIND = {"isbi": "binary", "ctc": "instance"}  # unet.io.Split.kind of each protocol's labels
@@ -52,7 +60,7 @@ SYNTHETIC_SETTINGS = {"isbi": SyntheticEmSettings, "ctc": SyntheticCellsSettings
 ALL_SLICES = "all"
 FOLD = "fold"
 RUN_PATTERN = rf"{FOLD}\d+|{ALL_SLICES}|\d\d"  # any run name, as a wildcard constraint
-FOLD_RUN_PATTERN = rf"{FOLD}\d+"  # the ISBI cross-validation runs
+FOLD_RUN_PATTERN = rf"{FOLD}\d+"  # the cross-validation runs (ISBI, folder)
 SEQUENCE_PATTERN = "|".join(CTC_SEQUENCES)  # a CTC sequence, as a run or a split
 LABELLED_SPLIT_PATTERN = "|".join(dict.fromkeys(s for splits in LABELLED_SPLITS.values() for s in splits))
 # Labelled training frames of the data sets whose count is known before they are fetched.
@@ -74,7 +82,7 @@ class Run:
     name: str
     split: str
     fold: int | None
-    predicts: str
+    predicts: str | None  # None: a folder data set's model on all images, which has nothing left to predict
     held_out: str | None = None  # another split whose labelled frames training scores (CTC: the other sequence)
 
     def fold_flags(self, folds: int) -> str:
@@ -84,15 +92,15 @@ class Run:
 
 
 def parse_run(protocol: str, name: str, folds: int | None = None) -> Run:
-    """The `Run` a run name stands for; a `ValueError` for a name the protocol does not know."""
-    if protocol == "isbi":
+    """The `Run` a run name stands for; a `UsageError` for a name the protocol does not know."""
+    if protocol in CROSS_VALIDATED:
         if name == ALL_SLICES:
-            return Run(protocol, name, "train", None, "test")
+            return Run(protocol, name, "train", None, "test" if protocol == "isbi" else None)
         match = re.fullmatch(rf"{FOLD}(\d+)", name)
         if match and (folds is None or int(match[1]) < folds):
             return Run(protocol, name, "train", int(match[1]), "train")
         limit = f"fold0 to fold{folds - 1}" if folds else "fold<k>"
-        raise UsageError(f"isbi run {name!r}: expected {ALL_SLICES!r} or {limit}")
+        raise UsageError(f"{protocol} run {name!r}: expected {ALL_SLICES!r} or {limit}")
     if protocol == "ctc":
         if name in OTHER_SEQUENCE:
             return Run(protocol, name, name, None, OTHER_SEQUENCE[name], held_out=OTHER_SEQUENCE[name])
@@ -139,9 +147,24 @@ def fold_run(fold: int) -> str:
     return f"{FOLD}{fold}"
 
 
-def scored_runs(protocol: str, folds: int) -> list[str]:
-    """The runs whose predictions are scored: ISBI's folds, or both CTC directions."""
-    return [fold_run(k) for k in range(folds)] if protocol == "isbi" else list(CTC_SEQUENCES)
+def scored_runs(protocol: str, folds: int | None) -> list[str]:
+    """The runs whose predictions are scored: the cross-validation folds (ISBI, folder), or both CTC directions."""
+    return [fold_run(k) for k in range(folds)] if protocol in CROSS_VALIDATED else list(CTC_SEQUENCES)
+
+
+def cross_validation_folds(config: Mapping[str, Any], dataset: str) -> int | None:
+    """The folds of a data set's cross-validation: `isbi.folds`, or a folder data set's own `folds`; None for CTC."""
+    spec = config["datasets"][dataset]
+    if spec["protocol"] == "isbi":
+        return config["isbi"]["folds"]
+    return spec.get("folds", FOLDER_FOLDS) if spec["protocol"] == FOLDER else None
+
+
+def trains_on_all(config: Mapping[str, Any], dataset: str) -> bool:
+    """Whether the run trains a model on all labelled frames (run `all`): ISBI's for the test volume
+    (`isbi.predict_test`), and every folder data set's, the model its users take."""
+    protocol = config["datasets"][dataset]["protocol"]
+    return protocol == FOLDER or (protocol == "isbi" and config["isbi"]["predict_test"])
 
 
 # Where the evaluation stage writes the scores of one run and seed (tables read them back).
@@ -163,6 +186,39 @@ def parse_model_file(path: str | Path) -> tuple[str, str, int] | None:
     """(dataset, run, seed) of a file in a model's folder (`model.pt`, `run.json`), or None."""
     match = _MODEL_FILE.search(Path(path).as_posix())
     return (match["dataset"], match["run"], int(match["seed"])) if match else None
+
+
+# --- a folder data set's files (`unet.folder` reads them) ---------------------------------------------------
+
+FOLDER_IMAGES = "images"
+FOLDER_MASKS = ("masks", "labels")  # either name; not both
+
+
+def folder_layout(source: str | Path) -> tuple[Path, Path]:
+    """A folder data set's `images/` folder and its `masks/` (or `labels/`); a `UsageError` names what is
+    missing."""
+    source = Path(source)
+    if not source.is_dir():
+        raise UsageError(f"{source}: no such folder")
+    masks = [source / name for name in FOLDER_MASKS if (source / name).is_dir()]
+    if len(masks) > 1:
+        raise UsageError(f"{source}: has both {FOLDER_MASKS[0]}/ and {FOLDER_MASKS[1]}/; keep the masks in one of them")
+    if not ((source / FOLDER_IMAGES).is_dir() and masks):
+        raise UsageError(
+            f"{source}: expected a folder {FOLDER_IMAGES}/ and a folder {FOLDER_MASKS[0]}/ (or {FOLDER_MASKS[1]}/) "
+            f"in it, found {sorted(path.name for path in source.iterdir())}"
+        )
+    return source / FOLDER_IMAGES, masks[0]
+
+
+def visible_entries(folder: Path) -> list[Path]:
+    """The entries of `folder` in name order, hidden ones (`.DS_Store`, `._a.png`) left out."""
+    return sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+
+
+def folder_files(source: str | Path) -> list[Path]:
+    """Every file of a folder data set that `unet prepare` reads: what its prepared split depends on."""
+    return [path for folder in folder_layout(source) for path in visible_entries(folder)]
 
 
 # --- the configuration --------------------------------------------------------------------------------------
@@ -235,6 +291,8 @@ def check_config(config: Mapping[str, Any], schema: str | Path) -> None:
         raise ConfigError(
             f"config: experiments {unknown} are not keys of `datasets` (known: {sorted(config['datasets'])})"
         )
+    for dataset in config["datasets"]:
+        _check_protocol_keys(config, dataset)
     for dataset in config["experiments"]:
         _check_tile_sizes(config, dataset)
         _check_folds(config, dataset)
@@ -263,8 +321,30 @@ def _check_tile_sizes(config: Mapping[str, Any], dataset: str) -> None:
             ) from None
 
 
+# Keys of `datasets.NAME` that only one kind of protocol takes.
+FOLDER_KEYS = ("folds", "ignore_label", "channel")
+CHALLENGE_KEYS = ("checksums", "test_source", "test_checksums", "synthetic")
+
+
+def _check_protocol_keys(config: Mapping[str, Any], dataset: str) -> None:
+    spec = config["datasets"][dataset]
+    folder = spec["protocol"] == FOLDER
+    for key in CHALLENGE_KEYS if folder else FOLDER_KEYS:
+        if key in spec:
+            kind = "isbi and ctc" if folder else "folder"
+            also = " (isbi data sets take isbi.folds)" if key == "folds" else ""
+            raise ConfigError(f"config: datasets.{dataset}.{key}: a key of protocol {kind} data sets only{also}")
+    if folder and spec["source"] == "synthetic":
+        raise ConfigError(
+            f"config: datasets.{dataset}.source = 'synthetic': a folder data set's source is the folder of its images"
+        )
+
+
 def _check_folds(config: Mapping[str, Any], dataset: str) -> None:
     spec = config["datasets"][dataset]
+    if spec["protocol"] == FOLDER:
+        _check_folder(config, dataset)
+        return
     if spec["protocol"] != "isbi":
         return
     frames = (
@@ -276,6 +356,21 @@ def _check_folds(config: Mapping[str, Any], dataset: str) -> None:
     if frames is not None and folds > frames:
         raise ConfigError(
             f"config: isbi.folds = {folds}: more folds than the {frames} labelled training slices of {dataset}"
+        )
+
+
+def _check_folder(config: Mapping[str, Any], dataset: str) -> None:
+    """The folder exists in the documented layout and holds at least as many images as the folds."""
+    spec = config["datasets"][dataset]
+    try:
+        images, _ = folder_layout(spec["source"])
+    except UsageError as error:
+        raise ConfigError(f"config: datasets.{dataset}.source: {error}") from None
+    count, folds = len(visible_entries(images)), cross_validation_folds(config, dataset)
+    if count < folds:
+        where = f"datasets.{dataset}.folds" if "folds" in spec else f"datasets.{dataset}.folds (default)"
+        raise ConfigError(
+            f"config: {where} = {folds}: more folds than the {count} images in {images}; add images or lower the folds"
         )
 
 
@@ -320,6 +415,23 @@ def model_predict_flags(config: Mapping[str, Any], dataset: str) -> str:
     """The `unet train --predict-KEY` flags: the prediction defaults a trained model carries for its users."""
     predict = stage_settings(config, "predict", dataset)
     return cli_flags({f"predict_{key}": getattr(predict, key) for key in MODEL_PREDICT_KEYS})
+
+
+def prepare_flags(config: Mapping[str, Any], dataset: str) -> str:
+    """The `unet prepare` flags of a data set beyond its protocol: a folder data set's folds, `ignore_label` and
+    `channel`; none for the others."""
+    spec = config["datasets"][dataset]
+    if spec["protocol"] != FOLDER:
+        return ""
+    keys = {"folds": cross_validation_folds(config, dataset)} | {key: spec.get(key) for key in FOLDER_KEYS[1:]}
+    return cli_flags(keys)
+
+
+def instance_flags(config: Mapping[str, Any], dataset: str) -> str:
+    """`--min-area`, `--connectivity`: how `unet evaluate split` makes instances of a prediction, as the data set's
+    `predict` section says `unet predict` makes them."""
+    predict = stage_settings(config, "predict", dataset)
+    return cli_flags({key: getattr(predict, key) for key in INSTANCE_KEYS})
 
 
 def synthetic_flags(config: Mapping[str, Any], dataset: str) -> str:

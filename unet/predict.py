@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -48,6 +49,7 @@ from unet.io import (
     image_files,
     normalize_intensity,
     parse_frames,
+    per_extent,
     read_image_file,
     read_split,
     write_tiff,
@@ -93,15 +95,22 @@ def load_models(paths: list[str | os.PathLike], device: torch.device) -> Models:
 
 
 def predict_images(
-    models: Models, images: np.ndarray, settings: PredictSettings, device: torch.device, progress: bool = False
+    models: Models,
+    images: np.ndarray,
+    settings: PredictSettings,
+    device: torch.device,
+    progress: bool = False,
+    sizes: list[tuple[int, int]] | None = None,
 ) -> np.ndarray:
-    """The mean cell probability of the models for raw (N, H, W) images, scaled as the models were trained."""
-    scaled = normalize_intensity(images, models.percentiles)
+    """The mean cell probability of the models for raw (N, H, W) images, scaled as the models were trained. With
+    `sizes` (a padded stack, `unet.io`), each image is scaled and predicted at its true extent, as its own file
+    would be; the padding's probability is 0."""
+    scaled = normalize_intensity(images, models.percentiles, sizes)
     total = np.zeros(scaled.shape, np.float32)
     for network in models.networks:
-        total += predict_probabilities(
+        predict = functools.partial(
+            predict_probabilities,
             network,
-            scaled,
             input_size=settings.input_size,
             batch_size=settings.batch_size,
             tta=settings.tta,
@@ -109,6 +118,7 @@ def predict_images(
             precision=settings.precision,
             progress=progress,
         )
+        total += per_extent(predict, scaled, sizes)
     return total / len(models.networks)
 
 
@@ -251,14 +261,14 @@ def _predict_split(args: argparse.Namespace, models: Models, settings: PredictSe
     if args.masks is not None or args.channel is not None:
         raise UsageError("--masks and --channel go with --images; with --data use --instances")
     split = read_split(args.data, labels=False)
-    images, frames, every_frame = _split_frames(args, split)
+    images, frames, every_frame, sizes = _split_frames(args, split)
     if args.instances and not every_frame:
         raise UsageError(
             "--instances writes a Cell Tracking Challenge result folder, which needs a mask for every "
             "frame of the sequence: do not select frames with --frames or --fold"
         )
     start = time.perf_counter()
-    probabilities = predict_images(models, images, settings, device, progress=len(images) > 1)
+    probabilities = predict_images(models, images, settings, device, progress=len(images) > 1, sizes=sizes)
     seconds = time.perf_counter() - start
     write_tiff(args.out, probabilities, axes=split.axes)
     if args.submission:
@@ -301,8 +311,9 @@ def _write_image_results(stem: Path, axes: str, probabilities: np.ndarray, masks
         write_tiff(f"{stem}_masks.tif", shaped(masks), axes=axes)
 
 
-def _split_frames(args: argparse.Namespace, split: Split) -> tuple[np.ndarray, list[int], bool]:
-    """The raw images of the frames to predict, their ids, and whether they are every frame of the split."""
+def _split_frames(args: argparse.Namespace, split: Split) -> tuple[np.ndarray, list[int], bool, list[tuple[int, int]]]:
+    """The raw images of the frames to predict, their ids, whether they are every frame of the split, and their
+    true sizes."""
     fold = fold_of(args)
     if fold and args.frames:
         raise UsageError("select frames with --frames or with --fold, not both")
@@ -319,7 +330,9 @@ def _split_frames(args: argparse.Namespace, split: Split) -> tuple[np.ndarray, l
             f"{args.data}: frames {format_frames(sorted(missing))} are not among its frames "
             f"{format_frames(sorted(split.frames))}"
         )
-    return split.images[[index[frame] for frame in frames]], frames, sorted(frames) == sorted(split.frames)
+    rows = [index[frame] for frame in frames]
+    sizes = split.true_sizes()
+    return split.images[rows], frames, sorted(frames) == sorted(split.frames), [sizes[row] for row in rows]
 
 
 def _report(frames, shape, settings: PredictSettings, models: Models, device, seconds: float) -> None:

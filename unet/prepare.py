@@ -1,6 +1,7 @@
 """Data preparation: `unet prepare` turns a data set's official layout into the canonical form of `unet.io`
 (`write_split`), one folder per split: isbi `train` (binary labels, 1 = cell) and `test` (no labels); ctc `01`
-and `02` (every frame, uint16 instance labels of the annotated frames, matched by frame number).
+and `02` (every frame, uint16 instance labels of the annotated frames, matched by frame number); folder `train`
+(a folder of your own images and masks, `unet.folder`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from unet.errors import UsageError
 from unet.fetch import CATALOGUE, PARTS, protocol_of
+from unet.folder import read_folder_split
 from unet.io import DataError, Split, check_finite, numbered_files, read_stack, read_tiff, write_split
-from unet.pipeline import PROTOCOLS, SPLITS
+from unet.pipeline import FOLDER, FOLDER_FOLDS, PROTOCOLS, SPLITS
 
 
 def prepare(
@@ -26,22 +29,31 @@ def prepare(
     protocol: str | None = None,
     splits: Iterable[str] | None = None,
     part: str = "train",
+    folder_options: dict | None = None,
 ) -> list[Path]:
     """Write the canonical form of each split of `raw` into `out/<split>/`; returns the split folders.
+    `folder_options`: `unet.folder.read_folder_split`'s `folds`, `ignore_label` and `channel` (protocol folder).
 
     Every split is read and checked before any is written, so bad input leaves each earlier
     prepared split as it was (and each split folder is replaced whole, `unet.io.write_split`).
     """
-    protocol = protocol_of(dataset, protocol)
+    protocol = protocol_of(dataset, protocol, PROTOCOLS)
     raw, out = Path(raw), Path(out)
-    if not raw.is_dir():
+    if folder_options and protocol != FOLDER:
+        raise UsageError(f"{dataset}: --folds, --ignore-label and --channel go with --protocol {FOLDER}")
+    if protocol == FOLDER and part != "train":
+        raise UsageError(f"{dataset}: a folder data set has no --part {part}")
+    if protocol != FOLDER and not raw.is_dir():
         raise DataError(f"{raw}: no such folder (fetch or synthesize {dataset} first)")
     names = list(splits or SPLITS[protocol])
     for split in names:
         if split not in SPLITS[protocol]:
             raise DataError(f"{dataset}: split {split!r} is not one of the {protocol} splits {SPLITS[protocol]}")
-    reader = read_isbi_split if protocol == "isbi" else read_ctc_split
-    prepared = [reader(dataset, raw, split, labelled=part == "train") for split in names]
+    if protocol == FOLDER:
+        prepared = [read_folder_split(dataset, raw, **(folder_options or {}))]
+    else:
+        reader = read_isbi_split if protocol == "isbi" else read_ctc_split
+        prepared = [reader(dataset, raw, split, labelled=part == "train") for split in names]
     for split in prepared:
         write_split(out / split.split, split)
     return [out / split for split in names]
@@ -168,16 +180,48 @@ def _stack(paths: Iterable[Path], shape: tuple[int, ...] | None = None, *, insta
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help=f"data set name ({', '.join(CATALOGUE)} or another with --protocol)")
-    parser.add_argument("--raw", required=True, type=Path, help="the official layout, e.g. results/raw/DATASET")
+    parser.add_argument(
+        "--raw",
+        required=True,
+        type=Path,
+        help="the official layout, e.g. results/raw/DATASET; protocol folder: your folder of images/ and masks/",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder; each split goes to OUT/SPLIT/")
-    parser.add_argument("--protocol", choices=PROTOCOLS, help="isbi or ctc, for a data set outside the catalogue")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="for a data set outside the catalogue: isbi or ctc (their layouts), folder (your own images and masks)",
+    )
     parser.add_argument("--splits", nargs="+", help="splits to write (default: isbi train test, ctc 01 02)")
     parser.add_argument(
         "--part", choices=PARTS, default="train", help="test: the CTC challenge's test sequences, which have no labels"
     )
+    folder = parser.add_argument_group("protocol folder (unet/folder.py)")
+    folder.add_argument(
+        "--folds",
+        type=int,
+        metavar="N",
+        help=f"the cross-validation it is for: needs N images (default {FOLDER_FOLDS})",
+    )
+    folder.add_argument(
+        "--ignore-label", type=int, metavar="V", help="the mask value of pixels that are not annotated (no weight)"
+    )
+    folder.add_argument(
+        "--channel", type=int, metavar="C", help="the channel of RGB or multichannel images, as in `unet predict`"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    for folder in prepare(args.dataset, args.raw, args.out, protocol=args.protocol, splits=args.splits, part=args.part):
+    options = {key: getattr(args, key) for key in ("folds", "ignore_label", "channel")}
+    folders = prepare(
+        args.dataset,
+        args.raw,
+        args.out,
+        protocol=args.protocol,
+        splits=args.splits,
+        part=args.part,
+        folder_options={key: value for key, value in options.items() if value is not None},
+    )
+    for folder in folders:
         print(f"{args.dataset}: prepared {folder}", file=sys.stderr)
     return 0

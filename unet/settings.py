@@ -286,6 +286,8 @@ class SyntheticCellsSettings(StageSettings):
 # The prediction settings that belong to the data, not the machine: a model carries them for its users
 # (`unet train --predict-KEY`, saved in model.pt), and `unet predict` takes them as its defaults.
 MODEL_PREDICT_KEYS = ("tta", "min_area", "connectivity")
+# How instances are made of a prediction (`unet.predict.instance_masks`): `unet evaluate split` takes them too.
+INSTANCE_KEYS = ("min_area", "connectivity")
 
 
 STAGE_SETTINGS: dict[str, type[StageSettings]] = {

@@ -1,11 +1,13 @@
 """Table 1 and Table 2 of the paper, with our measurements beside the paper's numbers.
 
 Our numbers come from the score files of the evaluation stage,
-`results/scores/{dataset}/{run}/seed{seed}.json`: ISBI-protocol data sets
-(scores with `warping_error`) go to Table 1, CTC-protocol data sets (scores
-with `seg`) to Table 2. Each of our rows is the mean +- sample standard
-deviation over the held-out runs (cross-validation folds, or the two sequence
-directions) and seeds; `n` says how many runs it averages.
+`results/scores/{dataset}/{run}/seed{seed}.json`: scores with `seg` (CTC-protocol
+data sets, and folder data sets with instance masks) go to Table 2, the others
+with `warping_error` (ISBI-protocol data sets, and folder data sets with binary
+masks) to Table 1. Each of our rows is the mean +- sample standard deviation over
+the held-out runs (cross-validation folds, or the two sequence directions) and
+seeds; `n` says how many runs it averages. A folder data set (your own images,
+`unet.folder`) gets its row or columns like the paper's, with no paper value.
 
 The paper's numbers were computed by the challenge organisers on test data whose
 labels were never published; ours score held-out parts of the public training
@@ -26,7 +28,7 @@ import pandas as pd
 
 from unet.figures import figure
 from unet.io import DataError, atomic_path, read_json
-from unet.pipeline import RUN_PATTERN, parse_model_file, parse_score_path
+from unet.pipeline import FOLDER, RUN_PATTERN, parse_model_file, parse_score_path
 
 # Table 1 of the paper: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
 PAPER_TABLE1 = [
@@ -63,12 +65,20 @@ CTC_PROTOCOL = (
 )
 
 
+FOLDER_SOURCE = "cross-validation folds of its own images"
+FOLDER_NOTE = (
+    "{names}: your own annotated images (protocol folder), scored on the images each cross-validation fold held "
+    "out; the paper has no value for them."
+)
+
+
 @dataclass(frozen=True)
 class Score:
     dataset: str
     run: str
     seed: int
     values: dict[str, float]
+    protocol: str | None = None  # as the score file's meta says (`folder`); None for the challenges' data sets
 
 
 def read_score(path: str | Path) -> Score:
@@ -87,7 +97,8 @@ def read_score(path: str | Path) -> Score:
             values[key] = float(value)
     if not ({"warping_error", "seg"} & set(values)):
         raise DataError(f"{path}: neither ISBI scores (warping_error, ...) nor CTC scores (seg, ...)")
-    return Score(*named, values)
+    meta = raw.get("meta")
+    return Score(*named, values, meta.get("protocol") if isinstance(meta, dict) else None)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -110,12 +121,17 @@ def _summary(scores: list[Score], metrics: list[str]) -> dict[str, tuple[float, 
     return summary
 
 
-def _by_dataset(scores: list[Score], key: str) -> dict[str, list[Score]]:
+def _by_dataset(scores: list[Score], key: str, unless: str | None = None) -> dict[str, list[Score]]:
+    """The scores that have `key` (and not `unless`), by data set."""
     grouped: dict[str, list[Score]] = {}
     for score in scores:
-        if key in score.values:
+        if key in score.values and unless not in score.values:
             grouped.setdefault(score.dataset, []).append(score)
     return grouped
+
+
+def folder_datasets(scores: list[Score]) -> list[str]:
+    return sorted({score.dataset for score in scores if score.protocol == FOLDER})
 
 
 # What produced our rows (from the models' run.json, `unet.provenance`): one column each.
@@ -184,12 +200,12 @@ def table1(scores: list[Score], runs: dict[RunKey, dict] | None = None) -> pd.Da
         }
         for rank, group, w, r, p in PAPER_TABLE1
     ]
-    for dataset, group in sorted(_by_dataset(scores, "warping_error").items()):
+    for dataset, group in sorted(_by_dataset(scores, "warping_error", unless="seg").items()):
         summary = _summary(group, TABLE1_METRICS + TABLE1_EXTRA)
         row = {
             "rank": "-",
             "group": f"ours ({dataset})",
-            "source": "held-out folds of public training data",
+            "source": FOLDER_SOURCE if folder_datasets(group) else "held-out folds of public training data",
             "n": len(group),
         }
         for metric, (mean, sd) in summary.items():
@@ -266,7 +282,7 @@ _STYLE = (
 )
 
 
-def table1_document(frame: pd.DataFrame, settings_note: str) -> Document:
+def table1_document(frame: pd.DataFrame, settings_note: str, folders: Sequence[str] = ()) -> Document:
     rows = []
     for row in frame.to_dict("records"):
         ours = row["source"] != "paper (hidden test set)"
@@ -277,11 +293,12 @@ def table1_document(frame: pd.DataFrame, settings_note: str) -> Document:
         extras = [_cell(row, metric, 4, ours) if ours else "" for metric in ("vrand", "vinfo")]
         rows.append([str(row["rank"]), row["group"], *cells, *extras, _count(row.get("n"))])
     header = ["rank", "group", "warping error", "Rand error", "pixel error", "V_rand", "V_info", "n"]
-    notes = [_differences(settings_note), *_provenance_lines(frame, "group")]
+    shown = [name for name in folders if f"ours ({name})" in set(frame["group"])]
+    notes = [*_folder_note(shown), _differences(settings_note), *_provenance_lines(frame, "group")]
     return Document("Table 1: ISBI 2012 EM segmentation", ISBI_PROTOCOL, header, rows, notes)
 
 
-def table2_document(frame: pd.DataFrame, settings_note: str) -> Document:
+def table2_document(frame: pd.DataFrame, settings_note: str, folders: Sequence[str] = ()) -> Document:
     datasets = [c[: -len(" SEG")] for c in frame.columns if c.endswith(" SEG")]
     names = [PAPER_TABLE2_COLUMNS.get(d, d) for d in datasets]
     rows = []
@@ -297,6 +314,7 @@ def table2_document(frame: pd.DataFrame, settings_note: str) -> Document:
         if _count(ours.get(f"{d} n"))
     )
     notes = [
+        *_folder_note([name for name in folders if name in datasets]),
         f"Our rows average the runs and seeds ({counts}). IoU is the plain foreground IoU, scored outside the "
         "cells that the ground truth shows but leaves unannotated (unannotated.tif); a different and usually "
         'higher number than SEG, which counts annotated cells only; the paper\'s "IOU" is the SEG measure.',
@@ -305,6 +323,10 @@ def table2_document(frame: pd.DataFrame, settings_note: str) -> Document:
     ]
     header = ["method", *(f"{name} SEG" for name in names), *(f"{name} IoU" for name in names)]
     return Document("Table 2: ISBI cell tracking challenge 2015, segmentation (SEG)", CTC_PROTOCOL, header, rows, notes)
+
+
+def _folder_note(names: Sequence[str]) -> list[str]:
+    return [FOLDER_NOTE.format(names=", ".join(names))] if names else []
 
 
 def _cell(row: dict, key: str, digits: int, ours: bool, sd_key: str | None = None) -> str:
@@ -358,7 +380,7 @@ def write_tables(
     ):
         with atomic_path(out_dir / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
-        text = document(frame, settings_note)
+        text = document(frame, settings_note, folder_datasets(scores))
         for suffix, content in (("md", text.markdown()), ("html", text.html())):
             with atomic_path(out_dir / f"{name}.{suffix}") as tmp:
                 tmp.write_text(content)

@@ -61,10 +61,12 @@ from unet.io import (
     NORMALIZATION_PERCENTILES,
     DataError,
     TrainingSet,
+    crops,
     format_frames,
     load_training_set,
     normalize_intensity,
     parse_frames,
+    per_extent,
     read_json,
     read_split,
     select_labelled,
@@ -198,6 +200,7 @@ class HeldOut:
     frames: list[int]
     source: str
     unannotated: np.ndarray | None = None  # bool: cells shown but not annotated, left out of the IoU
+    sizes: list[tuple[int, int]] | None = None  # true extents in a padded stack (`unet.io`); None: whole frames
 
 
 @dataclass
@@ -245,9 +248,10 @@ def load_held_out(data_dir: Path, frames: list[int] | None = None) -> HeldOut:
     if split.labels is None:
         raise DataError(f"{data_dir}: the split has no labelled frames to hold out")
     chosen, rows = select_labelled(split, data_dir, frames)
-    images = normalize_intensity(split.labelled_images()[rows])
+    sizes = split.labelled_sizes(rows)
+    images = normalize_intensity(split.labelled_images()[rows], sizes=sizes)
     unannotated = split.unannotated[rows] if split.unannotated is not None else None
-    return HeldOut(images, split.labels[rows], split.kind, chosen, str(data_dir), unannotated)
+    return HeldOut(images, split.labels[rows], split.kind, chosen, str(data_dir), unannotated, sizes)
 
 
 def _check_targets_and_weights(training: TrainingSet, weight_dir: Path) -> None:
@@ -346,16 +350,21 @@ class Trainer:
 def held_out_scores(
     model: torch.nn.Module, held_out: HeldOut, input_size: int, precision: str = "auto"
 ) -> dict[str, float]:
-    """Whole held-out frames predicted without test-time augmentation: the foreground IoU of `probability > 0.5`
-    against the labelled cells (outside the cells left unannotated) and, for instance labels, the Cell Tracking
-    Challenge's SEG of the connected components (`unet.predict.instance_masks` at its defaults)."""
-    probabilities = predict_probabilities(
-        model, held_out.images, input_size=input_size, tta="none", precision=precision
+    """Whole held-out frames (each at its true extent) predicted without test-time augmentation: the foreground IoU
+    of `probability > 0.5` against the labelled cells (outside the cells left unannotated) and, for instance labels,
+    the Cell Tracking Challenge's SEG of the connected components (`unet.predict.instance_masks` at its defaults)."""
+    probabilities = per_extent(
+        lambda images: predict_probabilities(model, images, input_size=input_size, tta="none", precision=precision),
+        held_out.images,
+        held_out.sizes,
     )
-    cells = probabilities > 0.5
-    scores = {"val_iou": metrics.foreground_iou(cells, held_out.labels > 0, held_out.unannotated)["value"]}
+    probabilities, labels = crops(probabilities, held_out.sizes), crops(held_out.labels, held_out.sizes)
+    unannotated = crops(held_out.unannotated, held_out.sizes) if held_out.unannotated is not None else None
+    cells = [probability > 0.5 for probability in probabilities]
+    scores = {"val_iou": metrics.foreground_iou(cells, [label > 0 for label in labels], unannotated)["value"]}
     if held_out.kind == "instance":
-        scores["val_seg"] = metrics.ctc_seg(instance_masks(probabilities), held_out.labels)["value"]
+        masks = [instance_masks(probability[None])[0] for probability in probabilities]
+        scores["val_seg"] = metrics.ctc_seg(masks, labels)["value"]
     return scores
 
 
@@ -419,6 +428,7 @@ class _Session:
             device=self.device,
             seed=seed,
             depth=model_settings.depth,
+            sizes=data.train.sizes,
         )
         resumed = resume(
             out_dir / CHECKPOINT,

@@ -19,6 +19,9 @@
   challenge's tracking markers): their pixels, and those within `ignore_margin` px of them (choice:
   5 px, as their extents come from the silver truth or a disc), get weight 0 and do not count in n,
   unless they belong to an annotated object.
+- Padding (a folder data set's smaller images, `unet.io`): each map is computed on its frame's true
+  extent, and the padding gets weight 0 (not as an unannotated region, whose margin would reach into
+  the image).
 
 Fast and exact to `TOLERANCE`: the border term is below `TOLERANCE` wherever d1 + d2 exceeds
 `reach = sigma * sqrt(2 ln(w0 / TOLERANCE))` (28.4 px with the defaults), so each object's distance
@@ -222,14 +225,26 @@ def weight_maps(
     sigma: float = WeightmapSettings.sigma,
     unannotated: np.ndarray | None = None,
     ignore_margin: int = WeightmapSettings.ignore_margin,
+    sizes: list[tuple[int, int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(targets uint8, weights float32), (M, H, W) each, for a (M, H, W) label stack (and its unannotated cells)."""
+    """(targets uint8, weights float32), (M, H, W) each, for a (M, H, W) label stack (and its unannotated cells).
+    With `sizes` (a padded stack, `unet.io`), each map is computed on its frame's true extent, and the padding
+    gets target 0 and weight 0."""
     masks = unannotated if unannotated is not None else [None] * len(labels)
-    maps = [
-        weight_map(label, kind, w0=w0, sigma=sigma, unannotated=mask, ignore_margin=ignore_margin)
-        for label, mask in zip(labels, masks)
-    ]
-    return np.stack([m.target for m in maps]), np.stack([m.weights for m in maps])
+    extents = sizes if sizes is not None else [labels.shape[1:]] * len(labels)
+    targets, weights = np.zeros(labels.shape, np.uint8), np.zeros(labels.shape, np.float32)
+    for row, (label, mask, (height, width)) in enumerate(zip(labels, masks, extents)):
+        true_extent = np.s_[:height, :width]
+        maps = weight_map(
+            label[true_extent],
+            kind,
+            w0=w0,
+            sigma=sigma,
+            unannotated=None if mask is None else mask[true_extent],
+            ignore_margin=ignore_margin,
+        )
+        targets[row][true_extent], weights[row][true_extent] = maps.target, maps.weights
+    return targets, weights
 
 
 def plot_weight_map(
@@ -292,7 +307,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.data}: the split has no labelled frames, so it has no weight maps")
     options = {"w0": settings.w0, "sigma": settings.sigma, "ignore_margin": settings.ignore_margin}
     if args.out is not None:
-        targets, weights = weight_maps(split.labels, split.kind, unannotated=split.unannotated, **options)
+        targets, weights = weight_maps(
+            split.labels, split.kind, unannotated=split.unannotated, sizes=split.labelled_sizes(), **options
+        )
         write_tiff(args.out / "target.tif", targets, axes=split.axes)
         write_tiff(args.out / "weights.tif", weights, axes=split.axes)
     if args.figure is not None:
@@ -300,9 +317,11 @@ def run(args: argparse.Namespace) -> int:
         if frame not in split.labelled:
             raise DataError(f"{args.data}: --figure-frame {frame} is not labelled (labelled: {split.labelled})")
         row = split.labelled.index(frame)
-        label = split.labels[row]
-        unannotated = split.unannotated[row] if split.unannotated is not None else None
+        height, width = split.labelled_sizes()[row]  # the frame without its padding
+        label = split.labels[row, :height, :width]
+        unannotated = split.unannotated[row, :height, :width] if split.unannotated is not None else None
         maps = weight_map(label, split.kind, unannotated=unannotated, **options)
         title = f"{split.dataset} {split.split}, frame {frame}: w0 = {settings.w0:g}, sigma = {settings.sigma:g} px"
-        plot_weight_map(split.labelled_images()[row], label, split.kind, maps, args.figure, title=title)
+        image = split.labelled_images()[row, :height, :width]
+        plot_weight_map(image, label, split.kind, maps, args.figure, title=title)
     return 0

@@ -30,8 +30,9 @@ os.environ[GPUS_VARIABLE] = ",".join(map(str, config.get("gpus") or []))
 EXPERIMENTS = list(config["experiments"])
 DATASETS = list(config["datasets"])
 SEEDS = list(config["seeds"])
-FOLDS = config["isbi"]["folds"]
 PROTOCOL = {name: spec["protocol"] for name, spec in config["datasets"].items()}
+# Cross-validation folds per data set: isbi.folds, a folder data set's own; None for CTC.
+FOLDS = {name: pipeline.cross_validation_folds(config, name) for name in DATASETS}
 
 
 def one_of(names):
@@ -44,6 +45,9 @@ PROTOCOL_DATASETS = {
     protocol: one_of(n for n, p in PROTOCOL.items() if p == protocol)
     for protocol in pipeline.PROTOCOLS
 }
+CROSS_VALIDATED_DATASETS = one_of(
+    n for n, p in PROTOCOL.items() if p in pipeline.CROSS_VALIDATED
+)
 # The split each data set's figures show: ISBI's training slices, the first CTC sequence.
 FIGURE_SPLIT = {name: pipeline.LABELLED_SPLITS[p][0] for name, p in PROTOCOL.items()}
 
@@ -56,7 +60,9 @@ wildcard_constraints:
 
 def run_of(wildcards):
     """The pipeline.Run of a job's {dataset} and {run}: its split, fold and predicted split."""
-    return pipeline.parse_run(PROTOCOL[wildcards.dataset], wildcards.run, FOLDS)
+    return pipeline.parse_run(
+        PROTOCOL[wildcards.dataset], wildcards.run, FOLDS[wildcards.dataset]
+    )
 
 
 def flags(wildcards, *stages):
@@ -65,7 +71,7 @@ def flags(wildcards, *stages):
 
 
 def scored_runs(dataset):
-    return pipeline.scored_runs(PROTOCOL[dataset], FOLDS)
+    return pipeline.scored_runs(PROTOCOL[dataset], FOLDS[dataset])
 
 
 def run_paths(pattern, datasets=EXPERIMENTS):
@@ -78,15 +84,14 @@ def run_paths(pattern, datasets=EXPERIMENTS):
     ]
 
 
-def all_slices_paths(pattern):
-    """`pattern` for every seed of the ISBI models trained on all slices (run `all`), if the run trains them:
-    when it predicts the test volume."""
-    if not config["isbi"]["predict_test"]:
-        return []
+def all_slices_paths(pattern, protocols=pipeline.CROSS_VALIDATED):
+    """`pattern` for every seed of the models of `protocols` trained on all labelled frames (run `all`), where
+    the run trains them: ISBI's when it predicts the test volume, every folder data set's.
+    """
     return [
         pattern.format(dataset=dataset, run=pipeline.ALL_SLICES, seed=seed)
         for dataset in EXPERIMENTS
-        if PROTOCOL[dataset] == "isbi"
+        if PROTOCOL[dataset] in protocols and pipeline.trains_on_all(config, dataset)
         for seed in SEEDS
     ]
 
@@ -94,7 +99,7 @@ def all_slices_paths(pattern):
 def submissions():
     """The ISBI test-volume submission stacks (a model trained on all slices), if asked for."""
     return all_slices_paths(
-        "results/predictions/{dataset}/{run}/seed{seed}/submission.tif"
+        "results/predictions/{dataset}/{run}/seed{seed}/submission.tif", ("isbi",)
     )
 
 
@@ -143,6 +148,20 @@ def settings_note():
     )
 
 
+def raw_data(dataset):
+    """What `unet prepare` reads: the fetched or synthesised layout, or a folder data set's files where they are."""
+    if PROTOCOL[dataset] == pipeline.FOLDER:
+        return pipeline.folder_files(config["datasets"][dataset]["source"])
+    return [f"results/raw/{dataset}"]
+
+
+def raw_folder(dataset):
+    """The folder `unet prepare --raw` takes."""
+    if PROTOCOL[dataset] == pipeline.FOLDER:
+        return config["datasets"][dataset]["source"]
+    return f"results/raw/{dataset}"
+
+
 def split_files(dataset, split):
     """The files of a prepared labelled split (`unet prepare`), which every later stage reads."""
     folder = f"results/data/{dataset}/{split}"
@@ -173,7 +192,7 @@ def held_out_flags(wildcards):
     run = run_of(wildcards)
     if run.held_out:
         return f"--val-data results/data/{wildcards.dataset}/{run.held_out}"
-    return run.fold_flags(FOLDS)
+    return run.fold_flags(FOLDS[wildcards.dataset])
 
 
 def prediction_inputs(wildcards, split=None):

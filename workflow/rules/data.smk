@@ -1,9 +1,10 @@
 # Data: fetch (download, copy from a mirror, verify, unpack) or synthesize each data set into
 # results/raw/{dataset}/ in its official layout, then prepare the canonical splits that the
-# later stages read. A data set whose source is "synthetic" is made by `synthesize`; every
-# other one is fetched (from `mirror` when it is set).
+# later stages read. A data set whose source is "synthetic" is made by `synthesize`; a folder
+# data set (your own images) is prepared from its folder where it is; every other one is
+# fetched (from `mirror` when it is set).
 SYNTHETIC = [d for d in DATASETS if config["datasets"][d]["source"] == "synthetic"]
-FETCHED = [d for d in DATASETS if d not in SYNTHETIC]
+FETCHED = [d for d in DATASETS if d not in SYNTHETIC and PROTOCOL[d] != pipeline.FOLDER]
 FETCHED_CTC = [d for d in FETCHED if PROTOCOL[d] == "ctc"]
 # The `fetch` and `synthesize` rules write the same paths for disjoint data sets.
 ONE_OF = {
@@ -84,10 +85,10 @@ rule synthesize:
         "unet synthesize {params.kind_and_flags} {output} > {log} 2>&1"
 
 
-# The labelled splits: ISBI's training slices, the CTC training sequences.
+# The labelled splits: ISBI's training slices, the CTC training sequences, a folder's images.
 rule prepare:
     input:
-        "results/raw/{dataset}",
+        lambda w: raw_data(w.dataset),
     output:
         images="results/data/{dataset}/{split}/images.tif",
         labels="results/data/{dataset}/{split}/labels.tif",
@@ -108,10 +109,12 @@ rule prepare:
         runtime=20,
     params:
         protocol=lambda w: PROTOCOL[w.dataset],
+        raw=lambda w: raw_folder(w.dataset),
         out=subpath(output.frames, ancestor=2),
+        flags=lambda w: pipeline.prepare_flags(config, w.dataset),
     shell:
-        "unet prepare {wildcards.dataset} --protocol {params.protocol} --raw {input}"
-        " --out {params.out} --splits {wildcards.split} > {log} 2>&1"
+        "unet prepare {wildcards.dataset} --protocol {params.protocol} --raw {params.raw:q}"
+        " --out {params.out} --splits {wildcards.split} {params.flags} > {log} 2>&1"
 
 
 # The ISBI test volume (no labels), for the submission file.

@@ -5,6 +5,8 @@
 # out (`--fold k --folds N`, the blocks training held out and prediction predicted).
 # CTC runs (01, 02: the training sequence) score the other sequence's result masks
 # against its official ground truth (the IoU outside the cells it leaves unannotated).
+# Folder runs (fold{k}) score their probability stack against the labels of the images they
+# held out, each at its true size, with the metrics of the masks' kind (`unet evaluate split`).
 
 
 rule evaluate_isbi:
@@ -34,7 +36,7 @@ rule evaluate_isbi:
         mem_mb=4000,
         runtime=30,
     params:
-        fold=lambda w: run_of(w).fold_flags(FOLDS),
+        fold=lambda w: run_of(w).fold_flags(FOLDS[w.dataset]),
         settings=lambda w: flags(w, "evaluate"),
     shell:
         "unet evaluate isbi {input.probabilities:q} {input.labels:q} {params.fold} {params.settings}"
@@ -76,3 +78,43 @@ rule evaluate_ctc:
     shell:
         "unet evaluate ctc {input.results:q} {params.ground_truth:q} --unannotated {params.split:q}"
         " --out {output.scores:q} --figure {output.figure:q} > {log:q} 2>&1"
+
+
+rule evaluate_folder:
+    input:
+        unpack(
+            lambda w: split_files(w.dataset, run_of(w).split)
+            | {
+                "probabilities": f"results/predictions/{w.dataset}/{w.run}/seed{w.seed}/probabilities.tif"
+            }
+        ),
+    output:
+        scores="results/scores/{dataset}/{run}/seed{seed}.json",
+        figure=report(
+            "results/figures/overlay-{dataset}-{run}-seed{seed}.png",
+            caption="../report/overlay.rst",
+            category="Predictions",
+            subcategory="{dataset}",
+            labels={"run": "{run}", "seed": "{seed}"},
+        ),
+    log:
+        "results/logs/evaluate_folder/{dataset}/{run}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate_folder/{dataset}/{run}/seed{seed}.tsv"
+    wildcard_constraints:
+        dataset=PROTOCOL_DATASETS["folder"],
+        run=pipeline.FOLD_RUN_PATTERN,
+    conda:
+        "../../envs/unet.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        data=subpath(input.frames, parent=True),
+        fold=lambda w: run_of(w).fold_flags(FOLDS[w.dataset]),
+        settings=lambda w: flags(w, "evaluate"),
+        instances=lambda w: pipeline.instance_flags(config, w.dataset),
+    shell:
+        "unet evaluate split {input.probabilities:q} {params.data:q} {params.fold} {params.settings}"
+        " {params.instances} --out {output.scores:q} --figure {output.figure:q} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
 # Overlap-tile prediction (unet/predict.py): each model predicts the frames it did not see.
 #
-#   isbi run fold{k}: the k-th contiguous block of the training slices (0-based);
+#   run fold{k}:      the k-th contiguous block of the labelled frames (0-based): ISBI's
+#                     training slices, a folder data set's images in their seeded order;
 #   isbi run all:     the test volume, plus the challenge submission stack;
 #   ctc run 01 / 02:  the model trained on one sequence predicts the other and
 #                     writes its {other}_RES/maskTTT.tif for every frame;
@@ -10,17 +11,17 @@
 # Like training, each job runs on a GPU of its own where there are several (`unet gpu`).
 
 
-rule predict_isbi_fold:
+rule predict_fold:
     input:
         unpack(prediction_inputs),
     output:
         "results/predictions/{dataset}/{run}/seed{seed}/probabilities.tif",
     log:
-        "results/logs/predict_isbi_fold/{dataset}/{run}/seed{seed}.log",
+        "results/logs/predict_fold/{dataset}/{run}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/predict_isbi_fold/{dataset}/{run}/seed{seed}.tsv"
+        "results/benchmarks/predict_fold/{dataset}/{run}/seed{seed}.tsv"
     wildcard_constraints:
-        dataset=PROTOCOL_DATASETS["isbi"],
+        dataset=CROSS_VALIDATED_DATASETS,
         run=pipeline.FOLD_RUN_PATTERN,
     conda:
         "../../envs/unet.yaml"
@@ -30,7 +31,7 @@ rule predict_isbi_fold:
         runtime=120,
     params:
         data=subpath(input.frames, parent=True),
-        fold=lambda w: run_of(w).fold_flags(FOLDS),
+        fold=lambda w: run_of(w).fold_flags(FOLDS[w.dataset]),
         settings=lambda w: flags(w, "predict"),
     shell:
         "unet gpu -- unet predict --model {input.model} --data {params.data} --out {output}"

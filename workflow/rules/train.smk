@@ -3,7 +3,9 @@
 #   isbi run fold{k}: the training slices except the k-th contiguous block, which gives
 #                     the held-out scores in log.csv (and is what predict scores);
 #   isbi run all:     all training slices (the model for the test volume);
-#   ctc run 01 / 02:  the labelled frames of that sequence.
+#   ctc run 01 / 02:  the labelled frames of that sequence;
+#   folder run fold{k}, all: as isbi's, over the images in their seeded order
+#                     (datasets.NAME.folds); `all` is the model to use and export.
 # Settings: the `model`, `augment` and `train` sections merged with the data set's own.
 
 
