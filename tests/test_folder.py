@@ -333,7 +333,7 @@ def test_held_out_scores_of_a_padded_frame_are_those_of_the_frame_alone(padded):
     height, width = split.sizes[row]
     labels = split.labels[[row]]
     scaled = normalize_intensity(split.images[[row]], sizes=[split.sizes[row]])
-    in_stack = HeldOut(scaled, labels, "instance", [0], "padded", [split.sizes[row]])
+    in_stack = HeldOut(scaled, labels, "instance", [0], "padded", sizes=[split.sizes[row]])
     alone = HeldOut(scaled[:, :height, :width], labels[:, :height, :width], "instance", [0], "alone")
     assert held_out_scores(model, in_stack, 140) == held_out_scores(model, alone, 140)
 
