@@ -18,7 +18,15 @@ from matplotlib.image import imread
 
 from unet.cli import main as unet_main
 from unet.export import FILES, describe, halo, read_test_input, smallest_input
-from unet.io import NORMALIZATION_PERCENTILES, DataError, normalize_intensity, read_stack, write_tiff
+from unet.io import (
+    NORMALIZATION_PERCENTILES,
+    DataError,
+    Split,
+    normalize_intensity,
+    read_stack,
+    write_split,
+    write_tiff,
+)
 from unet.model import UNet, load_model, save_model
 from unet.overlap_tile import predict_probabilities
 from unet.synthetic import em_section
@@ -303,15 +311,23 @@ def test_a_file_that_is_not_a_model_is_an_error_naming_it(tmp_path):
     assert not (tmp_path / "package.zip").exists()
 
 
-@pytest.mark.parametrize(
-    ("image", "problem"),
-    [
-        (np.full((30, 90), 7, np.uint8), "smaller than this package's smallest input"),
-        (np.zeros((60, 60), np.float32), "no contrast"),
-    ],
-)
-def test_a_test_image_the_package_cannot_use_is_an_error_naming_it(image, problem, tmp_path):
+def test_a_test_image_without_contrast_is_an_error_naming_it(tmp_path):
     path = tmp_path / "image.tif"
-    write_tiff(path, image)
-    with pytest.raises(DataError, match=f"^{path}: .*{problem}"):
+    write_tiff(path, np.zeros((60, 60), np.float32))
+    with pytest.raises(DataError, match=f"^{path}: .*no contrast"):
         read_test_input(str(path), DEPTH, NORMALIZATION_PERCENTILES)
+
+
+def test_a_small_test_image_is_mirrored_up_to_the_smallest_input_and_a_split_frame_taken_at_its_size(tmp_path):
+    small = np.arange(30 * 90, dtype=np.uint16).reshape(30, 90)
+    write_tiff(tmp_path / "small.tif", small)
+    side = min(smallest_input(DEPTH), 90)
+    test_input = read_test_input(str(tmp_path / "small.tif"), DEPTH, NORMALIZATION_PERCENTILES)[0, 0]
+    mirrored = np.pad(small, [(0, smallest_input(DEPTH) - 30), (0, 0)], mode="reflect")
+    left = (90 - side) // 2
+    assert np.array_equal(test_input, mirrored[:side, left : left + side])
+    # A prepared split pads its frames to one size; the package tests the first frame as acquired.
+    padded = np.pad(small, [(0, 40), (0, 10)], mode="reflect")[None]
+    write_split(tmp_path / "split", Split("own", "train", "binary", padded, [0], sizes=[(30, 90)]))
+    from_split = read_test_input(str(tmp_path / "split" / "images.tif"), DEPTH, NORMALIZATION_PERCENTILES)
+    assert np.array_equal(from_split, read_test_input(str(tmp_path / "small.tif"), DEPTH, NORMALIZATION_PERCENTILES))

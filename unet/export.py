@@ -58,7 +58,9 @@ from unet.io import (
     atomic_directory,
     atomic_path,
     check_finite,
+    crops,
     format_frames,
+    read_split,
     read_stack,
     write_tiff,
 )
@@ -180,19 +182,18 @@ def input_percentiles(metadata: dict) -> tuple[float, float]:
 
 
 def read_test_input(path: str | None, depth: int, percentiles: tuple[float, float]) -> np.ndarray:
-    """The package's test input: the centre square of the image (a stack's first frame), at most TEST_INPUT_SIDE px,
-    float32 (1, 1, side, side) with the values as acquired."""
+    """The package's test input: the centre square of the image (a stack's first frame; of a prepared split's
+    `images.tif`, that frame at its true size), at most TEST_INPUT_SIDE px, float32 (1, 1, side, side) with the
+    values as acquired. An image smaller than the package's smallest input is mirrored up to it, as the package's
+    tools pad it."""
     if path is None:
         image, source = _synthetic_section(), "the synthetic test section"
     else:
-        image, source = read_stack(path)[0], path
+        image, source = _first_frame(Path(path)), path
     check_finite(image, source)
+    shortfall = [max(0, smallest_input(depth) - extent) for extent in image.shape]
+    image = np.pad(image, [(0, missing) for missing in shortfall], mode="reflect" if min(image.shape) > 1 else "edge")
     height, width = image.shape
-    if min(height, width) < smallest_input(depth):
-        raise DataError(
-            f"{source}: the image is {height}x{width} px, smaller than this package's smallest input "
-            f"({smallest_input(depth)} px)"
-        )
     side = min(height, width, TEST_INPUT_SIDE)
     top, left = (height - side) // 2, (width - side) // 2
     crop = image[None, None, top : top + side, left : left + side].astype(np.float32)
@@ -200,6 +201,14 @@ def read_test_input(path: str | None, depth: int, percentiles: tuple[float, floa
     if high <= low:  # scale_range would divide by its eps alone
         raise DataError(f"{source}: the {side}x{side} px centre has no contrast (percentiles {percentiles} coincide)")
     return crop
+
+
+def _first_frame(path: Path) -> np.ndarray:
+    """The first image of a TIFF; of a prepared split's `images.tif` (frames padded to one size), at its true size."""
+    if path.name == "images.tif" and (path.parent / "frames.json").is_file():
+        split = read_split(path.parent, labels=False)
+        return crops(split.images[:1], split.true_sizes()[:1])[0]
+    return read_stack(path)[0]
 
 
 def _synthetic_section() -> np.ndarray:
