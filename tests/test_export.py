@@ -105,8 +105,9 @@ def package_array(package: Path, name: str) -> np.ndarray:
 
 
 def unet_predict(model_file: Path, scaled: np.ndarray) -> np.ndarray:
-    """The cell probability of `unet predict --tta none` for an image already scaled (its overlap-tile prediction)."""
-    return predict_probabilities(load_model(model_file), scaled[None], tta="none")[0]
+    """The cell probability of `unet predict --tta none --precision fp32` for an image already scaled (its
+    overlap-tile prediction): the package's consumers compute in fp32, whatever `auto` would choose here."""
+    return predict_probabilities(load_model(model_file), scaled[None], tta="none", precision="fp32")[0]
 
 
 def scaled_like_bioimageio_core(image: np.ndarray) -> np.ndarray:
