@@ -226,14 +226,18 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike):
+def read_json(path: str | os.PathLike) -> dict:
+    """The JSON object (`{...}`) in `path`; each of our JSON files holds one. Anything else is a `DataError`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object {{...}}, found {json.dumps(value)[:40]}")
+    return value
 
 
 # The intensity percentiles of an image that the network sees as 0 and 1 (`normalize_intensity`).
