@@ -172,6 +172,8 @@ def read_tiff_with_axes(path: str | os.PathLike, *, shown_as: str | None = None)
         raise DataError(f"{name}: not a readable TIFF ({error})") from error
     if warnings:
         raise DataError(f"{name}: a damaged or truncated TIFF ({warnings[0]})")
+    if array.dtype.kind == "c":  # numpy would drop the imaginary part silently, with a ComplexWarning
+        raise DataError(f"{name}: complex pixels ({array.dtype}); save the image's magnitude or real part instead")
     return array, axes
 
 
