@@ -169,6 +169,28 @@ def test_bad_inputs_name_the_path(tmp_path):
         assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
+def test_a_model_with_nan_weights_is_refused_before_any_image_is_read(tmp_path):
+    model = cell_model(tmp_path / "model.pt")
+    with torch.no_grad():
+        model.head.bias[1] = float("inf")
+    save_model(tmp_path / "diverged.pt", model)
+    tifffile.imwrite(tmp_path / "image.tif", np.zeros((20, 20), np.uint8))
+    result = unet(
+        "predict",
+        "--model",
+        tmp_path / "model.pt",
+        tmp_path / "diverged.pt",
+        "--images",
+        tmp_path / "image.tif",
+        "--out",
+        tmp_path / "out",
+    )
+    assert result.returncode == 2 and result.stderr.startswith(
+        f"unet predict: error: {tmp_path / 'diverged.pt'}: 1 weights of head.bias are NaN or infinite"
+    )
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_prepared_stacks_and_predictions_open_in_fiji_as_slices_or_frames(shared_data, tmp_path):
     """Fiji reads an ImageJ stack without axes as channels: EM volumes are slices, cell sequences frames."""
     unet(
