@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from unet.augment import Augmenter
 from unet.cli import main
 from unet.errors import UsageError
-from unet.io import DataError, Split, write_split, write_tiff
+from unet.io import DataError, Split, write_split, write_tiff, write_weight_maps
 from unet.model import load_model
 from unet.settings import AugmentSettings, ModelSettings, TrainSettings
 from unet.train import learning_rate_at, load_data, load_held_out, train, weighted_cross_entropy
@@ -45,9 +45,9 @@ def write_synthetic(data: Path, weights: Path, frames: int = 6, size: int = 64, 
             row, column = rng.integers(8, size - 8, 2)
             label[(rows - row) ** 2 + (columns - column) ** 2 < rng.integers(5, 10) ** 2] = 1
     images = np.clip(60 + 120 * labels + rng.normal(0, 20, labels.shape), 0, 255).astype(np.uint8)
-    write_split(data, Split("demo", "train", "binary", images, list(range(frames)), labels, list(range(frames))))
-    write_tiff(weights / "target.tif", labels, axes="ZYX")
-    write_tiff(weights / "weights.tif", np.ones(labels.shape, np.float32), axes="ZYX")
+    split = Split("demo", "train", "binary", images, list(range(frames)), labels, list(range(frames)))
+    write_split(data, split)
+    write_weight_maps(weights, split, labels, np.ones(labels.shape, np.float32), data_dir=data, settings={})
     return data, weights
 
 
@@ -331,10 +331,13 @@ def test_cell_runs_score_the_held_out_sequence_with_seg(tmp_path):
         for cell, (row, column) in enumerate(rng.integers(12, 52, (3, 2)), start=1):
             frame[(rows - row) ** 2 + (columns - column) ** 2 < 64] = cell
     images = np.clip(60 + 120 * (labels > 0) + rng.normal(0, 20, labels.shape), 0, 255).astype(np.uint8)
-    for sequence in ("01", "02"):
-        write_split(tmp_path / sequence, Split("cells", sequence, "instance", images, [0, 1], labels, [0, 1]))
-    write_tiff(tmp_path / "weights" / "target.tif", (labels > 0).astype(np.uint8), axes="ZYX")
-    write_tiff(tmp_path / "weights" / "weights.tif", np.ones(labels.shape, np.float32), axes="ZYX")
+    splits = {
+        sequence: Split("cells", sequence, "instance", images, [0, 1], labels, [0, 1]) for sequence in ("01", "02")
+    }
+    for sequence, split in splits.items():
+        write_split(tmp_path / sequence, split)
+    targets, weights = (labels > 0).astype(np.uint8), np.ones(labels.shape, np.float32)
+    write_weight_maps(tmp_path / "weights", splits["01"], targets, weights, data_dir=tmp_path / "01", settings={})
     out = tmp_path / "model"
     unet(
         *train_arguments(
