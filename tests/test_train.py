@@ -172,6 +172,8 @@ def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, caps
         load_data(data, weights, [0, 1], [1])
     with pytest.raises(DataError, match=r"frames \[7, 8\] are not labelled"):
         load_data(data, weights, [7, 8])
+    with pytest.raises(UsageError, match=r"^--val-frames 0-5 holds out every labelled frame of \S*data: none is left"):
+        load_data(data, weights, val_frames=list(range(6)))
     poisoned = np.ones((6, 64, 64), np.float32)
     poisoned[2, 3, 4] = np.nan
     write_tiff(weights / "weights.tif", poisoned, axes="ZYX")
@@ -182,6 +184,19 @@ def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, caps
     assert "weights.tif: shape (5, 64, 64) does not match the labels" in capsys.readouterr().err
     assert main(["train", "--data", str(data), "--weights", str(weights), "--out", "m", "--momentum", "1"]) == 2
     assert "--momentum = 1.0: must be < 1" in capsys.readouterr().err
+
+
+def test_a_checkpoint_file_of_another_program_is_refused_and_kept(synthetic, tmp_path, capsys):
+    data, weights = synthetic
+    out = tmp_path / "model"
+    out.mkdir()
+    torch.save({"model": torch.zeros(2)}, out / "checkpoint.pt")
+    assert main(train_arguments(data, weights, out, "--iterations", "2")) == 2
+    assert capsys.readouterr().err == (
+        f"unet train: error: {out / 'checkpoint.pt'}: not a checkpoint of `unet train` (it holds the keys "
+        "['model']); move it away, or train into another --out\n"
+    )
+    assert list(torch.load(out / "checkpoint.pt", weights_only=True)) == ["model"]
 
 
 # --- training -----------------------------------------------------------------------------
