@@ -99,7 +99,7 @@ def read_ctc_split(dataset: str, raw: Path, sequence: str, *, labelled: bool = T
 
 def _check_no_gaps(files: dict[int, Path], folder: Path, prefix: str) -> None:
     """A `DataError` naming the first missing file if the numbered `files` skip a frame (a sequence may start at
-    any frame, but its frames follow each other: a tracking ground truth counts them)."""
+    any frame number, but a gap is a file lost on the way)."""
     frames = list(files)
     missing = sorted(set(range(frames[0], frames[-1] + 1)) - set(frames))
     if missing:
@@ -130,9 +130,9 @@ def unannotated_extents(raw: Path, sequence: str, labels: np.ndarray, frames: li
     areas = np.concatenate([np.bincount(label.ravel())[1:] for label in labels])
     radius = float(np.sqrt(np.median(areas[areas > 0]) / np.pi)) if (areas > 0).any() else 0.0
     extents = np.zeros(labels.shape, dtype=bool)
+    if not markers:  # no tracking ground truth: no cell is known to lack its mask
+        return extents
     for row, (frame, label) in enumerate(zip(frames, labels)):
-        if not markers:
-            continue
         if frame not in markers:
             missing = _numbered(markers, tracking, "man_track", frame)
             raise DataError(f"{missing}: no such file: the tracking markers of annotated frame {frame}")
