@@ -159,7 +159,7 @@ def read_tracks(path: Path) -> dict[int, tuple[int, int]]:
         fields = line.split()
         if not fields:
             continue
-        values = [int(field) for field in fields if field.isdigit()]
+        values = [int(field) for field in fields if field.isdecimal()]
         if len(fields) != 4 or len(values) != 4 or values[0] == 0 or values[1] > values[2] or values[0] in tracks:
             raise DataError(
                 f"{path}: line {number} {line.strip()[:40]!r} is not a track `L B E P`: a new label L > 0, first "
