@@ -312,6 +312,20 @@ def test_a_file_that_is_not_a_model_is_an_error_naming_it(tmp_path):
     assert not (tmp_path / "package.zip").exists()
 
 
+def test_a_model_with_nan_weights_is_refused_naming_it(tmp_path):
+    model = tiny_unet()
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")  # its package would pass `bioimageio test`: NaN in, NaN out
+    save_model(tmp_path / "diverged.pt", model)
+    result = unet("export", tmp_path / "diverged.pt", tmp_path / "package.zip")
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"unet export: error: {tmp_path / 'diverged.pt'}: 1 weights of head.weight are NaN or infinite; the training "
+        "that wrote it diverged, or the file is damaged\n",
+    )
+    assert not (tmp_path / "package.zip").exists()
+
+
 def test_a_test_image_without_contrast_is_an_error_naming_it(tmp_path):
     path = tmp_path / "image.tif"
     write_tiff(path, np.zeros((60, 60), np.float32))
