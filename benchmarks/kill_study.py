@@ -15,8 +15,12 @@ agree), then REPEATS times, each in a fresh copy of the user's folder:
    checkpoint and must end with the same weights and logged losses) and leave nothing the reference run did
    not leave (no temporary of the kill).
 
+With --over-previous, the user's folder also holds the outputs of an earlier identical run, and each kill lands
+in a run that replaces them: an output is then the previous one, the new one (the same) or absent.
+
     python benchmarks/kill_study.py                            # all commands, 20 kills each (about 10 min)
     python benchmarks/kill_study.py --commands train fetch --repeats 5 --out kills.json
+    python benchmarks/kill_study.py --over-previous
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -181,19 +185,20 @@ def _run(cwd: Path, command: Command, timeout: float = 600) -> float:
 # --- what a folder holds: the user's files, the outputs' digests ----------------------------------------------
 
 
-def user_files(folder: Path) -> dict[str, tuple[int, int, str]]:
-    """Every file under `folder`: relative path -> (size, mtime, sha256)."""
+def user_files(folder: Path, command: Command) -> dict[str, tuple[int, int, str]]:
+    """Every file under `folder` but `command`'s outputs: relative path -> (size, mtime, sha256)."""
     found = {}
+    outputs = [folder / output for output in command.outputs]
     for path in _walk(folder):
-        if path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink() and not any(path.is_relative_to(output) for output in outputs):
             status = path.stat()
             found[str(path.relative_to(folder))] = (status.st_size, status.st_mtime_ns, _sha256(path.read_bytes()))
     return found
 
 
-def touched(folder: Path, before: dict[str, tuple[int, int, str]]) -> list[str]:
+def touched(folder: Path, command: Command, before: dict[str, tuple[int, int, str]]) -> list[str]:
     """The files of `before` that are no longer as they were: changed, removed or rewritten."""
-    now = user_files(folder)
+    now = user_files(folder, command)
     return sorted(name for name, state in before.items() if now.get(name) != state)
 
 
@@ -322,11 +327,13 @@ def partial_outputs(folder: Path, command: Command, reference: dict[str, str | N
 
 @dataclass
 class Reference:
-    """What an uninterrupted run gives: its outputs' digests, what it leaves in the folder, how long it takes."""
+    """What an uninterrupted run gives: its outputs' digests, what it leaves in the folder, how long it takes, and
+    the folder of a first run (its outputs are the previous ones of a run `over_previous`)."""
 
     digests: dict[str, str | None]
     entries: set[str]
     seconds: float
+    folder: Path | None = None
 
 
 @dataclass
@@ -343,9 +350,16 @@ class Trial:
     rerun_error: str = ""
 
 
-def user_folder(inputs: Path, command: Command, folder: Path) -> Path:
-    """A fresh copy of the user's folder: the command's inputs and a notes file beside its outputs."""
+def user_folder(inputs: Path, command: Command, folder: Path, previous: Path | None = None) -> Path:
+    """A fresh copy of the user's folder: the command's inputs, a notes file beside its outputs and, from a
+    `previous` run's folder, its outputs (which the command then replaces)."""
     folder.mkdir(parents=True)
+    for output in command.outputs if previous is not None else ():
+        (folder / output).parent.mkdir(parents=True, exist_ok=True)
+        if (previous / output).is_dir():
+            shutil.copytree(previous / output, folder / output)
+        else:
+            shutil.copy2(previous / output, folder / output)
     for name in command.inputs:
         source = inputs / name
         if source.is_dir():
@@ -356,26 +370,31 @@ def user_folder(inputs: Path, command: Command, folder: Path) -> Path:
     return folder
 
 
-def reference_run(inputs: Path, command: Command, work: Path) -> Reference:
-    """Two uninterrupted runs: the second is timed (the first pays for compiling and caching), and both must
-    give the same result, or a rerun could not be compared with it."""
-    runs = []
+def reference_run(inputs: Path, command: Command, work: Path, over_previous: bool = False) -> Reference:
+    """Two uninterrupted runs, which must give the same result, or a rerun could not be compared with it. The
+    second is timed (the first pays for compiling and caching); `over_previous`, it replaces the first's outputs."""
+    runs: list[Reference] = []
     for attempt in ("first", "second"):
-        folder = user_folder(inputs, command, work / f"reference-{attempt}")
-        before = user_files(folder)
+        previous = runs[0].folder if runs and over_previous else None
+        folder = user_folder(inputs, command, work / f"reference-{attempt}", previous)
+        before = user_files(folder, command)
         seconds = _run(folder, command)
-        if touched(folder, before):
-            raise RuntimeError(f"{folder}: an uninterrupted run changed the user's files {touched(folder, before)}")
-        runs.append(Reference(digests(folder, command), entries(folder), seconds))
+        changed = touched(folder, command, before)
+        if changed:
+            raise RuntimeError(f"{folder}: an uninterrupted run changed the user's files {changed}")
+        runs.append(Reference(digests(folder, command), entries(folder), seconds, folder))
     if runs[0].digests != runs[1].digests or runs[0].entries != runs[1].entries:
         raise RuntimeError(f"{' '.join(command.argv)}: two uninterrupted runs differ: {runs}")
-    return runs[1]
+    return replace(runs[1], folder=runs[0].folder)
 
 
-def kill_trial(inputs: Path, command: Command, reference: Reference, folder: Path, kill_at: float) -> Trial:
-    """Run `command` in a fresh user folder, SIGKILL it after `kill_at` seconds, check, rerun, check."""
-    folder = user_folder(inputs, command, folder)
-    before = user_files(folder)
+def kill_trial(
+    inputs: Path, command: Command, reference: Reference, folder: Path, kill_at: float, over_previous: bool = False
+) -> Trial:
+    """Run `command` in a fresh user folder (`over_previous`: holding the reference's outputs), SIGKILL it after
+    `kill_at` seconds, check, rerun, check."""
+    folder = user_folder(inputs, command, folder, reference.folder if over_previous else None)
+    before = user_files(folder, command)
     process = subprocess.Popen(
         command.argv,
         cwd=folder,
@@ -395,13 +414,13 @@ def kill_trial(inputs: Path, command: Command, reference: Reference, folder: Pat
     trial.outputs_after_kill = [output for output in command.outputs if (folder / output).exists()]
     trial.left_by_kill = sorted(entries(folder) - reference.entries)
     trial.partial = partial_outputs(folder, command, reference.digests)
-    trial.touched = touched(folder, before)
+    trial.touched = touched(folder, command, before)
 
     rerun = subprocess.run(
         command.argv, cwd=folder, env=ENVIRONMENT, capture_output=True, text=True, timeout=60 + 10 * reference.seconds
     )
     trial.rerun_status = rerun.returncode
-    trial.touched = sorted(set(trial.touched) | set(touched(folder, before)))
+    trial.touched = sorted(set(trial.touched) | set(touched(folder, command, before)))
     trial.left_by_rerun = sorted(entries(folder) - reference.entries)
     if rerun.returncode != 0:
         trial.rerun_error = rerun.stderr[-2000:]
@@ -414,15 +433,22 @@ def kill_trial(inputs: Path, command: Command, reference: Reference, folder: Pat
 
 
 def study(
-    command: Command, inputs: Path, work: Path, repeats: int, rng: random.Random, keep: bool = False
+    command: Command,
+    inputs: Path,
+    work: Path,
+    repeats: int,
+    rng: random.Random,
+    over_previous: bool = False,
+    keep: bool = False,
 ) -> tuple[Reference, list[Trial]]:
     """The reference run of `command`, then `repeats` kill trials; the folder of a trial that passed is removed
     (a fetch's holds 110 MB) unless `keep`."""
-    reference = reference_run(inputs, command, work)
+    reference = reference_run(inputs, command, work, over_previous)
     trials = []
     for repeat in range(repeats):
         folder = work / f"kill-{repeat:02d}"
-        trials.append(kill_trial(inputs, command, reference, folder, kill_at=rng.uniform(0, reference.seconds)))
+        kill_at = rng.uniform(0, reference.seconds)
+        trials.append(kill_trial(inputs, command, reference, folder, kill_at, over_previous))
         if not keep and not failed(trials[-1]):
             shutil.rmtree(folder)
     return reference, trials
@@ -458,7 +484,7 @@ def row(name: str, reference: Reference, trials: list[Trial]) -> list[object]:
 
 
 def run_study(
-    commands: list[str], repeats: int, seed: int, work: Path, keep: bool = False
+    commands: list[str], repeats: int, seed: int, work: Path, over_previous: bool = False, keep: bool = False
 ) -> dict[str, tuple[Reference, list[Trial]]]:
     """The study of `commands` in `work`: per command, its reference and its trials. Each command draws its kill
     moments from its own generator, so they do not depend on which other commands are studied."""
@@ -467,7 +493,7 @@ def run_study(
     for name in commands:
         start = time.perf_counter()
         rng = random.Random(f"{seed}:{name}")
-        results[name] = study(COMMANDS[name], inputs, work / name, repeats, rng, keep)
+        results[name] = study(COMMANDS[name], inputs, work / name, repeats, rng, over_previous, keep)
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return results
 
@@ -478,19 +504,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commands", nargs="+", choices=list(COMMANDS), default=list(COMMANDS), metavar="COMMAND")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--out", type=Path, help="also write the record here: FILE.json (every trial) or FILE.md")
+    parser.add_argument(
+        "--over-previous",
+        action="store_true",
+        help="kill each command while it replaces the outputs of an earlier identical run (default: a fresh folder)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (its path is printed)")
     args = parser.parse_args(argv)
     if args.device != "cpu":
         parser.error("the study runs the commands on the CPU; --device must be cpu")
     work = Path(tempfile.mkdtemp(prefix="kill-study-"))
     try:
-        results = run_study(args.commands, args.repeats, args.seed, work, args.keep)
+        results = run_study(args.commands, args.repeats, args.seed, work, args.over_previous, args.keep)
     finally:
         if args.keep:
             print(f"work folder: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    rows = [row(name, *result) for name, result in results.items()]
+    label = " over its previous output" if args.over_previous else ""
+    rows = [row(name + label, *result) for name, result in results.items()]
     command = "python " + " ".join(["benchmarks/kill_study.py", *(sys.argv[1:] if argv is None else argv)])
     notes = NOTES_TEXT.format(repeats=args.repeats, seed=args.seed)
     common.report("kill-study", HEADER, rows, device="cpu", record=args.record, command=command, notes=notes)

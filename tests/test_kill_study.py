@@ -62,6 +62,13 @@ def test_the_study_of_fetch_prepare_and_weightmap_finds_every_kill_clean(tmp_pat
         assert all(trial.rerun_status == 0 and trial.rerun_equal for trial in trials)
 
 
+def test_the_study_of_fetch_over_its_previous_output_finds_every_kill_clean(tmp_path):
+    """The kills land while fetch replaces the data set an earlier run put there (a folder swapped whole)."""
+    reference, trials = run_study(["fetch"], repeats=2, seed=0, work=tmp_path, over_previous=True)["fetch"]
+    assert (reference.folder / "raw" / "train-volume.tif").is_file()
+    assert [failed(trial) for trial in trials] == [False, False], trials
+
+
 def test_a_careless_command_killed_mid_write_is_counted_partial_touching_unequal_and_leaving_files(tmp_path):
     (tmp_path / "inputs").mkdir()
     reference = Reference(digests={"out.txt": "what a first run wrote"}, entries={NOTES, "out.txt"}, seconds=1.0)
