@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     label = " over its previous output" if args.over_previous else ""
     rows = [row(name + label, *result) for name, result in results.items()]
     command = "python " + " ".join(["benchmarks/kill_study.py", *(sys.argv[1:] if argv is None else argv)])
-    notes = NOTES_TEXT.format(repeats=args.repeats, seed=args.seed)
+    notes = NOTES_TEXT.format(repeats=args.repeats, seed=args.seed) + (OVER_PREVIOUS_TEXT if args.over_previous else "")
     common.report("kill-study", HEADER, rows, device="cpu", record=args.record, command=command, notes=notes)
     if args.out:
         write_record(args.out, command, rows, results, notes)
@@ -541,6 +541,8 @@ NOTES_TEXT = (
     "final name that is incomplete or not the reference's. User files touched: a file of the folder from before "
     "the run changed or rewritten. Reruns equal: the same command again exits 0 with the reference's outputs."
 )
+
+OVER_PREVIOUS_TEXT = " Each folder also held the outputs of an earlier identical run, which the killed run replaced."
 
 
 def failed(trial: Trial) -> bool:
