@@ -98,7 +98,8 @@ COMMANDS = {
     "weightmap": Command(
         (*UNET, "weightmap", "data/train", "weights", "--figure", "fig3.png"),
         inputs=("data",),
-        outputs=("weights/target.tif", "weights/weights.tif", "fig3.png"),
+        # weightmap.json: the record of what the maps were computed from (where the package writes one).
+        outputs=("weights/target.tif", "weights/weights.tif", "weights/weightmap.json", "fig3.png"),
     ),
     "train": Command(
         (*UNET, *train_arguments("model", iterations=40)),
