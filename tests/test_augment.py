@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from unet.augment import Augmenter, SampleParameters, deformed_grid, plot_augmentation
 from unet.errors import UsageError
-from unet.io import Split, normalize_intensity, write_split, write_tiff
+from unet.io import Split, normalize_intensity, write_split, write_weight_maps
 from unet.settings import AugmentSettings
 from unet.sizes import InvalidSizeError
 
@@ -306,12 +306,9 @@ def test_deformed_grid_figure(isbi, tmp_path):
 
 def test_cli_draws_the_figure_from_a_prepared_split(isbi, tmp_path):
     images, targets, weights = isbi
-    write_split(
-        tmp_path / "data",
-        Split("isbi2012", "train", "binary", (images * 255).astype(np.uint8), [4, 9], targets, [4, 9]),
-    )
-    write_tiff(tmp_path / "weights" / "target.tif", targets, axes="ZYX")
-    write_tiff(tmp_path / "weights" / "weights.tif", weights, axes="ZYX")
+    split = Split("isbi2012", "train", "binary", (images * 255).astype(np.uint8), [4, 9], targets, [4, 9])
+    write_split(tmp_path / "data", split)
+    write_weight_maps(tmp_path / "weights", split, targets, weights, data_dir=tmp_path / "data", settings={})
     figure = tmp_path / "figure.png"
     result = unet(
         "augment",

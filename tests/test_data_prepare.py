@@ -148,3 +148,41 @@ def test_a_bad_split_leaves_the_splits_prepared_before_as_they_were(shared_data,
         prepare("isbi2012", raw, tmp_path / "data")
     assert {path.name: path.read_bytes() for path in (tmp_path / "data" / "train").iterdir()} == before
     assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["test", "train"]
+
+
+def test_a_ctc_sequence_with_a_missing_frame_or_garbage_tracks_is_refused_naming_the_file(tmp_path):
+    raw = tmp_path / "raw"
+    cells = np.zeros((16, 16), np.uint16)
+    cells[2:6, 2:6], cells[9:14, 9:14] = 1, 2
+    _cells(raw, {0: np.where(cells == 1, 1, 0).astype(np.uint16)})  # cell 2 is not annotated
+    tracking = raw / "01_GT" / "TRA"
+    tracking.mkdir()
+    for t in range(3):
+        tifffile.imwrite(tracking / f"man_track{t:03d}.tif", cells)
+    (tracking / "man_track.txt").write_text("1 0 2 0\n2 0 2 0\n")
+    prepare("cells", raw, tmp_path / "data", protocol="ctc", splits=["01"])  # a whole sequence prepares
+    assert read_split(tmp_path / "data" / "01").unannotated[0, 10, 10]
+
+    def refused(message: str) -> None:
+        with pytest.raises(DataError, match=message):
+            prepare("cells", raw, tmp_path / "data", protocol="ctc", splits=["01"])
+
+    for text, line in [("1 0 2\n", "1 0 2"), ("1 0 2 0\n2 2 1 0\n", "2 2 1 0"), ("cells: 2\n", "cells: 2")]:
+        (tracking / "man_track.txt").write_text(text)
+        refused(f"^{tracking / 'man_track.txt'}: line \\d '{line}' is not a track `L B E P`")
+    (tracking / "man_track.txt").write_text("1 0 2 0\n2 1 2 1\n3 0 2 4\n")
+    refused(r"man_track.txt: parent tracks \[4\] are not listed")
+    (tracking / "man_track.txt").write_text("1 0 2 0\n2 1 2 1\n")  # the file of another sequence: cell 2 from frame 1
+    refused(f"^{tracking / 'man_track000.tif'}: marker 2 is not a track at frame 0: in man_track.txt it spans frames 1")
+    (tracking / "man_track.txt").write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
+    result = unet("prepare", "cells", "--protocol", "ctc", "--raw", raw, "--out", tmp_path / "data", "--splits", "01")
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"unet prepare: error: {tracking / 'man_track.txt'}: not a text file of tracks `L B E P`\n",
+    )
+    (tracking / "man_track.txt").write_text("1 0 2 0\n2 0 2 0\n")
+    (tracking / "man_track000.tif").unlink()
+    refused(f"^{tracking / 'man_track000.tif'}: no such file: the tracking markers of annotated frame 0")
+    (raw / "01" / "t001.tif").unlink()
+    refused(f"^{raw / '01' / 't001.tif'}: no such file, but the sequence runs from frame 0 to 2 \\(1 missing\\)")
+    assert read_split(tmp_path / "data" / "01").frames == [0, 1, 2]  # the split prepared before is kept

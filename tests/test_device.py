@@ -8,15 +8,30 @@ import torch
 
 from unet.augment import Augmenter
 from unet.checkpoint import resume, save_checkpoint
-from unet.device import channels_last_pays, memory_format, native_bf16, precision_used, uses_bf16
+from unet.device import channels_last_pays, memory_format, native_bf16, precision_used, resolve_device, uses_bf16
 from unet.errors import UsageError
 from unet.model import UNet
 from unet.settings import AugmentSettings, TrainSettings
 from unet.sizes import output_size
 from unet.train import Trainer
 
+from helpers import unet
+
 CPU = torch.device("cpu")
 TILE, DEPTH = 60, 2
+
+
+def test_a_device_the_package_does_not_run_on_is_one_line_naming_it(tmp_path):
+    for name in ("meta", "mps"):
+        with pytest.raises(UsageError, match=f"^--device {name}: not a device of this package"):
+            resolve_device(name)
+    result = unet(
+        "predict", "--model", tmp_path / "model.pt", "--images", tmp_path, "--out", tmp_path / "out", "--device", "tpu"
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "unet predict: error: --device tpu: not a device of this package (use auto, cpu, cuda or cuda:N)\n",
+    )
 
 
 def test_auto_is_bf16_exactly_where_the_cpu_has_bf16_instructions():

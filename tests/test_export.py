@@ -105,8 +105,9 @@ def package_array(package: Path, name: str) -> np.ndarray:
 
 
 def unet_predict(model_file: Path, scaled: np.ndarray) -> np.ndarray:
-    """The cell probability of `unet predict --tta none` for an image already scaled (its overlap-tile prediction)."""
-    return predict_probabilities(load_model(model_file), scaled[None], tta="none")[0]
+    """The cell probability of `unet predict --tta none --precision fp32` for an image already scaled (its
+    overlap-tile prediction): the package's consumers compute in fp32, whatever `auto` would choose here."""
+    return predict_probabilities(load_model(model_file), scaled[None], tta="none", precision="fp32")[0]
 
 
 def scaled_like_bioimageio_core(image: np.ndarray) -> np.ndarray:
@@ -308,6 +309,20 @@ def test_a_file_that_is_not_a_model_is_an_error_naming_it(tmp_path):
     result = unet("export", not_a_model, tmp_path / "package.zip")
     assert result.returncode == 2
     assert result.stderr.startswith(f"unet export: error: {not_a_model}: not a readable model file")
+    assert not (tmp_path / "package.zip").exists()
+
+
+def test_a_model_with_nan_weights_is_refused_naming_it(tmp_path):
+    model = tiny_unet()
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")  # its package would pass `bioimageio test`: NaN in, NaN out
+    save_model(tmp_path / "diverged.pt", model)
+    result = unet("export", tmp_path / "diverged.pt", tmp_path / "package.zip")
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"unet export: error: {tmp_path / 'diverged.pt'}: 1 weights of head.weight are NaN or infinite; the training "
+        "that wrote it diverged, or the file is damaged\n",
+    )
     assert not (tmp_path / "package.zip").exists()
 
 

@@ -82,6 +82,22 @@ def test_saved_model_loads_with_its_configuration(tmp_path):
         load_model(tmp_path / "junk.pt")
 
 
+def test_a_model_file_whose_weights_do_not_fit_its_configuration_or_are_not_finite_is_refused(tmp_path):
+    from unet.io import DataError
+    from unet.model import load_model, save_model
+
+    save_model(tmp_path / "model.pt", UNet(base_channels=2, depth=2))
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    torch.save(saved | {"config": saved["config"] | {"base_channels": 3}}, tmp_path / "wider.pt")
+    with pytest.raises(DataError, match=r"^\S*wider.pt: its weights do not fit its configuration .*size mismatch"):
+        load_model(tmp_path / "wider.pt")
+    saved["state_dict"]["up.0.0.weight"][0, 0, 1, 1] = float("nan")
+    saved["state_dict"]["head.bias"][1] = float("inf")
+    torch.save(saved, tmp_path / "diverged.pt")
+    with pytest.raises(DataError, match=r"^\S*diverged.pt: 1 weights of up.0.0.weight are NaN or infinite; the"):
+        load_model(tmp_path / "diverged.pt")
+
+
 def test_forward_flops_counts_the_papers_convolutions():
     from unet.model import forward_flops
 

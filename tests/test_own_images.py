@@ -153,13 +153,42 @@ def test_bad_inputs_name_the_path(tmp_path):
     nan = np.ones((20, 20), np.float32)
     nan[3, 4] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", nan)
+    tifffile.imwrite(tmp_path / "complex.tif", nan + 1j)
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    skimage_io.imsave(tmp_path / "whole.png", noise, check_contrast=False)
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:2000])  # a download cut short
     for inputs, message in [
         ([tmp_path / "empty"], "no TIFF or PNG images in this folder"),
         ([tmp_path / "missing.tif"], "no such file or folder"),
         ([tmp_path / "nan.tif"], "1 pixels are NaN or infinite (the first at pixel (3, 4)"),
+        ([tmp_path / "complex.tif"], "complex pixels (complex64); save the image's magnitude or real part instead"),
+        ([tmp_path / "cut.png"], "not a readable PNG"),
     ]:
         result = unet("predict", "--model", tmp_path / "model.pt", "--images", *inputs, "--out", tmp_path / "out")
         assert result.returncode == 2 and str(inputs[0]) in result.stderr and message in result.stderr, result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_a_model_with_nan_weights_is_refused_before_any_image_is_read(tmp_path):
+    model = cell_model(tmp_path / "model.pt")
+    with torch.no_grad():
+        model.head.bias[1] = float("inf")
+    save_model(tmp_path / "diverged.pt", model)
+    tifffile.imwrite(tmp_path / "image.tif", np.zeros((20, 20), np.uint8))
+    result = unet(
+        "predict",
+        "--model",
+        tmp_path / "model.pt",
+        tmp_path / "diverged.pt",
+        "--images",
+        tmp_path / "image.tif",
+        "--out",
+        tmp_path / "out",
+    )
+    assert result.returncode == 2 and result.stderr.startswith(
+        f"unet predict: error: {tmp_path / 'diverged.pt'}: 1 weights of head.bias are NaN or infinite"
+    )
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_prepared_stacks_and_predictions_open_in_fiji_as_slices_or_frames(shared_data, tmp_path):

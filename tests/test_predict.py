@@ -79,13 +79,19 @@ def test_tiles_step_on_the_pooling_grid_and_cover_the_image():
         tile_layout((512, 512), 188, depth=4)  # output 4 px: too small to step by 16
 
 
+def predict_fp32(model, images, **options) -> np.ndarray:
+    """`predict_probabilities` in fp32, as `whole_image_probability` computes: exactness tests compare fp32 with
+    fp32 (`precision: auto` chooses bf16 on a CPU that computes it natively)."""
+    return predict_probabilities(model, images, precision="fp32", **options)
+
+
 def test_stitched_tiles_equal_one_pass_over_the_whole_mirrored_image(images):
     model = tiny_unet()
     assert tile_layout(images.shape[1:], 100, model.depth).counts == (6, 9)
     reference = whole_image_probability(model, images)
     assert reference.std() > 0.1  # the network's output varies: a seam would show
     for input_size, batch_size in [(100, 5), (100, 1000), (300, 8)]:
-        tiled = predict_probabilities(model, images, input_size=input_size, batch_size=batch_size, tta="none")
+        tiled = predict_fp32(model, images, input_size=input_size, batch_size=batch_size, tta="none")
         assert tiled.dtype == np.float32 and tiled.shape == images.shape
         np.testing.assert_allclose(tiled, reference, atol=1e-5, rtol=0)
 
@@ -114,18 +120,18 @@ def test_tta_is_the_mean_of_rotating_the_image_predicting_and_rotating_back(tta)
         predicted = whole_image_probability(model, np.ascontiguousarray(transformed))
         restored = np.rot90(predicted, -k, axes=(1, 2))
         total = total + (np.flip(restored, -1) if flip else restored)
-    tiled = predict_probabilities(model, image, input_size=100, batch_size=13, tta=tta)
+    tiled = predict_fp32(model, image, input_size=100, batch_size=13, tta=tta)
     np.testing.assert_allclose(tiled, total / len(variants), atol=1e-5, rtol=0)
-    assert np.abs(tiled - predict_probabilities(model, image, input_size=100, tta="none")).max() > 0.01
+    assert np.abs(tiled - predict_fp32(model, image, input_size=100, tta="none")).max() > 0.01
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (2, 3), (3, 90), (17, 16)])
 def test_images_smaller_than_a_tile(shape):
     model = tiny_unet(depth=4)
     image = np.random.default_rng(2).random((1, *shape), dtype=np.float32)
-    plain = predict_probabilities(model, image, tta="none")
+    plain = predict_fp32(model, image, tta="none")
     np.testing.assert_allclose(plain, whole_image_probability(model, image), atol=1e-5, rtol=0)
-    averaged = predict_probabilities(model, image, tta="d4")
+    averaged = predict_fp32(model, image, tta="d4")
     assert averaged.shape == image.shape and 0 <= averaged.min() and averaged.max() <= 1
 
 
@@ -144,7 +150,7 @@ def test_every_forward_pass_of_a_prediction_sees_one_input_shape(images):
     model.register_forward_pre_hook(lambda _, inputs: shapes.append(tuple(inputs[0].shape)))
     tiles = len(images) * math.prod(tile_layout(images.shape[1:], 100, model.depth).counts)
     assert tiles % 10 and (tiles // len(images)) % 10  # batches of 10 would leave partial ones
-    predicted = predict_probabilities(model, images, input_size=100, batch_size=10, tta="none")
+    predicted = predict_fp32(model, images, input_size=100, batch_size=10, tta="none")
     assert len(set(shapes)) == 1, set(shapes)
     padding = len(shapes) * shapes[0][0] - tiles
     assert shapes[0][0] <= 10 and 0 < padding < len(shapes)

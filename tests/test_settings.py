@@ -17,6 +17,7 @@ from unet.settings import (
     MODEL_PREDICT_KEYS,
     STAGE_SETTINGS,
     AugmentSettings,
+    ModelSettings,
     SettingError,
     SyntheticCellsSettings,
     SyntheticEmSettings,
@@ -96,6 +97,11 @@ def test_bad_values_name_the_key_and_flags_name_the_flag():
     parsed = build_parser("train").parse_args([*COMMANDS["train"], "--device", "gpu"])
     with pytest.raises(SettingError, match=r"^--device = 'gpu': must match"):
         from_arguments(TrainSettings, parsed)
+    parsed = build_parser("train").parse_args([*COMMANDS["train"], "--learning-rate", "inf", "--dropout", "1"])
+    with pytest.raises(SettingError, match=r"^--dropout = 1.0: must be < 1$"):
+        from_arguments(ModelSettings, parsed)
+    with pytest.raises(SettingError, match=r"^--learning-rate = inf: must be a finite number$"):
+        from_arguments(TrainSettings, parsed)
 
 
 def test_paper_values_are_the_papers():
@@ -132,6 +138,18 @@ def test_paper_values_are_the_papers():
         (
             {"datasets": {"demo-cells": {"train": {"iterations": 0}}}},
             r"^config: datasets.demo-cells.train.iterations: 0 is",
+        ),
+        (
+            {"train": {"learning_rate": float("inf")}},
+            r"^config: train.learning_rate = inf: must be a finite number$",
+        ),
+        (
+            {"datasets": {"demo-em": {"weightmap": {"sigma": float("inf")}}}},
+            r"^config: datasets.demo-em.weightmap.sigma = inf: must be a finite number$",
+        ),
+        (
+            {"model": {"dropout": 1.0}},
+            r"^config: model.dropout: 1.0 is greater than or equal to the maximum of 1",
         ),
         (
             {"experiments": ["demo-em", "isbi2012"], "isbi": {"folds": 31}},

@@ -67,6 +67,9 @@ def test_score_files_must_say_what_they_are(tmp_path):
     unknown = _write(tmp_path / "x" / "fold0" / "seed0.json", {"accuracy": 1.0})
     with pytest.raises(DataError, match="neither ISBI"):
         write_tables([unknown], tmp_path / "out")
+    a_list = _write(tmp_path / "x" / "fold1" / "seed0.json", [_isbi(0, 0, 0)])
+    with pytest.raises(DataError, match=r"fold1/seed0.json: expected a JSON object \{...\}, found \[\{"):
+        write_tables([a_list], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

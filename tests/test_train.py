@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from unet.augment import Augmenter
 from unet.cli import main
 from unet.errors import UsageError
-from unet.io import DataError, Split, write_split, write_tiff
+from unet.io import DataError, Split, write_split, write_tiff, write_weight_maps
 from unet.model import load_model
 from unet.settings import AugmentSettings, ModelSettings, TrainSettings
 from unet.train import learning_rate_at, load_data, load_held_out, train, weighted_cross_entropy
@@ -45,9 +45,9 @@ def write_synthetic(data: Path, weights: Path, frames: int = 6, size: int = 64, 
             row, column = rng.integers(8, size - 8, 2)
             label[(rows - row) ** 2 + (columns - column) ** 2 < rng.integers(5, 10) ** 2] = 1
     images = np.clip(60 + 120 * labels + rng.normal(0, 20, labels.shape), 0, 255).astype(np.uint8)
-    write_split(data, Split("demo", "train", "binary", images, list(range(frames)), labels, list(range(frames))))
-    write_tiff(weights / "target.tif", labels, axes="ZYX")
-    write_tiff(weights / "weights.tif", np.ones(labels.shape, np.float32), axes="ZYX")
+    split = Split("demo", "train", "binary", images, list(range(frames)), labels, list(range(frames)))
+    write_split(data, split)
+    write_weight_maps(weights, split, labels, np.ones(labels.shape, np.float32), data_dir=data, settings={})
     return data, weights
 
 
@@ -172,6 +172,8 @@ def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, caps
         load_data(data, weights, [0, 1], [1])
     with pytest.raises(DataError, match=r"frames \[7, 8\] are not labelled"):
         load_data(data, weights, [7, 8])
+    with pytest.raises(UsageError, match=r"^--val-frames 0-5 holds out every labelled frame of \S*data: none is left"):
+        load_data(data, weights, val_frames=list(range(6)))
     poisoned = np.ones((6, 64, 64), np.float32)
     poisoned[2, 3, 4] = np.nan
     write_tiff(weights / "weights.tif", poisoned, axes="ZYX")
@@ -182,6 +184,19 @@ def test_bad_weight_maps_and_frames_are_rejected_naming_the_file(synthetic, caps
     assert "weights.tif: shape (5, 64, 64) does not match the labels" in capsys.readouterr().err
     assert main(["train", "--data", str(data), "--weights", str(weights), "--out", "m", "--momentum", "1"]) == 2
     assert "--momentum = 1.0: must be < 1" in capsys.readouterr().err
+
+
+def test_a_checkpoint_file_of_another_program_is_refused_and_kept(synthetic, tmp_path, capsys):
+    data, weights = synthetic
+    out = tmp_path / "model"
+    out.mkdir()
+    torch.save({"model": torch.zeros(2)}, out / "checkpoint.pt")
+    assert main(train_arguments(data, weights, out, "--iterations", "2")) == 2
+    assert capsys.readouterr().err == (
+        f"unet train: error: {out / 'checkpoint.pt'}: not a checkpoint of `unet train` (it holds the keys "
+        "['model']); move it away, or train into another --out\n"
+    )
+    assert list(torch.load(out / "checkpoint.pt", weights_only=True)) == ["model"]
 
 
 # --- training -----------------------------------------------------------------------------
@@ -331,10 +346,13 @@ def test_cell_runs_score_the_held_out_sequence_with_seg(tmp_path):
         for cell, (row, column) in enumerate(rng.integers(12, 52, (3, 2)), start=1):
             frame[(rows - row) ** 2 + (columns - column) ** 2 < 64] = cell
     images = np.clip(60 + 120 * (labels > 0) + rng.normal(0, 20, labels.shape), 0, 255).astype(np.uint8)
-    for sequence in ("01", "02"):
-        write_split(tmp_path / sequence, Split("cells", sequence, "instance", images, [0, 1], labels, [0, 1]))
-    write_tiff(tmp_path / "weights" / "target.tif", (labels > 0).astype(np.uint8), axes="ZYX")
-    write_tiff(tmp_path / "weights" / "weights.tif", np.ones(labels.shape, np.float32), axes="ZYX")
+    splits = {
+        sequence: Split("cells", sequence, "instance", images, [0, 1], labels, [0, 1]) for sequence in ("01", "02")
+    }
+    for sequence, split in splits.items():
+        write_split(tmp_path / sequence, split)
+    targets, weights = (labels > 0).astype(np.uint8), np.ones(labels.shape, np.float32)
+    write_weight_maps(tmp_path / "weights", splits["01"], targets, weights, data_dir=tmp_path / "01", settings={})
     out = tmp_path / "model"
     unet(
         *train_arguments(

@@ -14,7 +14,18 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 
 from unet.errors import UsageError
-from unet.io import NORMALIZATION_PERCENTILES, DataError, Split, load_training_set, read_tiff, write_split, write_tiff
+from unet.io import (
+    NORMALIZATION_PERCENTILES,
+    WEIGHT_RECORD,
+    DataError,
+    Split,
+    load_training_set,
+    read_json,
+    read_split,
+    read_tiff,
+    write_split,
+    write_weight_maps,
+)
 from unet.weightmap import TOLERANCE, border_reach, class_weights, separate_instances, weight_map, weight_maps
 
 from helpers import copy_workflow, snakemake, unet
@@ -201,12 +212,36 @@ def test_cli_refuses_splits_without_labels_and_unlabelled_figure_frames(hela_spl
     assert result.returncode == 2 and "--figure-frame 3 is not labelled" in result.stderr
 
 
-def test_training_set_refuses_weights_of_another_split(hela_split, tmp_path):
+def test_training_refuses_the_weight_maps_of_other_labels_naming_both_folders(hela_split, tmp_path):
     directory, labels = hela_split
-    write_tiff(tmp_path / "target.tif", np.zeros((1, *labels.shape[1:]), dtype=np.uint8), axes="ZYX")
-    write_tiff(tmp_path / "weights.tif", np.ones((1, *labels.shape[1:]), dtype=np.float32), axes="ZYX")
+    weights = tmp_path / "weights"
+    unet("weightmap", directory, weights, check=True)
+    assert read_json(weights / WEIGHT_RECORD)["data"] == str(directory)
+    other = read_split(directory)
+    other.labels = np.where(other.labels == 1, 0, other.labels)  # the same shape, one cell less
+    write_split(tmp_path / "other", other)
+    tiny = ["--iterations", "1", "--base-channels", "2", "--depth", "2", "--input-size", "60", "--warmup", "0"]
+    model = tmp_path / "model"
+    result = unet("train", "--data", tmp_path / "other", "--weights", weights, "--out", model, *tiny, timeout=300)
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"unet train: error: {weights}: weight maps of {directory}, not of the labels of {tmp_path / 'other'}; "
+        f"compute them for it: unet weightmap {tmp_path / 'other'} {weights}\n",
+    )
+    assert not model.exists()
+    write_split(tmp_path / "01", other)
+    write_weight_maps(tmp_path / "01-weights", other, labels, labels, data_dir=tmp_path / "01", settings={})
+    write_split(tmp_path / "01", read_split(directory))  # the split prepared again, from other labels
+    with pytest.raises(
+        DataError, match=f"^{tmp_path / '01-weights'}: weight maps of {tmp_path / '01'} as it was before"
+    ):
+        load_training_set(tmp_path / "01", tmp_path / "01-weights")
+    (weights / WEIGHT_RECORD).unlink()  # as maps written before the record existed
+    with pytest.raises(DataError, match=f"^{weights}: no weightmap.json says which labels these weight maps are of"):
+        load_training_set(directory, weights)
+    write_weight_maps(weights, read_split(directory), labels[:1], labels[:1], data_dir=directory, settings={})
     with pytest.raises(DataError, match="target.tif: shape"):
-        load_training_set(directory, tmp_path)
+        load_training_set(directory, weights)
 
 
 def test_snakemake_rules_make_the_weights_and_both_figures(hela_split, tmp_path):

@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from unet.device import resolve_device
 from unet.errors import UsageError
 from unet.figures import figure, show_weights
 from unet.io import load_training_set
@@ -301,11 +302,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=ModelSettings.depth,
         help="U-Net depth, for the output size, as `model.depth` (default %(default)s)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default %(default)s)")
     add_settings_arguments(parser, AugmentSettings)
 
 
 def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     training = load_training_set(args.data, args.weights)
     augmenter = Augmenter(
         training.images,
@@ -313,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
         training.weights,
         input_size=args.input_size,
         config=from_arguments(AugmentSettings, args),
-        device=args.device,
+        device=device,
         seed=args.seed,
         depth=args.depth,
         sizes=training.sizes,

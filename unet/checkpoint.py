@@ -20,6 +20,8 @@ import torch
 from unet.io import DataError, atomic_path
 
 CHECKPOINT = "checkpoint.pt"
+# What `save_checkpoint` writes and `resume` reads (`pending` is read where present: older checkpoints lack it).
+CHECKPOINT_KEYS = ("iteration", "settings", "config", "state_dict", "optimizer", "rng", "augmenter", "log", "elapsed_s")
 
 
 @dataclass
@@ -68,9 +70,19 @@ def load_checkpoint(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise DataError(f"{path}: not a readable checkpoint ({error}); delete it to start over") from error
+    if not (isinstance(checkpoint, dict) and set(CHECKPOINT_KEYS) <= set(checkpoint)):  # not ours to resume or replace
+        held = (
+            f"the keys {sorted(map(str, checkpoint))[:5]}"
+            if isinstance(checkpoint, dict)
+            else type(checkpoint).__name__
+        )
+        raise DataError(
+            f"{path}: not a checkpoint of `unet train` (it holds {held}); move it away, or train into another --out"
+        )
+    return checkpoint
 
 
 def resume(path: Path, settings: dict, model, optimizer, augmenter, device: torch.device) -> Resumed:

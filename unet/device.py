@@ -38,7 +38,12 @@ def resolve_device(name: str) -> torch.device:
                 file=sys.stderr,
             )
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: not a device of this package (use auto, cpu, cuda or cuda:N)")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if not count:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -172,6 +173,8 @@ def read_tiff_with_axes(path: str | os.PathLike, *, shown_as: str | None = None)
         raise DataError(f"{name}: not a readable TIFF ({error})") from error
     if warnings:
         raise DataError(f"{name}: a damaged or truncated TIFF ({warnings[0]})")
+    if array.dtype.kind == "c":  # numpy would drop the imaginary part silently, with a ComplexWarning
+        raise DataError(f"{name}: complex pixels ({array.dtype}); save the image's magnitude or real part instead")
     return array, axes
 
 
@@ -226,14 +229,18 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike):
+def read_json(path: str | os.PathLike) -> dict:
+    """The JSON object (`{...}`) in `path`; each of our JSON files holds one. Anything else is a `DataError`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object {{...}}, found {json.dumps(value)[:40]}")
+    return value
 
 
 # The intensity percentiles of an image that the network sees as 0 and 1 (`normalize_intensity`).
@@ -593,11 +600,61 @@ class TrainingSet(NamedTuple):
     sizes: list[tuple[int, int]]  # each frame's true (height, width)
 
 
+# Beside a split's weight maps: the split they were computed from (as `--data` named it), the digest of its labels
+# (`labels_digest`) and the weight map settings. Training refuses maps whose digest is not that of its `--data`.
+WEIGHT_RECORD = "weightmap.json"
+
+
+def labels_digest(split: Split) -> str:
+    """SHA-256 of all that a split's weight maps are computed from: its kind, its labels with their frame ids and
+    sizes, and its unannotated cells."""
+    unannotated = split.unannotated if split.unannotated is not None else np.zeros(split.labels.shape, bool)
+    layout = {
+        "kind": split.kind,
+        "labelled": [int(frame) for frame in split.labelled],
+        "sizes": [[int(n) for n in size] for size in split.labelled_sizes()],
+        "labels": [list(split.labels.shape), str(split.labels.dtype)],
+    }
+    digest = hashlib.sha256(json.dumps(layout).encode())
+    digest.update(np.ascontiguousarray(split.labels).tobytes())
+    digest.update(np.packbits(unannotated).tobytes())
+    return digest.hexdigest()
+
+
+def write_weight_maps(
+    weight_dir: str | Path, split: Split, targets: np.ndarray, weights: np.ndarray, *, data_dir, settings: dict
+) -> None:
+    """`target.tif`, `weights.tif` and their `WEIGHT_RECORD` in `weight_dir`. The record of any earlier maps goes
+    first and the new one comes last, so that maps interrupted half-written have none (and are refused)."""
+    weight_dir = Path(weight_dir)
+    (weight_dir / WEIGHT_RECORD).unlink(missing_ok=True)
+    write_tiff(weight_dir / "target.tif", targets, axes=split.axes)
+    write_tiff(weight_dir / "weights.tif", weights, axes=split.axes)
+    record = {"data": str(data_dir), "labels_sha256": labels_digest(split), "weightmap": settings}
+    write_json(weight_dir / WEIGHT_RECORD, record)
+
+
+def check_weight_record(weight_dir: str | Path, data_dir: str | Path, split: Split) -> None:
+    """A `DataError` naming both folders unless the maps in `weight_dir` were computed from the labels of `split`
+    (read from `data_dir`). Maps without a record (older ones, or not written by `unet weightmap`) are refused too:
+    nothing says what they belong to, and recomputing them takes seconds."""
+    recompute = f"compute them for it: unet weightmap {data_dir} {weight_dir}"
+    path = Path(weight_dir) / WEIGHT_RECORD
+    if not path.is_file():
+        raise DataError(f"{weight_dir}: no {WEIGHT_RECORD} says which labels these weight maps are of; {recompute}")
+    record = read_json(path)
+    if record.get("labels_sha256") != labels_digest(split):
+        source = record.get("data")
+        origin = f"{source} as it was before" if str(source) == str(data_dir) else source
+        raise DataError(f"{weight_dir}: weight maps of {origin}, not of the labels of {data_dir}; {recompute}")
+
+
 def load_training_set(data_dir: str | Path, weight_dir: str | Path, frames: list[int] | None = None) -> TrainingSet:
     """The labelled frames of a prepared split (all, or `frames` in that order) with their targets and weights."""
     split = read_split(data_dir)
     if split.labels is None:
         raise DataError(f"{data_dir}: the split has no labelled frames")
+    check_weight_record(weight_dir, data_dir, split)
     targets, weights = (read_stack(Path(weight_dir) / name) for name in ("target.tif", "weights.tif"))
     for name, stack in (("target.tif", targets), ("weights.tif", weights)):
         if stack.shape != split.labels.shape:

@@ -167,9 +167,28 @@ def load_metadata(path) -> dict:
 def load_model_and_metadata(path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
     """`load_model` and `load_metadata` from one reading of the file."""
     saved = _read_model_file(path)
-    model = UNet(**saved["config"])
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval(), dict(saved.get("metadata") or {})
+    return _network(path, saved).to(device).eval(), dict(saved.get("metadata") or {})
+
+
+def _network(path, saved: dict) -> UNet:
+    """The network of a model file; a `DataError` naming the file if its weights do not fit its configuration or
+    are not all finite (a diverged training, a damaged file: its predictions would be NaN, with exit status 0)."""
+    from unet.io import DataError
+
+    try:
+        model = UNet(**saved["config"])
+        model.load_state_dict(saved["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as error:  # unknown keys, bad values, missing or misshapen tensors
+        problem = next((line.strip() for line in reversed(str(error).splitlines()) if line.strip()), "")
+        raise DataError(f"{path}: its weights do not fit its configuration {saved['config']} ({problem})") from None
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not tensor.isfinite().all():
+            count = int((~tensor.isfinite()).sum())
+            raise DataError(
+                f"{path}: {count} weights of {name} are NaN or infinite; the training that wrote it diverged, "
+                "or the file is damaged"
+            )
+    return model
 
 
 def _read_model_file(path) -> dict:

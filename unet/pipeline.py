@@ -294,6 +294,8 @@ def check_config(config: Mapping[str, Any], schema: str | Path) -> None:
     for dataset in config["datasets"]:
         _check_protocol_keys(config, dataset)
     for dataset in config["experiments"]:
+        for stage in STAGE_SETTINGS:  # what the schema cannot say, e.g. that a value is finite
+            stage_settings(config, stage, dataset)
         _check_tile_sizes(config, dataset)
         _check_folds(config, dataset)
 

@@ -80,6 +80,7 @@ def read_ctc_split(dataset: str, raw: Path, sequence: str, *, labelled: bool = T
     frame_files = numbered_files(raw / sequence, "t")
     if not frame_files:
         raise DataError(f"{raw / sequence}: no frames tTTT.tif")
+    _check_no_gaps(frame_files, raw / sequence, "t")
     images = _stack(frame_files.values())
     frames = list(frame_files)
     if not labelled:
@@ -96,20 +97,88 @@ def read_ctc_split(dataset: str, raw: Path, sequence: str, *, labelled: bool = T
     return Split(dataset, sequence, "instance", images, frames, labels, list(label_files), unannotated)
 
 
+def _check_no_gaps(files: dict[int, Path], folder: Path, prefix: str) -> None:
+    """A `DataError` naming the first missing file if the numbered `files` skip a frame (a sequence may start at
+    any frame number, but a gap is a file lost on the way)."""
+    frames = list(files)
+    missing = sorted(set(range(frames[0], frames[-1] + 1)) - set(frames))
+    if missing:
+        raise DataError(
+            f"{_numbered(files, folder, prefix, missing[0])}: no such file, but the sequence runs from frame "
+            f"{frames[0]} to {frames[-1]} ({len(missing)} missing)"
+        )
+
+
+def _numbered(files: dict[int, Path], folder: Path, prefix: str, frame: int) -> Path:
+    """The file of `frame` in `folder`, numbered with as many digits as the other `files` (t007.tif beside t006.tif)."""
+    digits = len(next(iter(files.values())).name) - len(prefix) - len(".tif")
+    return folder / f"{prefix}{frame:0{digits}d}.tif"
+
+
 def unannotated_extents(raw: Path, sequence: str, labels: np.ndarray, frames: list[int]) -> np.ndarray:
     """`unannotated_cells` of each labelled frame of a CTC sequence, from its tracking markers (`XX_GT/TRA`)
     and its silver truth (`XX_ST/SEG`) where the data set has one. Cells without either: a disc of the radius
-    of the sequence's median annotated cell (the equivalent radius of its area)."""
-    markers = numbered_files(raw / f"{sequence}_GT" / "TRA", "man_track")
+    of the sequence's median annotated cell (the equivalent radius of its area).
+
+    Where the sequence has markers, every labelled frame needs its own, and each of its markers must be a track
+    of `man_track.txt` (where there is one) that spans the frame: otherwise the markers are of something else.
+    """
+    tracking = raw / f"{sequence}_GT" / "TRA"
+    markers = numbered_files(tracking, "man_track")
+    tracks = read_tracks(tracking / TRACKS) if (tracking / TRACKS).is_file() else None
     silver = numbered_files(raw / f"{sequence}_ST" / "SEG", "man_seg")
     areas = np.concatenate([np.bincount(label.ravel())[1:] for label in labels])
     radius = float(np.sqrt(np.median(areas[areas > 0]) / np.pi)) if (areas > 0).any() else 0.0
     extents = np.zeros(labels.shape, dtype=bool)
+    if not markers:  # no tracking ground truth: no cell is known to lack its mask
+        return extents
     for row, (frame, label) in enumerate(zip(frames, labels)):
-        if frame in markers:
-            frame_silver = _label_image(silver[frame], label.shape) if frame in silver else None
-            extents[row] = unannotated_cells(label, _label_image(markers[frame], label.shape), frame_silver, radius)
+        if frame not in markers:
+            missing = _numbered(markers, tracking, "man_track", frame)
+            raise DataError(f"{missing}: no such file: the tracking markers of annotated frame {frame}")
+        frame_markers = _label_image(markers[frame], label.shape)
+        if tracks is not None:
+            _check_tracked(frame_markers, frame, tracks, markers[frame])
+        frame_silver = _label_image(silver[frame], label.shape) if frame in silver else None
+        extents[row] = unannotated_cells(label, frame_markers, frame_silver, radius)
     return extents
+
+
+TRACKS = "man_track.txt"  # one line per track: its label, first frame, last frame, parent track (0: none)
+
+
+def read_tracks(path: Path) -> dict[int, tuple[int, int]]:
+    """A Cell Tracking Challenge `man_track.txt`: label -> (first frame, last frame); anything that is not
+    lines of four whole numbers `L B E P` (L > 0 once each, B <= E, P 0 or a listed label) is a `DataError`."""
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file of tracks `L B E P`") from None
+    tracks, parents = {}, {}
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        values = [int(field) for field in fields if field.isdecimal()]
+        if len(fields) != 4 or len(values) != 4 or values[0] == 0 or values[1] > values[2] or values[0] in tracks:
+            raise DataError(
+                f"{path}: line {number} {line.strip()[:40]!r} is not a track `L B E P`: a new label L > 0, first "
+                "and last frame B <= E, parent P (0: none)"
+            )
+        label, first, last, parents[label] = values
+        tracks[label] = (first, last)
+    unknown = sorted(parent for parent in parents.values() if parent and parent not in tracks)
+    if unknown:
+        raise DataError(f"{path}: parent tracks {unknown[:5]} are not listed")
+    return tracks
+
+
+def _check_tracked(markers: np.ndarray, frame: int, tracks: dict[int, tuple[int, int]], path: Path) -> None:
+    for marker in np.unique(markers[markers > 0]).tolist():
+        first, last = tracks.get(marker, (None, None))
+        if first is None or not first <= frame <= last:
+            spans = "is not listed" if first is None else f"spans frames {first} to {last}"
+            raise DataError(f"{path}: marker {marker} is not a track at frame {frame}: in {TRACKS} it {spans}")
 
 
 def _label_image(path: Path, shape: tuple[int, int]) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import shlex
 from collections.abc import Mapping
@@ -95,6 +96,8 @@ def _problem(value: Any, spec: dataclasses.Field) -> str | None:
     numeric = expected is float and isinstance(value, (int, float)) and not isinstance(value, bool)
     if not (numeric or (type(value) is expected)):
         return f"must be of type {expected.__name__}"
+    if numeric and not math.isfinite(value):  # `.inf` (YAML) or `inf` (a flag) passes a lower bound
+        return "must be a finite number"
     bounds = spec.metadata["bounds"]
     checks = {
         "minimum": lambda limit: value >= limit,
@@ -141,7 +144,7 @@ class ModelSettings(StageSettings):
     base_channels: int = setting(64, "feature channels of the first level, doubled per level", minimum=1, paper=True)
     depth: int = setting(4, "number of 2x2 poolings", minimum=1, maximum=6, paper=True)
     dropout: float = setting(
-        0.5, "dropout probability after the last two contracting levels", minimum=0, maximum=1, paper=True
+        0.5, "dropout probability after the last two contracting levels", minimum=0, exclusive_maximum=1, paper=True
     )
 
 

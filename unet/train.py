@@ -229,6 +229,11 @@ def load_data(
     split = read_split(data_dir)
     if frames is None:
         frames = [frame for frame in split.labelled if frame not in val_frames]
+        if not frames and val_frames:
+            raise UsageError(
+                f"--val-frames {format_frames(val_frames)} holds out every labelled frame of {data_dir}: "
+                "none is left to train on"
+            )
     both = sorted(set(frames) & set(val_frames))
     if both:
         raise UsageError(f"frames {format_frames(both)} are both trained on and held out (--frames, --val-frames)")

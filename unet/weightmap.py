@@ -22,6 +22,9 @@
 - Padding (a folder data set's smaller images, `unet.io`): each map is computed on its frame's true
   extent, and the padding gets weight 0 (not as an unannotated region, whose margin would reach into
   the image).
+- Outputs: `target.tif`, `weights.tif` and `weightmap.json`, which records the split they were
+  computed from and a digest of its labels (`unet.io.write_weight_maps`): training refuses the maps
+  of other labels, and maps without the record (written before it existed).
 
 Fast and exact to `TOLERANCE`: the border term is below `TOLERANCE` wherever d1 + d2 exceeds
 `reach = sigma * sqrt(2 ln(w0 / TOLERANCE))` (28.4 px with the defaults), so each object's distance
@@ -44,7 +47,7 @@ from scipy import ndimage
 
 from unet.errors import UsageError
 from unet.figures import figure, show_weights
-from unet.io import DataError, read_split, write_tiff
+from unet.io import DataError, read_split, write_weight_maps
 from unet.settings import WeightmapSettings, from_arguments
 from unet.settings import add_arguments as add_settings_arguments
 
@@ -287,7 +290,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="OUT_DIR",
         type=Path,
         nargs="?",
-        help="where target.tif and weights.tif go; without it only --figure is drawn",
+        help="where target.tif, weights.tif and weightmap.json (the labels they are of) go; without it only "
+        "--figure is drawn",
     )
     parser.add_argument("--figure", metavar="PNG", type=Path, help="draw the paper's Fig. 3 for one labelled frame")
     parser.add_argument(
@@ -310,8 +314,7 @@ def run(args: argparse.Namespace) -> int:
         targets, weights = weight_maps(
             split.labels, split.kind, unannotated=split.unannotated, sizes=split.labelled_sizes(), **options
         )
-        write_tiff(args.out / "target.tif", targets, axes=split.axes)
-        write_tiff(args.out / "weights.tif", weights, axes=split.axes)
+        write_weight_maps(args.out, split, targets, weights, data_dir=args.data, settings=options)
     if args.figure is not None:
         frame = _figure_frame(split) if args.figure_frame is None else args.figure_frame
         if frame not in split.labelled:

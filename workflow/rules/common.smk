@@ -179,6 +179,7 @@ def training_inputs(dataset, split, held_out=None):
     inputs = split_files(dataset, split) | {
         "target": f"{folder}/target.tif",
         "weights": f"{folder}/weights.tif",
+        "weight_record": f"{folder}/weightmap.json",
     }
     if held_out:
         inputs |= {

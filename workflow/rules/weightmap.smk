@@ -10,6 +10,7 @@ rule weightmap:
     output:
         target="results/weights/{dataset}/{split}/target.tif",
         weights="results/weights/{dataset}/{split}/weights.tif",
+        record="results/weights/{dataset}/{split}/weightmap.json",
     log:
         "results/logs/weightmap/{dataset}-{split}.log",
     benchmark:
