@@ -25,3 +25,18 @@ def shared_data() -> Path:
 
 # Subprocesses (the `unet` command, snakemake) must import the package of this checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+
+# The suite runs on two workers (pyproject's addopts: `-n 2 --dist loadfile --no-loadscope-reorder`), a file
+# per worker at a time. The files that take minutes go first, so that the SLURM cluster's waits and the demo
+# runs overlap the rest instead of ending the run alone.
+# Each worker starts with two files: the SLURM tests beside the folder data sets, the demo beside the killed jobs.
+LONGEST_FIRST = ["test_slurm.py", "test_pipeline.py", "test_folder.py", "test_interrupted_jobs.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order

@@ -200,9 +200,10 @@ def _slurm_conf(cluster: SlurmCluster, munge_socket: Path) -> str:
         "JobCompType=jobcomp/none",
         "MpiDefault=none",
         "MailProg=/bin/true",
-        # Finished jobs stay visible to squeue/scontrol for 10 minutes: the executor's status
-        # queries (squeue, as there is no accounting database) and the tests read them.
-        "MinJobAge=600",
+        # Finished jobs stay visible to squeue/scontrol for 2 hours, longer than any test's run: the
+        # executor's status queries (squeue, as there is no accounting database) and the tests read
+        # them, the demo's after the whole run (over 10 minutes on a loaded machine).
+        "MinJobAge=7200",
         "ReturnToService=2",
         "GresTypes=gpu",
         f"NodeName={cluster.node} NodeAddr=127.0.0.1 {hardware} Gres=gpu:1 State=UNKNOWN",

@@ -43,7 +43,8 @@ class Run:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One run of the demo DAG, from the synthetic data to both tables, as the README tells users to start it."""
     workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
-    result = snakemake(workdir, "--configfile", DEMO_CONFIG, "--cores", "2")
+    # About 3 minutes alone; the time limit is for a hang, on a machine that runs the other tests beside it.
+    result = snakemake(workdir, "--configfile", DEMO_CONFIG, "--cores", "2", timeout=1800)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-5000:]
     return Run(workdir, log)

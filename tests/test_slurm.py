@@ -130,6 +130,7 @@ def run_with_slurm_profile(cluster: SlurmCluster, run: WorkflowRun, workdir: Pat
         "--latency-wait",
         "5",
         *run.args,
+        timeout=1800,  # a limit for a hang: the demo's jobs share the cores with the other tests
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"{log}\n{cluster.diagnostics()}"
