@@ -112,7 +112,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     empty one is replaced; anything else is refused before the block runs (`check_output`).
     """
     path = Path(path)
-    check_output(path, TREE)
+    check_output(path, OUTPUT_TREE)
     tmp = None
     try:
         with output_lock(path), _write_errors_named(path):
@@ -160,8 +160,8 @@ FILE_KINDS = {
     "zip": (b"PK\x03\x04", b"PK\x05\x06"),
     "json": (),
 }
-FOLDER = "folder"  # a folder that files with the command's own names go into (train, predict --images...)
-TREE = "tree"  # a folder written whole by `atomic_directory` (fetch, synthesize, export, a CTC result folder)
+OUTPUT_FOLDER = "folder"  # a folder that files with the command's own names go into (train, predict --images...)
+OUTPUT_TREE = "tree"  # a folder written whole by `atomic_directory` (fetch, synthesize, export, a CTC result folder)
 # What a failed write's errno means to a user.
 _WRITE_CAUSES = {
     errno.ENOSPC: "no space left on the device",
@@ -193,7 +193,7 @@ def claim_outputs(*outputs: tuple[str | os.PathLike | None, str], inputs: Iterab
         check_output(path, kind, inputs=inputs)
     with contextlib.ExitStack() as locks:
         for path, kind in outputs:
-            locks.enter_context(output_lock(path, inside=kind == FOLDER))
+            locks.enter_context(output_lock(path, inside=kind == OUTPUT_FOLDER))
         yield
 
 
@@ -203,20 +203,27 @@ def check_output(path: str | os.PathLike, kind: str, *, inputs: Iterable = ()) -
     A command replaces only what it wrote before:
     - a file of a kind in `FILE_KINDS` (a TIFF, PNG, zip or JSON at a path the user names): an existing file is
       replaced only if it holds that kind (an earlier result); a folder or another file (notes.txt) is refused.
-    - `TREE`, a folder written whole: an existing one is replaced only if empty, or if it holds nothing but what
-      `atomic_directory` wrote there (its `MARKER` lists that); a file there is refused.
-    - `FOLDER`: the command writes files with its own names into it (model.pt, NAME_probabilities.tif), which
-      replace those of an earlier run; a file there is refused.
-    Nor may an output be one of `inputs`, or (a file or a tree) hold one, or be the current folder or hold it. A
-    file on the way to `path` is refused here; a folder that cannot be written in is refused by `output_lock`.
+    - `OUTPUT_TREE`, a folder written whole: an existing one is replaced only if empty, or if it holds nothing
+      but what `atomic_directory` wrote there (its `MARKER` lists that); a file there is refused.
+    - `OUTPUT_FOLDER`: the command writes files with its own names into it (model.pt, NAME_probabilities.tif),
+      which replace those of an earlier run; a file there is refused.
+    Nor may an output be one of `inputs` (None ones are skipped), or (a file or a tree) hold one or lie in an
+    input folder, or be the current folder or hold it. A file on the way to `path` is refused here; a folder
+    that cannot be written in is refused by `output_lock`.
     """
     path = Path(path)
     resolved = path.resolve()
-    if kind != FOLDER and resolved in (Path.cwd(), *Path.cwd().parents):
+    if kind != OUTPUT_FOLDER and resolved in (Path.cwd(), *Path.cwd().parents):
         raise OutputError(f"{path}: is the current folder or holds it; name a new folder for the output")
-    for source in map(Path, inputs):
-        if source.resolve() == resolved or (kind != FOLDER and resolved in source.resolve().parents):
-            raise OutputError(f"{path}: is, or holds, the input {source}; write the output elsewhere")
+    for source in (Path(given) for given in inputs if given is not None):
+        if source.resolve() == resolved:
+            raise OutputError(f"{path}: is also an input of this command; write the output elsewhere")
+        if kind == OUTPUT_FOLDER:
+            continue
+        if resolved in source.resolve().parents:
+            raise OutputError(f"{path}: holds the input {source}, which it would replace; write the output elsewhere")
+        if source.is_dir() and source.resolve() in resolved.parents:
+            raise OutputError(f"{path}: lies in the input folder {source}; write the output elsewhere")
     blocker = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
     if blocker is not None:
         raise OutputError(f"{path}: {blocker} is a file, not a folder; choose another path")
@@ -229,9 +236,9 @@ def check_output(path: str | os.PathLike, kind: str, *, inputs: Iterable = ()) -
 
 def _why_not_replaceable(path: Path, kind: str) -> str | None:
     """Why the existing `path` is not an output of `kind` that a command may replace, or None if it is."""
-    if kind == FOLDER:
+    if kind == OUTPUT_FOLDER:
         return None if path.is_dir() else "is a file, not a folder; choose a folder for the results"
-    if kind == TREE:
+    if kind == OUTPUT_TREE:
         if not path.is_dir():
             return "is a file, and the output is a folder; choose another path"
         foreign = _foreign_entries(path)

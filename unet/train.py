@@ -60,8 +60,8 @@ from unet.device import memory_format, precision_used, resolve_device, uses_bf16
 from unet.errors import UsageError
 from unet.gpus import gpu_id
 from unet.io import (
-    FOLDER,
     NORMALIZATION_PERCENTILES,
+    OUTPUT_FOLDER,
     DataError,
     TrainingSet,
     claim_outputs,
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         "settings": from_arguments(TrainSettings, args),
         "predict": from_arguments(PredictSettings, args, keys=MODEL_PREDICT_KEYS, prefix="predict"),
     }
-    with claim_outputs((args.out, FOLDER)):
+    with claim_outputs((args.out, OUTPUT_FOLDER)):
         frames, val_frames = _frame_selection(args)
         data = load_data(args.data, args.weights, frames, val_frames, args.val_data)
         train(data, args.out, seed=args.seed, **settings)
@@ -391,7 +391,7 @@ def train(
     `Interrupted` when SIGTERM, SIGUSR1 or SIGINT stopped it after a checkpoint.
     """
     session = _Session(data, Path(out_dir), model_settings, augment, settings, seed)
-    with _stop_signals() as stop:
+    with _stop_signals() as stop, contextlib.closing(session.progress):  # the bar ends before an error's line
         for iteration in range(session.start + 1, settings.iterations + 1):
             learning_rate = learning_rate_at(iteration - 1, settings)
             session.log.add(session.trainer.step(*session.augmenter.sample(settings.batch_size), learning_rate))
