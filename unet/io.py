@@ -207,8 +207,8 @@ def check_output(path: str | os.PathLike, kind: str, *, inputs: Iterable = ()) -
       but what `atomic_directory` wrote there (its `MARKER` lists that); a file there is refused.
     - `OUTPUT_FOLDER`: the command writes files with its own names into it (model.pt, NAME_probabilities.tif),
       which replace those of an earlier run; a file there is refused.
-    Nor may an output be one of `inputs` (None ones are skipped), or (a file or a tree) hold one or lie in an
-    input folder, or be the current folder or hold it. A file on the way to `path` is refused here; a folder
+    Nor may an output be one of `inputs` (None ones are skipped), or (a file or a tree) hold one, or be the
+    current folder or hold it. A file on the way to `path` is refused here; a folder
     that cannot be written in is refused by `output_lock`.
     """
     path = Path(path)
@@ -218,12 +218,8 @@ def check_output(path: str | os.PathLike, kind: str, *, inputs: Iterable = ()) -
     for source in (Path(given) for given in inputs if given is not None):
         if source.resolve() == resolved:
             raise OutputError(f"{path}: is also an input of this command; write the output elsewhere")
-        if kind == OUTPUT_FOLDER:
-            continue
-        if resolved in source.resolve().parents:
+        if kind != OUTPUT_FOLDER and resolved in source.resolve().parents:
             raise OutputError(f"{path}: holds the input {source}, which it would replace; write the output elsewhere")
-        if source.is_dir() and source.resolve() in resolved.parents:
-            raise OutputError(f"{path}: lies in the input folder {source}; write the output elsewhere")
     blocker = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
     if blocker is not None:
         raise OutputError(f"{path}: {blocker} is a file, not a folder; choose another path")

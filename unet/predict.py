@@ -248,7 +248,7 @@ _MACHINE_KEYS = tuple(
 
 def run(args: argparse.Namespace) -> int:
     from_arguments(PredictSettings, args)  # bad flags before any model is read
-    with claim_outputs(*_outputs(args), inputs=[*(args.images or [args.data]), *args.model]):
+    with claim_outputs(*_outputs(args), inputs=_inputs(args)):
         device = resolve_device(args.device)
         torch.backends.cudnn.benchmark = True  # few input shapes (unet.overlap_tile): cuDNN picks its fastest kernels
         models = load_models(args.model, device)
@@ -259,6 +259,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             _predict_image_files(args, models, settings, device)
     return 0
+
+
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    """What the outputs may not replace: the models, the images, a split and its files (its images.tif...)."""
+    split = [Path(args.data), *Path(args.data).glob("*")] if args.data else []
+    return [*map(Path, args.model), *map(Path, args.images or []), *split]
 
 
 def _outputs(args: argparse.Namespace) -> list[tuple[str | None, str]]:
