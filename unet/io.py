@@ -1,7 +1,10 @@
 """Files in and out: atomic writes, TIFF stacks and the canonical prepared data form.
 
 Every stage writes through `atomic_path`, so a crash, a kill or bad input never
-leaves a half-written file where a finished one is expected.
+leaves a half-written file where a finished one is expected. A command claims its
+outputs when it starts (`claim_outputs`): it replaces only what it wrote before
+(`check_output`), one process writes an output at a time (`output_lock`), and a
+failed write names the user's path and its cause (no space left, read-only).
 
 The canonical form of a prepared data set split (`results/data/{dataset}/{split}/`):
 
