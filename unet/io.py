@@ -174,6 +174,7 @@ _WRITE_CAUSES = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.ENOTDIR: "a file stands where a folder is needed",
+    errno.EEXIST: "a file stands where a folder is needed",
     errno.EISDIR: "a folder is in the way",
 }
 
