@@ -50,11 +50,12 @@ def hidden(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir() if path.name.startswith("."))
 
 
-def one_line_error(result: subprocess.CompletedProcess, *parts: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+def refused(status: int, stderr: str, *parts: str) -> None:
+    """Exit status 2 and one line on stderr, holding each of `parts`."""
+    assert status == 2, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     for part in parts:
-        assert part in result.stderr, result.stderr
+        assert part in stderr, stderr
 
 
 # --- 1. no clobbering -----------------------------------------------------------------------------------
@@ -135,24 +136,22 @@ def wait_for(condition, process: subprocess.Popen, seconds: float = 60) -> None:
         time.sleep(0.01)
 
 
-def test_a_second_training_in_the_same_folder_is_refused_and_a_kill_releases_it(tmp_path):
+def test_a_second_training_in_the_same_folder_is_refused_and_a_kill_releases_it(tmp_path, capsys):
     data, weights = write_synthetic(tmp_path / "data", tmp_path / "weights", frames=2, size=48)
     out = tmp_path / "run"
-    train = ["train", "--data", data, "--weights", weights, "--out", out, *TINY, "--device", "cpu"]
+    train = ["train", "--data", str(data), "--weights", str(weights), "--out", str(out), *TINY, "--device", "cpu"]
     first = subprocess.Popen(
-        [sys.executable, "-m", "unet.cli", *map(str, train), "--iterations", "100000"],
-        stderr=subprocess.DEVNULL,
-        env=ONE_THREAD,
+        [sys.executable, "-m", "unet.cli", *train, "--iterations", "100000"], stderr=subprocess.DEVNULL, env=ONE_THREAD
     )
     try:
-        wait_for(lambda: (out / "log.csv").is_file(), first)  # training, with the folder locked
-        second = unet(*train, "--iterations", "2", "--seed", "1", env=ONE_THREAD)
-        one_line_error(second, f"{out}: another unet process (PID {first.pid}) is writing it")
+        wait_for(lambda: (out / ".unet.lock").is_file() and (out / ".unet.lock").read_text(), first)
+        status = main([*train, "--iterations", "2", "--seed", "1"])  # this test's process: another one
+        refused(status, capsys.readouterr().err, f"{out}: another unet process (PID {first.pid}) is writing it")
         assert not (out / "model.pt").exists()
     finally:
         first.kill()
         first.wait()
-    unet(*train, "--iterations", "2", env=ONE_THREAD, check=True)  # the OS released the killed run's lock
+    assert main([*train, "--iterations", "2"]) == 0  # the OS released the killed run's lock
     assert (out / "model.pt").is_file() and not (out / ".unet.lock").exists()
 
 
@@ -172,7 +171,7 @@ def test_predicting_into_a_folder_that_another_process_writes_is_refused(model, 
     try:
         assert holder.stdout.readline() == "held\n"
         result = unet("predict", "--model", model, "--images", images, "--out", out, "--device", "cpu")
-        one_line_error(result, f"{out}: another unet process (PID {holder.pid}) is writing it")
+        refused(result.returncode, result.stderr, f"{out}: another unet process (PID {holder.pid}) is writing it")
     finally:
         holder.communicate("")
     assert not out.exists()  # the holder's folder, empty, went with it
@@ -181,23 +180,23 @@ def test_predicting_into_a_folder_that_another_process_writes_is_refused(model, 
 # --- 4. outputs checked before any work, write errors in one line --------------------------------------------
 
 
-def test_outputs_that_cannot_be_written_fail_before_any_work(model, images, tmp_path):
+def test_outputs_that_cannot_be_written_fail_before_any_work(tmp_path, capsys):
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
     data, weights = write_synthetic(tmp_path / "data", tmp_path / "weights", frames=2, size=48)
-    trained = unet("train", "--data", data, "--weights", weights, "--out", notes, *TINY)
-    one_line_error(trained, f"{notes}: is a file, not a folder")
-    scores = tmp_path / "missing.tif"  # the output is checked before the inputs are read
-    evaluated = unet("evaluate", "isbi", scores, scores, "--out", notes / "scores.json")
-    one_line_error(evaluated, f"{notes / 'scores.json'}: {notes} is a file, not a folder")
+    status = main(["train", "--data", str(data), "--weights", str(weights), "--out", str(notes), *TINY])
+    refused(status, capsys.readouterr().err, f"{notes}: is a file, not a folder")  # before training's first line
+    scores = str(tmp_path / "missing.tif")  # the output is checked before the inputs are read
+    status = main(["evaluate", "isbi", scores, scores, "--out", str(notes / "scores.json")])
+    refused(status, capsys.readouterr().err, f"{notes / 'scores.json'}: {notes} is a file, not a folder")
     assert notes.read_text() == "my notes"
 
 
 @pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs sysfs")
-def test_a_folder_that_not_even_root_can_write_in_is_refused_in_one_line(model, images):
+def test_a_folder_that_not_even_root_can_write_in_is_refused_in_one_line(model, images, capsys):
     """Tests run as root, whom a chmod does not stop: sysfs refuses new files to everyone."""
-    result = unet("predict", "--model", model, "--images", images, "--out", "/sys/kernel", "--device", "cpu")
-    one_line_error(result, "/sys/kernel: cannot be written: ")
+    status = main(["predict", "--model", str(model), "--images", str(images), "--out", "/sys/kernel"])
+    refused(status, capsys.readouterr().err, "/sys/kernel: cannot be written: ")
 
 
 def limit_file_size(limit: int):
@@ -239,29 +238,29 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", disk], check=True)
 
 
-def test_a_full_disk_is_named_in_one_line_and_refused_before_work_once_full(tiny_disk, tmp_path):
+def test_a_full_disk_is_named_in_one_line_and_refused_before_work_once_full(tiny_disk, tmp_path, capsys):
     data, weights = write_synthetic(tmp_path / "data", tmp_path / "weights", frames=2, size=48)
 
-    def train(out: Path) -> subprocess.CompletedProcess:
-        return unet("train", "--data", data, "--weights", weights, "--out", out, *TINY, "--iterations", "10")
+    def train(out: Path) -> int:
+        arguments = ["--data", str(data), "--weights", str(weights), "--out", str(out), "--iterations", "10"]
+        return main(["train", *arguments, *TINY, "--device", "cpu"])
 
-    result = train(tiny_disk / "run")  # its checkpoint does not fit
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert train(tiny_disk / "run") == 2  # its checkpoint does not fit
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"unet train: error: {tiny_disk / 'run' / 'checkpoint.pt'}: cannot be written: no space left on the device"
     )
     assert sorted(path.name for path in (tiny_disk / "run").iterdir()) == ["log.csv"]
     with pytest.raises(OSError, match="No space left"):  # now fill it up
         (tiny_disk / "filler").write_bytes(bytes(1 << 20))
-    full = train(tiny_disk / "other")
-    one_line_error(full, f"{tiny_disk / 'other'}: cannot be written: no space left on the device")
+    status = train(tiny_disk / "other")
+    refused(status, capsys.readouterr().err, f"{tiny_disk / 'other'}: cannot be written: no space left on the device")
     assert not (tiny_disk / "other").exists()
 
 
 # --- 5. predicting a folder into itself ------------------------------------------------------------------
 
 
-def test_predicting_a_folder_into_itself_is_refused(model, images):
-    result = unet("predict", "--model", model, "--images", images, "--out", images, "--device", "cpu")
-    one_line_error(result, f"{images}: is also an input of this command")
+def test_predicting_a_folder_into_itself_is_refused(model, images, capsys):
+    status = main(["predict", "--model", str(model), "--images", str(images), "--out", str(images)])
+    refused(status, capsys.readouterr().err, f"{images}: is also an input of this command")
     assert sorted(path.name for path in images.iterdir()) == ["x.tif"]
