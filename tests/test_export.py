@@ -19,6 +19,7 @@ from matplotlib.image import imread
 from unet.cli import main as unet_main
 from unet.export import FILES, describe, halo, read_test_input, smallest_input
 from unet.io import (
+    MARKER,
     NORMALIZATION_PERCENTILES,
     DataError,
     Split,
@@ -282,13 +283,13 @@ def test_bioimageio_cores_tiled_prediction_of_a_large_image_has_no_seams(exporte
     np.testing.assert_allclose(probability, unet_predict(exported / "model.pt", normalize_intensity(image)), atol=1e-3)
 
 
-def test_an_out_without_zip_suffix_gets_a_folder_that_replaces_the_old_one(exported, tmp_path):
+def test_an_out_without_zip_suffix_gets_a_folder_that_replaces_the_one_it_wrote_before(exported, tmp_path):
     from bioimageio.spec import load_model_description
 
     out = tmp_path / "package"
-    (out / "stale").mkdir(parents=True)
-    assert unet_main(["export", str(exported / "model.pt"), str(out), "--image", str(exported / "image.tif")]) == 0
-    assert sorted(path.name for path in out.iterdir()) == sorted([*FILES.values(), "rdf.yaml"])
+    for _ in range(2):
+        assert unet_main(["export", str(exported / "model.pt"), str(out), "--image", str(exported / "image.tif")]) == 0
+    assert sorted(path.name for path in out.iterdir()) == sorted([*FILES.values(), "rdf.yaml", MARKER])
     description = load_model_description(out / "rdf.yaml")
     assert description.name == "U-Net (Ronneberger 2015 reproduction)"  # no --dataset
 

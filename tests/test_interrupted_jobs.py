@@ -86,7 +86,8 @@ def test_a_job_killed_while_writing_leaves_no_partial_output_and_a_rerun_gives_t
 
 def kill_while_writing(workdir: Path, target: str, folders: list[Path], attempts: int = 5) -> bool:
     """Run Snakemake for `target`; SIGKILL it with its job as soon as a temporary output (`.NAME.*`, see
-    unet.io.atomic_path) appears in `folders`. True if killed in time."""
+    unet.io.atomic_path; not the output's lock, `.NAME.lock`, taken when the job starts) appears in `folders`.
+    True if killed in time."""
     command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(DEMO_CONFIG), *TINY, "--", target]
     for _ in range(attempts):
         process = subprocess.Popen(
@@ -94,7 +95,7 @@ def kill_while_writing(workdir: Path, target: str, folders: list[Path], attempts
         )
         while process.poll() is None:
             if any(
-                entry.name.startswith(".") and entry.name != ".snakemake"
+                entry.name.startswith(".") and entry.name != ".snakemake" and not entry.name.endswith(".lock")
                 for folder in folders
                 if folder.is_dir()
                 for entry in os.scandir(folder)

@@ -17,7 +17,7 @@ import torch
 
 from unet.cli import main as unet_main
 from unet.errors import UsageError
-from unet.io import Split, normalize_intensity, read_stack, write_split
+from unet.io import MARKER, OutputError, Split, normalize_intensity, read_stack, write_split
 from unet.model import UNet, save_model
 from unet.overlap_tile import TTA, predict_probabilities, tile_layout
 from unet.predict import instance_masks, write_ctc_masks, write_submission
@@ -227,14 +227,16 @@ def test_instance_masks_label_components_and_drop_small_ones():
 def test_ctc_result_folder_has_a_mask_for_every_frame(tmp_path):
     masks = np.arange(12, dtype=np.uint16)[:, None, None] * np.ones((1, 4, 5), dtype=np.uint16)
     res = tmp_path / "02_RES"
-    res.mkdir()
-    (res / "stale.tif").write_text("from an earlier run")
+    res.mkdir()  # empty: Snakemake makes it
     write_ctc_masks(res, masks, list(range(12)))
-    assert sorted(p.name for p in res.iterdir()) == [f"mask{t:03d}.tif" for t in range(12)]
+    assert sorted(p.name for p in res.iterdir()) == [MARKER] + [f"mask{t:03d}.tif" for t in range(12)]
     assert tifffile.imread(res / "mask011.tif").dtype == np.uint16
     assert tifffile.imread(res / "mask007.tif").max() == 7
-    write_ctc_masks(res, masks[:2], [999, 1000])
-    assert sorted(p.name for p in res.iterdir()) == ["mask0999.tif", "mask1000.tif"]
+    write_ctc_masks(res, masks[:2], [999, 1000])  # replaces the folder it wrote
+    assert sorted(p.name for p in res.iterdir()) == [MARKER, "mask0999.tif", "mask1000.tif"]
+    (res / "notes.txt").write_text("a user's")
+    with pytest.raises(OutputError, match=rf"^{res}: exists and holds what unet did not write there \(notes.txt\)"):
+        write_ctc_masks(res, masks, list(range(12)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["02_RES"]  # no staging folders left
 
 

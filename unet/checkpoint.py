@@ -47,7 +47,8 @@ def save_checkpoint(
     pending: dict,
     elapsed_s: float,
 ) -> None:
-    with atomic_path(path) as tmp:
+    # Through a Python file, so that a failed write keeps its OSError (a full disk), which `atomic_path` reports.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(
             {
                 "iteration": iteration,
@@ -61,7 +62,7 @@ def save_checkpoint(
                 "pending": pending,
                 "elapsed_s": elapsed_s,
             },
-            tmp,
+            handle,
         )
 
 

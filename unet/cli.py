@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, FileNotFoundError) as error:  # the user's to fix: one line, no traceback
         print(f"unet {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C where the command does not stop by itself (training does: unet.train)
+        print(f"unet {args.command}: interrupted; nothing half-written is kept", file=sys.stderr)
+        return 130
     except Exception as error:
         if not hasattr(error, "exit_status"):  # a stop the command handled, e.g. unet.train.Interrupted
             raise

@@ -37,6 +37,7 @@ from unet.io import (
     UNANNOTATED,
     DataError,
     Split,
+    claim_outputs,
     crops,
     format_frames,
     numbered_files,
@@ -134,9 +135,10 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    scores, table = {"isbi": evaluate_isbi, "ctc": evaluate_ctc, "split": evaluate_split}[args.protocol](args)
-    if args.out is not None:
-        write_json(args.out, scores)
+    with claim_outputs((args.out, "json"), (args.figure, "png")):
+        scores, table = {"isbi": evaluate_isbi, "ctc": evaluate_ctc, "split": evaluate_split}[args.protocol](args)
+        if args.out is not None:
+            write_json(args.out, scores)
     print(json.dumps(scores, indent=2) if args.json else table)
     return 0
 

@@ -54,10 +54,12 @@ from unet import model as model_module
 from unet import settings as settings_module
 from unet.io import (
     NORMALIZATION_PERCENTILES,
+    OUTPUT_TREE,
     DataError,
     atomic_directory,
     atomic_path,
     check_finite,
+    claim_outputs,
     crops,
     format_frames,
     read_split,
@@ -162,10 +164,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_model(args.model)
-    metadata = load_metadata(args.model)
-    image = read_test_input(args.image, model.depth, input_percentiles(metadata))
-    with tempfile.TemporaryDirectory(prefix="unet-export.") as staging:
+    package = (args.out, "zip" if Path(args.out).suffix == ".zip" else OUTPUT_TREE)
+    with (
+        claim_outputs(package, (args.cover, "png"), inputs=[args.model, args.image]),
+        tempfile.TemporaryDirectory(prefix="unet-export.") as staging,
+    ):
+        model = load_model(args.model)
+        metadata = load_metadata(args.model)
+        image = read_test_input(args.image, model.depth, input_percentiles(metadata))
         description = describe(model, metadata, image, Path(staging), dataset=args.dataset)
         write_package(description, Path(args.out))
         if args.cover:

@@ -43,7 +43,16 @@ from pathlib import Path
 import numpy as np
 
 from unet.errors import UsageError
-from unet.io import DataError, atomic_directory, atomic_path, numbered_files, read_tiff, write_tiff
+from unet.io import (
+    OUTPUT_TREE,
+    DataError,
+    atomic_directory,
+    atomic_path,
+    claim_outputs,
+    numbered_files,
+    read_tiff,
+    write_tiff,
+)
 from unet.pipeline import CHALLENGE_PROTOCOLS, CTC_SEQUENCES
 
 PARTS = ("train", "test")
@@ -692,17 +701,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = fetch(
-        args.dataset,
-        args.out,
-        source=args.source,
-        mirror=args.mirror,
-        checksums=dict(args.checksum),
-        protocol=args.protocol,
-        part=args.part,
-        attempts=args.attempts,
-        timeout=args.timeout,
-        progress=args.progress,
-    )
+    with claim_outputs((args.out, OUTPUT_TREE), inputs=[args.mirror, args.source]):
+        out = fetch(
+            args.dataset,
+            args.out,
+            source=args.source,
+            mirror=args.mirror,
+            checksums=dict(args.checksum),
+            protocol=args.protocol,
+            part=args.part,
+            attempts=args.attempts,
+            timeout=args.timeout,
+            progress=args.progress,
+        )
     print(f"{args.dataset}: official layout in {out}", file=sys.stderr)
     return 0

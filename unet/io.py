@@ -1,7 +1,10 @@
 """Files in and out: atomic writes, TIFF stacks and the canonical prepared data form.
 
 Every stage writes through `atomic_path`, so a crash, a kill or bad input never
-leaves a half-written file where a finished one is expected.
+leaves a half-written file where a finished one is expected. A command claims its
+outputs when it starts (`claim_outputs`): it replaces only what it wrote before
+(`check_output`), one process writes an output at a time (`output_lock`), and a
+failed write names the user's path and its cause (no space left, read-only).
 
 The canonical form of a prepared data set split (`results/data/{dataset}/{split}/`):
 
@@ -26,6 +29,8 @@ The canonical form of a prepared data set split (`results/data/{dataset}/{split}
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import glob
 import hashlib
 import json
@@ -60,32 +65,41 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
 
     The temporary name keeps the final suffix (writers such as tifffile and
     matplotlib choose the format from it). Temporaries of `path` that a killed
-    earlier write left behind are removed first.
+    earlier write left behind are removed first. A failed write (no space, a
+    read-only disk...) is an `OutputError` naming `path`, and leaves nothing; so does
+    another process writing `path` at the same time (`output_lock`).
+
+    It replaces whatever file is at `path`: the names it is given are the command's own
+    (model.pt, target.tif) or ones that `check_output` has cleared.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(path)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix, dir=path.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
-        yield tmp
-        _give_default_mode(tmp, 0o666)
-        os.replace(tmp, path)
+        with output_lock(path), _write_errors_named(path):
+            remove_leftovers(path)
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix, dir=path.parent
+            )
+            os.close(fd)
+            tmp = Path(tmp)
+            yield tmp
+            _give_default_mode(tmp, 0o666)
+            os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 
 def remove_leftovers(path: str | os.PathLike) -> None:
     """Delete the temporaries (`.NAME.*` beside `path`) that `atomic_path` or `atomic_directory` left when the
-    process writing `path` was killed; a later write of the same output owns them."""
+    process writing `path` was killed; a later write of the same output owns them. Lock files (`output_lock`)
+    stay: the lock may be this process's own."""
     path = Path(path)
     if not path.parent.is_dir():
         return
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if leftover.name.endswith(LOCK_SUFFIX):
+            continue
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
@@ -98,23 +112,34 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
     For outputs that are whole folders (a downloaded data set, the synthetic data):
     a failure leaves the previous `path`, or nothing, never a half-filled folder.
+    Only a folder that this function wrote (its `MARKER` lists what it holds) or an
+    empty one is replaced; anything else is refused before the block runs (`check_output`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(path)  # a killed earlier attempt's staging folder (downloads can be hundreds of MB)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    check_output(path, OUTPUT_TREE)
+    tmp = None
     try:
-        yield tmp
-        _give_default_mode(tmp, 0o777)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        with output_lock(path), _write_errors_named(path):
+            remove_leftovers(path)  # a killed earlier attempt's staging folder (downloads can be hundreds of MB)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            yield tmp
+            _mark_as_ours(tmp)
+            _give_default_mode(tmp, 0o777)
+            _replace_folder(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_folder(new: Path, path: Path) -> None:
+    """Rename `new` onto `path`, moving an existing `path` aside first (a folder cannot be renamed onto another)."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    os.replace(path, old / path.name)
+    os.replace(new, path)
+    shutil.rmtree(old)
 
 
 def _give_default_mode(path: Path, mode: int) -> None:
@@ -123,6 +148,247 @@ def _give_default_mode(path: Path, mode: int) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, mode & ~umask)
+
+
+# --- outputs: replace only what we wrote, one writer at a time, write errors that name the user's path -----
+
+# In every folder that `atomic_directory` writes: the files it holds, so that a later write may replace it.
+MARKER = ".unet-output.json"
+LOCK_SUFFIX = ".lock"
+FOLDER_LOCK = ".unet.lock"
+_HELD: set[Path] = set()  # the lock files this process holds (`output_lock`)
+# The kinds of output `check_output` knows. A file of a kind is recognised by its first bytes (JSON by parsing).
+FILE_KINDS = {
+    "tiff": (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"),
+    "png": (b"\x89PNG",),
+    "zip": (b"PK\x03\x04", b"PK\x05\x06"),
+    "json": (),
+}
+OUTPUT_FOLDER = "folder"  # a folder that files with the command's own names go into (train, predict --images...)
+OUTPUT_TREE = "tree"  # a folder written whole by `atomic_directory` (fetch, synthesize, export, a CTC result folder)
+# What a failed write's errno means to a user.
+_WRITE_CAUSES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system or the file size limit (ulimit -f)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a file stands where a folder is needed",
+    errno.EEXIST: "a file stands where a folder is needed",
+    errno.EISDIR: "a folder is in the way",
+}
+
+
+class OutputError(UsageError):
+    """An output that cannot be written: it is not ours to replace, another process writes it, or the write
+    failed (no space, read-only); the message names the user's path and what to do."""
+
+
+@contextlib.contextmanager
+def claim_outputs(*outputs: tuple[str | os.PathLike | None, str], inputs: Iterable = ()) -> Iterator[None]:
+    """Check each (path, kind) output (`check_output`; None paths are skipped), then hold their locks
+    (`output_lock`) while the block runs. A command calls it first, so that a bad output fails before any work."""
+    outputs = [(Path(path), kind) for path, kind in outputs if path is not None]
+    resolved = [path.resolve() for path, _ in outputs]
+    twice = next((path for (path, _), same in zip(outputs, resolved) if resolved.count(same) > 1), None)
+    if twice is not None:
+        raise OutputError(f"{twice}: given for two outputs of this command; give each its own path")
+    for path, kind in outputs:
+        check_output(path, kind, inputs=inputs)
+    with contextlib.ExitStack() as locks:
+        for path, kind in outputs:
+            locks.enter_context(output_lock(path, inside=kind == OUTPUT_FOLDER))
+        yield
+
+
+def check_output(path: str | os.PathLike, kind: str, *, inputs: Iterable = ()) -> None:
+    """Refuse an output that the command must not replace or cannot write (`OutputError`), before any work.
+
+    A command replaces only what it wrote before:
+    - a file of a kind in `FILE_KINDS` (a TIFF, PNG, zip or JSON at a path the user names): an existing file is
+      replaced only if it holds that kind (an earlier result); a folder or another file (notes.txt) is refused.
+    - `OUTPUT_TREE`, a folder written whole: an existing one is replaced only if empty, or if it holds nothing
+      but what `atomic_directory` wrote there (its `MARKER` lists that); a file there is refused.
+    - `OUTPUT_FOLDER`: the command writes files with its own names into it (model.pt, NAME_probabilities.tif),
+      which replace those of an earlier run; a file there is refused.
+    Nor may an output be one of `inputs` (None ones are skipped), or (a file or a tree) hold one, or be the
+    current folder or hold it. A file on the way to `path` is refused here; a folder
+    that cannot be written in is refused by `output_lock`.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    if kind != OUTPUT_FOLDER and resolved in (Path.cwd(), *Path.cwd().parents):
+        raise OutputError(f"{path}: is the current folder or holds it; name a new folder for the output")
+    for source in (Path(given) for given in inputs if given is not None):
+        if source.resolve() == resolved:
+            raise OutputError(f"{path}: is also an input of this command; write the output elsewhere")
+        if kind != OUTPUT_FOLDER and resolved in source.resolve().parents:
+            raise OutputError(f"{path}: holds the input {source}, which it would replace; write the output elsewhere")
+    blocker = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"{path}: {blocker} is a file, not a folder; choose another path")
+    if not path.exists():
+        return
+    refusal = _why_not_replaceable(path, kind)
+    if refusal:
+        raise OutputError(f"{path}: {refusal}")
+
+
+def _why_not_replaceable(path: Path, kind: str) -> str | None:
+    """Why the existing `path` is not an output of `kind` that a command may replace, or None if it is."""
+    if kind == OUTPUT_FOLDER:
+        return None if path.is_dir() else "is a file, not a folder; choose a folder for the results"
+    if kind == OUTPUT_TREE:
+        if not path.is_dir():
+            return "is a file, and the output is a folder; choose another path"
+        foreign = _foreign_entries(path)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            return (
+                f"exists and holds what unet did not write there ({shown}); choose another path, "
+                "or delete or rename the folder yourself"
+            )
+        return None
+    if path.is_dir():
+        return f"is a folder; name a {kind.upper()} file"
+    if not _holds_kind(path, kind):
+        return f"exists and is not a {kind.upper()} file; choose another path, or delete or rename it yourself"
+    return None
+
+
+def _holds_kind(path: Path, kind: str) -> bool:
+    """Whether the file at `path` holds a `kind` of `FILE_KINDS`."""
+    try:
+        if kind == "json":
+            json.loads(path.read_bytes())
+            return True
+        with open(path, "rb") as handle:
+            return handle.read(8).startswith(FILE_KINDS[kind])
+    except (OSError, ValueError):
+        return False
+
+
+def _entries(folder: Path) -> set[str]:
+    """Every file, link and folder under `folder`, as paths relative to it."""
+    found = set()
+    for root, folders, files in os.walk(folder):
+        found.update(os.path.relpath(os.path.join(root, name), folder) for name in folders + files)
+    return found
+
+
+def _mark_as_ours(folder: Path) -> None:
+    entries = sorted(_entries(folder))
+    note = "written by unet; a later unet command replaces this folder while it holds nothing but these files"
+    (folder / MARKER).write_text(json.dumps({"note": note, "files": entries}, indent=1) + "\n")
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """What `folder` holds beyond the files its `MARKER` lists (everything, without a marker)."""
+    try:
+        written = set(json.loads((folder / MARKER).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        written = set()
+    return sorted(_entries(folder) - written - {MARKER})
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike, *, inside: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on the output `path` while the block runs; if another process holds it, refuse at
+    once with an `OutputError` naming the process.
+
+    The lock is an OS file lock (flock) on `path/.unet.lock` (`inside`: a folder written into, created here) or
+    on `.NAME.lock` beside `path` (an output replaced whole): the OS releases it when the process ends, even by
+    kill -9. The lock file holds the holder's PID and is removed on release, as is the folder made for it if it
+    stayed empty. Creating it is also the first write where the output goes: a read-only folder or a full disk is
+    refused here, before any work.
+    """
+    path = Path(path)
+    lock = path / FOLDER_LOCK if inside else path.parent / f".{path.name}{LOCK_SUFFIX}"
+    if lock.resolve() in _HELD:  # this process holds it already (a command's lock, then its write's)
+        yield
+        return
+    created = not lock.parent.exists()
+    with _write_errors_named(path, lock):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = _take_lock(lock, path)
+    held = lock.resolve()
+    _HELD.add(held)
+    try:
+        with _write_errors_named(path, lock):
+            os.write(descriptor, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        _HELD.discard(held)
+        lock.unlink(missing_ok=True)
+        os.close(descriptor)
+        if created:  # a command that failed before writing leaves no empty folder
+            with contextlib.suppress(OSError):
+                lock.parent.rmdir()
+
+
+def _take_lock(lock: Path, path: Path) -> int:
+    """The descriptor of `lock`, flocked; retried when its previous holder removed the file meanwhile."""
+    while True:
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise OutputError(
+                f"{path}: another unet process (PID {holder}) is writing it; wait for it to end, or choose another path"
+            ) from None
+        if _is_file(descriptor, lock):
+            os.ftruncate(descriptor, 0)
+            return descriptor
+        os.close(descriptor)
+
+
+def _is_file(descriptor: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `descriptor`."""
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def _write_errors_named(path: Path, *ours: Path) -> Iterator[None]:
+    """Turn a failed write (no space, read-only, no permission: also inside torch's RuntimeError) of `path`, its
+    temporaries (`.NAME.*` beside it), its folders or `ours` into an `OutputError` that names `path`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        failure = _os_error_behind(error)
+        if failure is None or not _concerns(failure, path, ours):
+            raise
+        cause = _WRITE_CAUSES.get(failure.errno, failure.strerror)
+        raise OutputError(f"{path}: cannot be written: {cause}") from error
+
+
+def _os_error_behind(error: BaseException | None) -> OSError | None:
+    """The OSError that `error` is or was raised while handling (torch.save wraps a failed write in a
+    RuntimeError), if it has an errno."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _concerns(failure: OSError, path: Path, ours: tuple[Path, ...]) -> bool:
+    """Whether `failure` is about writing `path`: its file is `path`, a folder on its way, a temporary of it
+    (`.NAME.*` beside it) or one of `ours`; or it names no file and is a write's error (a full disk)."""
+    if failure.filename is None:
+        return failure.errno in _WRITE_CAUSES
+    name = Path(failure.filename)
+    if name == path or name in path.parents or name in ours:
+        return True
+    try:
+        return name.relative_to(path.parent).parts[0].startswith(f".{path.name}.")
+    except (ValueError, IndexError):
+        return False
 
 
 def write_tiff(

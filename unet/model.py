@@ -149,8 +149,8 @@ def save_model(path, model: UNet, **metadata) -> None:
     from unet.io import atomic_path
 
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"config": dict(_unwrap(model).config), "state_dict": state, "metadata": metadata}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a Python file keeps a failed write's OSError
+        torch.save({"config": dict(_unwrap(model).config), "state_dict": state, "metadata": metadata}, handle)
 
 
 def load_model(path, device: str | torch.device = "cpu") -> UNet:

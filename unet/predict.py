@@ -42,9 +42,12 @@ from unet.device import resolve_device
 from unet.errors import UsageError
 from unet.io import (
     NORMALIZATION_PERCENTILES,
+    OUTPUT_FOLDER,
+    OUTPUT_TREE,
     DataError,
     Split,
     atomic_directory,
+    claim_outputs,
     format_frames,
     image_files,
     normalize_intensity,
@@ -167,7 +170,7 @@ def write_ctc_masks(res_dir: str | os.PathLike, masks: np.ndarray, frames: list[
 
     Frame ids are zero-padded to 3 digits (4 if one reaches 1000), like the
     challenge's `tTTT.tif`. The folder is written beside `res_dir` and renamed
-    into place when complete; an existing folder is replaced.
+    into place when complete; it replaces a folder that it wrote before (`unet.io.atomic_directory`).
     """
     res_dir = Path(res_dir)
     masks = np.asarray(masks)
@@ -245,16 +248,31 @@ _MACHINE_KEYS = tuple(
 
 def run(args: argparse.Namespace) -> int:
     from_arguments(PredictSettings, args)  # bad flags before any model is read
-    device = resolve_device(args.device)
-    torch.backends.cudnn.benchmark = True  # few input shapes (unet.overlap_tile): let cuDNN pick its fastest kernels
-    models = load_models(args.model, device)
-    saved = PredictSettings.from_mapping(models.predict, f"{models.paths[0]}: its saved predict")
-    settings = from_arguments(PredictSettings, args, defaults=saved)
-    if args.data:
-        _predict_split(args, models, settings, device)
-    else:
-        _predict_image_files(args, models, settings, device)
+    with claim_outputs(*_outputs(args), inputs=_inputs(args)):
+        device = resolve_device(args.device)
+        torch.backends.cudnn.benchmark = True  # few input shapes (unet.overlap_tile): cuDNN picks its fastest kernels
+        models = load_models(args.model, device)
+        saved = PredictSettings.from_mapping(models.predict, f"{models.paths[0]}: its saved predict")
+        settings = from_arguments(PredictSettings, args, defaults=saved)
+        if args.data:
+            _predict_split(args, models, settings, device)
+        else:
+            _predict_image_files(args, models, settings, device)
     return 0
+
+
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    """What the outputs may not replace: the models, the images, a split and its files (its images.tif...)."""
+    split = [Path(args.data), *Path(args.data).glob("*")] if args.data else []
+    return [*map(Path, args.model), *map(Path, args.images or []), *split]
+
+
+def _outputs(args: argparse.Namespace) -> list[tuple[str | None, str]]:
+    """The outputs to claim (`unet.io.claim_outputs`): with --images a folder of files named after the inputs,
+    which may not be an input folder (a second run would segment the first's results)."""
+    if args.images:
+        return [(args.out, OUTPUT_FOLDER)]
+    return [(args.out, "tiff"), (args.submission, "tiff"), (args.instances, OUTPUT_TREE)]
 
 
 def _predict_split(args: argparse.Namespace, models: Models, settings: PredictSettings, device) -> None:

@@ -17,7 +17,17 @@ import numpy as np
 from unet.errors import UsageError
 from unet.fetch import CATALOGUE, PARTS, protocol_of
 from unet.folder import read_folder_split
-from unet.io import DataError, Split, check_finite, numbered_files, read_stack, read_tiff, write_split
+from unet.io import (
+    OUTPUT_FOLDER,
+    DataError,
+    Split,
+    check_finite,
+    check_output,
+    numbered_files,
+    read_stack,
+    read_tiff,
+    write_split,
+)
 from unet.pipeline import FOLDER, FOLDER_FOLDS, PROTOCOLS, SPLITS
 
 
@@ -282,6 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = {key: getattr(args, key) for key in ("folds", "ignore_label", "channel")}
+    check_output(args.out, OUTPUT_FOLDER, inputs=[args.raw])  # its split folders are locked as they are written
     folders = prepare(
         args.dataset,
         args.raw,

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from unet.io import atomic_directory, write_tiff
+from unet.io import OUTPUT_TREE, atomic_directory, claim_outputs, write_tiff
 from unet.pipeline import CTC_SEQUENCES
 from unet.settings import SyntheticCellsSettings, SyntheticEmSettings, from_arguments
 from unet.settings import add_arguments as add_settings_arguments
@@ -273,6 +273,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = from_arguments(SETTINGS[args.kind], args)
-    out = GENERATORS[args.kind](args.out, **dataclasses.asdict(settings))
+    with claim_outputs((args.out, OUTPUT_TREE)):
+        out = GENERATORS[args.kind](args.out, **dataclasses.asdict(settings))
     print(f"synthetic {args.kind} data (seed {settings.seed}) in {out}", file=sys.stderr)
     return 0

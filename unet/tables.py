@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from unet.figures import figure
-from unet.io import DataError, atomic_path, read_json
+from unet.io import OUTPUT_FOLDER, DataError, atomic_path, claim_outputs, read_json
 from unet.pipeline import FOLDER, RUN_PATTERN, parse_model_file, parse_score_path
 
 # Table 1 of the paper: ISBI 2012 leaderboard of 6 March 2015, sorted by warping error.
@@ -461,8 +461,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.rule_times:
-        write_rule_times(args.rule_times, args.out, args.exclude_datasets)
-    else:
-        write_tables(args.scores, args.out, args.settings_note, args.runs, args.snakemake_version)
+    with claim_outputs((args.out, OUTPUT_FOLDER)):
+        if args.rule_times:
+            write_rule_times(args.rule_times, args.out, args.exclude_datasets)
+        else:
+            write_tables(args.scores, args.out, args.settings_note, args.runs, args.snakemake_version)
     return 0

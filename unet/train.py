@@ -24,8 +24,10 @@
   cudnn autotuning, the fused SGD and optional torch.compile; the loss is only read back every `log_every`
   iterations. On the CPU a resumed run is bit-identical to an uninterrupted one.
 - Checkpoints (`unet.checkpoint`) every `checkpoint_every` iterations, and at once when
-  the process gets SIGTERM or SIGUSR1 (a cluster's time limit or preemption): the run
-  then exits with status 128 + the signal's number, and a run started again resumes.
+  the process gets SIGTERM or SIGUSR1 (a cluster's time limit or preemption) or SIGINT
+  (Ctrl-C): the run then exits with status 128 + the signal's number (130 for Ctrl-C),
+  and a run started again resumes. One run at a time holds MODEL_DIR (`unet.io.claim_outputs`):
+  a second is refused at once.
   `log.csv` and `loss.png` (`unet.training_log`) are rewritten at every checkpoint.
 - Outputs in MODEL_DIR: `model.pt` (`unet.model.save_model`, with the settings, the
   prediction defaults for its users and the input scaling), `run.json` (what produced it:
@@ -59,8 +61,10 @@ from unet.errors import UsageError
 from unet.gpus import gpu_id
 from unet.io import (
     NORMALIZATION_PERCENTILES,
+    OUTPUT_FOLDER,
     DataError,
     TrainingSet,
+    claim_outputs,
     crops,
     format_frames,
     load_training_set,
@@ -94,8 +98,8 @@ POLY_EXPONENT = 0.9  # nnU-Net's polynomial decay
 # Settings that change how a run is carried out or reported, not its result: a run may
 # resume from a checkpoint written with other values of these.
 RUN_CONTROL = ("checkpoint_every", "log_every", "val_every", "device", "channels_last", "compile")
-# A cluster's time limit or preemption (SIGTERM), or its advance notice (SIGUSR1, `sbatch --signal`).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# A cluster's time limit or preemption (SIGTERM), its advance notice (SIGUSR1, `sbatch --signal`), or Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Interrupted(Exception):
@@ -166,9 +170,10 @@ def run(args: argparse.Namespace) -> int:
         "settings": from_arguments(TrainSettings, args),
         "predict": from_arguments(PredictSettings, args, keys=MODEL_PREDICT_KEYS, prefix="predict"),
     }
-    frames, val_frames = _frame_selection(args)
-    data = load_data(args.data, args.weights, frames, val_frames, args.val_data)
-    train(data, args.out, seed=args.seed, **settings)
+    with claim_outputs((args.out, OUTPUT_FOLDER)):
+        frames, val_frames = _frame_selection(args)
+        data = load_data(args.data, args.weights, frames, val_frames, args.val_data)
+        train(data, args.out, seed=args.seed, **settings)
     return 0
 
 
@@ -388,10 +393,10 @@ def train(
 ) -> UNet:
     """Train (or resume, or finish) a run in `out_dir`; returns the trained model.
 
-    `Interrupted` when SIGTERM or SIGUSR1 stopped it after a checkpoint.
+    `Interrupted` when SIGTERM, SIGUSR1 or SIGINT stopped it after a checkpoint.
     """
     session = _Session(data, Path(out_dir), model_settings, augment, settings, seed)
-    with _stop_signals() as stop:
+    with _stop_signals() as stop, contextlib.closing(session.progress):  # the bar ends before an error's line
         for iteration in range(session.start + 1, settings.iterations + 1):
             learning_rate = learning_rate_at(iteration - 1, settings)
             session.log.add(session.trainer.step(*session.augmenter.sample(settings.batch_size), learning_rate))
@@ -571,7 +576,7 @@ def run_record(device: torch.device, **extra) -> dict:
 
 @contextlib.contextmanager
 def _stop_signals() -> Iterator[list[int]]:
-    """Yield a list that SIGTERM or SIGUSR1 appends their number to (instead of ending the process)."""
+    """Yield a list that the `STOP_SIGNALS` append their number to (instead of ending the process)."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # only the main thread may handle signals
         yield received

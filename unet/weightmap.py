@@ -47,7 +47,7 @@ from scipy import ndimage
 
 from unet.errors import UsageError
 from unet.figures import figure, show_weights
-from unet.io import DataError, read_split, write_weight_maps
+from unet.io import OUTPUT_FOLDER, DataError, claim_outputs, read_split, write_weight_maps
 from unet.settings import WeightmapSettings, from_arguments
 from unet.settings import add_arguments as add_settings_arguments
 
@@ -306,6 +306,12 @@ def run(args: argparse.Namespace) -> int:
     settings = from_arguments(WeightmapSettings, args)
     if args.out is None and args.figure is None:
         raise UsageError("nothing to do: give OUT_DIR, --figure, or both")
+    with claim_outputs((args.out, OUTPUT_FOLDER), (args.figure, "png"), inputs=[args.data]):
+        _write_weight_maps(args, settings)
+    return 0
+
+
+def _write_weight_maps(args: argparse.Namespace, settings: WeightmapSettings) -> None:
     split = read_split(args.data)
     if split.labels is None:
         raise DataError(f"{args.data}: the split has no labelled frames, so it has no weight maps")
@@ -327,4 +333,3 @@ def run(args: argparse.Namespace) -> int:
         title = f"{split.dataset} {split.split}, frame {frame}: w0 = {settings.w0:g}, sigma = {settings.sigma:g} px"
         image = split.labelled_images()[row, :height, :width]
         plot_weight_map(image, label, split.kind, maps, args.figure, title=title)
-    return 0
