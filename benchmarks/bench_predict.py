@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import matmul_rates, median_seconds, parser, report  # noqa: E402
+from benchmarks.common import matmul_rates, median_seconds, parser, precision_note, report  # noqa: E402
 from unet.device import memory_format, native_bf16  # noqa: E402
 from unet.model import UNet, forward_flops  # noqa: E402
 from unet.overlap_tile import TTA, predict_probabilities, tile_layout  # noqa: E402
@@ -85,7 +85,7 @@ def main() -> None:
         record=args.record,
         command=" ".join(sys.argv),
         notes=f"512 x 512 slices, base_channels {args.base_channels}, batch_size {args.batch_size}, "
-        f"{args.slices} slices per call, median of {args.repeats}, native bf16: {native_bf16(device)}. Goal on one "
+        f"{args.slices} slices per call, median of {args.repeats}, {precision_note(args.device)}. Goal on one "
         f"H100 with the paper network: d4 under 15 ms per slice. Load average at the end: {os.getloadavg()[0]:.1f}.",
     )
 

@@ -124,8 +124,8 @@ def main() -> None:
         command="python " + shlex.join(sys.argv),
         notes=(
             f"batch {args.batch_size}, depth {args.depth}, compile {args.compile}, {steps} steps x {repeats} repeats "
-            f"(median), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, native bf16: "
-            f"{native_bf16(device)}. A step counts 3x the forward FLOPs "
+            f"(median), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+            f"{common.precision_note(args.device)}. A step counts 3x the forward FLOPs "
             f"({forward_flops(UNet(), 572) / 1e9:.0f} GFLOP forward at full width, 572 px). {GOAL}."
         ),
     )

@@ -70,6 +70,16 @@ def matmul_rates(device: str, size: int, repeats: int, precisions=("fp32", "bf16
     return rates
 
 
+def precision_note(device: str) -> str:
+    """Whether the device has bf16 instructions, and what `precision: auto` chooses on it (they can differ)."""
+    import torch
+
+    from unet.device import bf16_pays, native_bf16
+
+    torch_device = torch.device(device)
+    return f"native bf16: {native_bf16(torch_device)}, precision auto: {'bf16' if bf16_pays(torch_device) else 'fp32'}"
+
+
 def device_name(device: str) -> str:
     if str(device).startswith("cuda"):
         import torch

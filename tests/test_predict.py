@@ -81,7 +81,7 @@ def test_tiles_step_on_the_pooling_grid_and_cover_the_image():
 
 def predict_fp32(model, images, **options) -> np.ndarray:
     """`predict_probabilities` in fp32, as `whole_image_probability` computes: exactness tests compare fp32 with
-    fp32 (`precision: auto` chooses bf16 on a CPU that computes it natively)."""
+    fp32 (`precision: auto` chooses bf16 on a CPU that computes it faster)."""
     return predict_probabilities(model, images, precision="fp32", **options)
 
 

@@ -1,12 +1,16 @@
 """Where the network runs, and in which precision and memory layout it computes there.
 
 `precision: auto` (training and prediction) means the fastest correct choice of the device:
-bf16 autocast where the device computes bf16 natively, fp32 elsewhere.
+bf16 autocast where the device computes bf16 faster than fp32, fp32 elsewhere.
 
-- CUDA: bf16 where `torch.cuda.is_bf16_supported()` (Ampere and newer).
+- CUDA: bf16 where `torch.cuda.is_bf16_supported()` (Ampere and newer: tensor cores).
 - CPU: bf16 where the CPU has bf16 dot-product instructions, AVX512-BF16 or AMX-BF16, as torch
-  reports them (`torch.cpu.get_capabilities()`, from cpuinfo). Without them oneDNN emulates bf16,
-  about 10 times slower than fp32 (an AVX2 CPU, `benchmarks/results/train.md`), so `auto` stays fp32.
+  reports them (`torch.cpu.get_capabilities()`, from cpuinfo), *and* a convolution shaped like the
+  U-Net's runs clearly faster in bf16 than in fp32 on it (`cpu_bf16_speedup`). The instructions
+  alone do not decide: a Zen 5 computes bf16 4.3 times as fast as fp32 with AVX512-BF16, a Xeon with
+  AVX512-BF16 but without AMX (a virtual machine that hides AMX) 0.57 times as fast
+  (`benchmarks/results/train.md`). Without the instructions oneDNN emulates bf16, about 10 times
+  slower than fp32 (an AVX2 CPU), and nothing is measured.
 
 Autocast covers the convolutions; the loss, the weight maps, the optimiser's state and every metric
 stay fp32 (or fp64) in any case.
@@ -14,16 +18,22 @@ stay fp32 (or fp64) in any case.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+import time
 
 import torch
 
 from unet.errors import UsageError
 from unet.settings import PRECISIONS
 
-# The CPU features (torch.cpu.get_capabilities) with which bf16 is faster than fp32.
+# The CPU features (torch.cpu.get_capabilities) with which a CPU computes bf16 natively.
 NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
+# How much faster than fp32 bf16 must be on a CPU for `auto` to choose it: far from the ratios
+# measured (4.3 and 0.57, module docstring), so that timing noise cannot flip the choice, and
+# above 1 because autocast costs casts that a convolution alone does not show.
+CPU_BF16_MIN_SPEEDUP = 1.25
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,7 +64,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 natively, i.e. faster than fp32 (see the module docstring)."""
+    """Whether `device` has bf16 instructions (not necessarily faster than fp32: `bf16_pays`)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
@@ -62,8 +72,44 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def bf16_pays(device: torch.device) -> bool:
+    """Whether bf16 autocast is faster than fp32 on `device`: `precision: auto`'s choice."""
+    if device.type == "cpu":
+        return native_bf16(device) and cpu_bf16_speedup(torch.get_num_threads()) >= CPU_BF16_MIN_SPEEDUP
+    return native_bf16(device)
+
+
+@functools.cache
+def cpu_bf16_speedup(threads: int) -> float:
+    """fp32 time over bf16-autocast time of a 3x3 convolution of the U-Net's kind (32 channels, 128 px,
+    channels_last) on this CPU with `threads` threads: the best of 5 interleaved runs each, 0.1-0.3 s.
+    Measured once per process and thread count."""
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _convolution_bf16_speedup()
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _convolution_bf16_speedup() -> float:
+    convolution = torch.nn.Conv2d(32, 32, 3).to(memory_format=torch.channels_last)
+    image = torch.randn(1, 32, 128, 128).to(memory_format=torch.channels_last)
+    best = {False: float("inf"), True: float("inf")}
+    with torch.inference_mode():
+        for run in range(7):
+            for bf16 in best:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    start = time.perf_counter()
+                    convolution(image)
+                    elapsed = time.perf_counter() - start
+                if run >= 2:  # the first runs create oneDNN's kernels
+                    best[bf16] = min(best[bf16], elapsed)
+    return best[False] / best[True]
+
+
 def uses_bf16(precision: str, device: torch.device) -> bool:
-    """Whether `precision` means bf16 autocast on `device` (`auto`: where the device computes bf16 natively).
+    """Whether `precision` means bf16 autocast on `device` (`auto`: where it is faster, `bf16_pays`).
 
     An explicit `bf16` is honoured on any CPU (emulated where it is not native: slow, but the same numbers);
     on a CUDA device without bf16 it is an error.
@@ -71,7 +117,7 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {PRECISIONS}, found {precision!r}")
     if precision == "auto":
-        return native_bf16(device)
+        return bf16_pays(device)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise UsageError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support (use auto or fp32)")
     return precision == "bf16"

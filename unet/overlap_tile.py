@@ -178,7 +178,7 @@ def predict_probabilities(
     (fewer when the whole stack has fewer). The model is put in eval mode for the
     call and moved to `device` (default: where it is) in its faster layout (`unet.device.memory_format`).
     `precision`: `bf16` autocast, `fp32`, or `auto` (bf16 where the device computes
-    it natively, `unet.device.uses_bf16`). `progress`: a progress bar over the images on stderr.
+    it faster than fp32, `unet.device.uses_bf16`). `progress`: a progress bar over the images on stderr.
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3 or 0 in images.shape:

@@ -19,10 +19,11 @@
   predicted whole, by the overlap-tile prediction without test-time augmentation; the
   log gets their foreground IoU and, for instance labels, their SEG.
 - Precision and layout (`unet.device`): `precision: auto` is bf16 autocast where the device computes
-  bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX) and fp32 elsewhere; the loss, the weight maps and
-  the optimiser's state stay fp32. `channels_last` where it pays (GPUs, AVX-512 CPUs). On a GPU also
-  cudnn autotuning, the fused SGD and optional torch.compile; the loss is only read back every `log_every`
-  iterations. On the CPU a resumed run is bit-identical to an uninterrupted one.
+  bf16 faster than fp32 (CUDA; CPUs with AVX512-BF16 or AMX on which a convolution measures faster) and
+  fp32 elsewhere; the loss, the weight maps and the optimiser's state stay fp32. `channels_last` where
+  it pays (GPUs, AVX-512 CPUs). On a GPU also cudnn autotuning, the fused SGD and optional
+  torch.compile; the loss is only read back every `log_every` iterations. On the CPU a resumed run
+  is bit-identical to an uninterrupted one.
 - Checkpoints (`unet.checkpoint`) every `checkpoint_every` iterations, and at once when
   the process gets SIGTERM or SIGUSR1 (a cluster's time limit or preemption) or SIGINT
   (Ctrl-C): the run then exits with status 128 + the signal's number (130 for Ctrl-C),
@@ -311,7 +312,7 @@ class Trainer:
     """The model, its optimiser and one training step on a device.
 
     The precision and memory layout are the fastest correct ones for the device (`unet.device`): bf16
-    autocast where the device computes bf16 natively, channels_last where it pays. `step` returns the loss as
+    autocast where the device computes bf16 faster, channels_last where it pays. `step` returns the loss as
     a device tensor and never synchronises with the host: the learning rate lives on the device too.
     """
 
