@@ -143,6 +143,13 @@ def _cpu_capabilities() -> dict:
     return dict(getattr(torch.cpu, "get_capabilities", dict)())
 
 
+def auto_precision_evidence(precision: str, device: torch.device) -> dict:
+    """What `precision: auto` measured to choose, for `run.json`: the CPU's bf16 speedup, where it was measured."""
+    if precision == "auto" and device.type == "cpu" and native_bf16(device):
+        return {"cpu_bf16_speedup": round(cpu_bf16_speedup(torch.get_num_threads()), 2)}
+    return {}
+
+
 def precision_used(bf16: bool, device: torch.device) -> str:
     """What the convolutions compute in, for `run.json`: on CUDA, fp32 lets cuDNN use TF32 unless turned off."""
     if bf16:

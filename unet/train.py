@@ -57,7 +57,7 @@ from torch.nn import functional as F
 from unet import metrics, provenance
 from unet.augment import Augmenter
 from unet.checkpoint import CHECKPOINT, resume, save_checkpoint
-from unet.device import memory_format, precision_used, resolve_device, uses_bf16
+from unet.device import auto_precision_evidence, memory_format, precision_used, resolve_device, uses_bf16
 from unet.errors import UsageError
 from unet.gpus import gpu_id
 from unet.io import (
@@ -536,6 +536,7 @@ class _Session:
         run = run_record(
             self.device,
             precision=self.trainer.precision,
+            **auto_precision_evidence(self.settings.precision, self.device),
             memory_format="channels_last" if self.trainer.memory_format == torch.channels_last else "contiguous",
             seed=self.seed,
             iterations=self.settings.iterations,
