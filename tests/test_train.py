@@ -18,6 +18,7 @@ import torch
 import yaml
 from torch.nn import functional as F
 
+from unet import provenance
 from unet.augment import Augmenter
 from unet.cli import main
 from unet.device import CPU_BF16_MIN_SPEEDUP, native_bf16, uses_bf16
@@ -292,6 +293,26 @@ def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "other settings (train.iterations: 12 -> 6); starting over" in err
     assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 6
+
+
+def test_run_json_names_the_commit_that_started_the_run_not_the_one_checked_out_at_its_end(
+    synthetic, tmp_path, monkeypatch
+):
+    data, weights = synthetic
+    checkout = {"commit": "a" * 40, "dirty": False}
+    monkeypatch.setattr(provenance, "code_version", lambda *args: dict(checkout))
+    sample = Augmenter.sample
+
+    def sample_then_move_the_checkout_on(self, *args, **kwargs):
+        checkout.update(commit="b" * 40, dirty=True)  # a commit made while the run trains
+        return sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(Augmenter, "sample", sample_then_move_the_checkout_on)
+    out = tmp_path / "model"
+    flags = ["--frames", "0-3", "--iterations", "2", "--device", "cpu"]
+    assert main(["train", "--data", str(data), "--weights", str(weights), "--out", str(out), *TINY, *flags]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert (run["commit"], run["dirty"]) == ("a" * 40, False)
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_final_weights(synthetic, tmp_path):

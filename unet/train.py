@@ -421,6 +421,8 @@ class _Session:
         seed: int,
     ):
         self.data, self.out_dir, self.settings, self.seed = data, out_dir, settings, seed
+        # The commit of the code that runs, read now: the checkout may move on during a long training.
+        self.code_version = provenance.code_version()
         self.device = resolve_device(settings.device)
         self.run_settings = {
             "model": dataclasses.asdict(model_settings),
@@ -535,6 +537,7 @@ class _Session:
         plot_loss(self.out_dir / FIGURE, self.log.rows, self.constant_loss)
         run = run_record(
             self.device,
+            **self.code_version,
             precision=self.trainer.precision,
             **auto_precision_evidence(self.settings.precision, self.device),
             memory_format="channels_last" if self.trainer.memory_format == torch.channels_last else "contiguous",
