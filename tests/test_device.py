@@ -59,7 +59,7 @@ def test_auto_is_bf16_where_the_cpu_has_bf16_instructions_and_computes_a_convolu
     ("capabilities", "speedup", "auto_bf16"),
     [
         ({"avx512_bf16": True}, 4.3, True),  # a Zen 5
-        ({"avx512_bf16": True}, 0.57, False),  # a Xeon whose AMX a virtual machine hides
+        ({"avx512_bf16": True}, 0.42, False),  # a Xeon whose AMX a virtual machine hides
         ({"amx_bf16": True}, 1.3, True),
         ({"avx2": True}, None, False),  # emulated bf16: nothing to measure
     ],

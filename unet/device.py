@@ -8,9 +8,9 @@ bf16 autocast where the device computes bf16 faster than fp32, fp32 elsewhere.
   reports them (`torch.cpu.get_capabilities()`, from cpuinfo), *and* a convolution shaped like the
   U-Net's runs clearly faster in bf16 than in fp32 on it (`cpu_bf16_speedup`). The instructions
   alone do not decide: a Zen 5 computes bf16 4.3 times as fast as fp32 with AVX512-BF16, a Xeon with
-  AVX512-BF16 but without AMX (a virtual machine that hides AMX) 0.57 times as fast
-  (`benchmarks/results/train.md`). Without the instructions oneDNN emulates bf16, about 10 times
-  slower than fp32 (an AVX2 CPU), and nothing is measured.
+  AVX512-BF16 but without AMX (a virtual machine that hides AMX) 0.42 times as fast (2048 matmuls,
+  2 threads; a training step 0.7 times: `benchmarks/results/train.md`). Without the instructions
+  oneDNN emulates bf16, about 10 times slower than fp32 (an AVX2 CPU), and nothing is measured.
 
 Autocast covers the convolutions; the loss, the weight maps, the optimiser's state and every metric
 stay fp32 (or fp64) in any case.
@@ -31,7 +31,7 @@ from unet.settings import PRECISIONS
 # The CPU features (torch.cpu.get_capabilities) with which a CPU computes bf16 natively.
 NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
 # How much faster than fp32 bf16 must be on a CPU for `auto` to choose it: far from the ratios
-# measured (4.3 and 0.57, module docstring), so that timing noise cannot flip the choice, and
+# measured (4.3 and 0.42, module docstring), so that timing noise cannot flip the choice, and
 # above 1 because autocast costs casts that a convolution alone does not show.
 CPU_BF16_MIN_SPEEDUP = 1.25
 
