@@ -4,13 +4,15 @@
 bf16 autocast where the device computes bf16 faster than fp32, fp32 elsewhere.
 
 - CUDA: bf16 where `torch.cuda.is_bf16_supported()` (Ampere and newer: tensor cores).
-- CPU: bf16 where the CPU has bf16 dot-product instructions, AVX512-BF16 or AMX-BF16, as torch
-  reports them (`torch.cpu.get_capabilities()`, from cpuinfo), *and* a convolution shaped like the
-  U-Net's runs clearly faster in bf16 than in fp32 on it (`cpu_bf16_speedup`). The instructions
-  alone do not decide: a Zen 5 computes bf16 4.3 times as fast as fp32 with AVX512-BF16, a Xeon with
-  AVX512-BF16 but without AMX (a virtual machine that hides AMX) 0.42 times as fast (2048 matmuls,
-  2 threads; a training step 0.7 times: `benchmarks/results/train.md`). Without the instructions
-  oneDNN emulates bf16, about 10 times slower than fp32 (an AVX2 CPU), and nothing is measured.
+- CPU: bf16 where the CPU computes bf16 dot products faster than fp32 ones, as torch reports its
+  features (`torch.cpu.get_capabilities()`, from cpuinfo): with AMX-BF16 (Intel's tile units), or with
+  AVX512-BF16 on an AMD CPU (a Zen 5 computes bf16 matmuls 4.3 times as fast as fp32; Zen 4 is
+  unmeasured). AVX512-BF16 on
+  an Intel CPU without AMX (Cooper Lake, or a virtual machine that hides AMX) is slower than fp32: 0.42
+  times its matmul rate and 0.7 times its training step on such a Xeon (`benchmarks/results/train.md`).
+  Without the instructions oneDNN emulates bf16, about 10 times slower than fp32 (an AVX2 CPU).
+  A rule, not a timing: the same machine always makes the same choice, and so the same numbers (a
+  timed probe, tried first, flipped under a loaded test suite).
 
 Autocast covers the convolutions; the loss, the weight maps, the optimiser's state and every metric
 stay fp32 (or fp64) in any case.
@@ -18,10 +20,8 @@ stay fp32 (or fp64) in any case.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-import time
 
 import torch
 
@@ -30,10 +30,8 @@ from unet.settings import PRECISIONS
 
 # The CPU features (torch.cpu.get_capabilities) with which a CPU computes bf16 natively.
 NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
-# How much faster than fp32 bf16 must be on a CPU for `auto` to choose it: far from the ratios
-# measured (4.3 and 0.42, module docstring), so that timing noise cannot flip the choice, and
-# above 1 because autocast costs casts that a convolution alone does not show.
-CPU_BF16_MIN_SPEEDUP = 1.25
+# AVX512-BF16 pays on these vendors' CPUs (the module docstring); AMX-BF16 pays on any.
+BF16_AVX512_VENDORS = ("AMD",)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,40 +72,13 @@ def native_bf16(device: torch.device) -> bool:
 
 def bf16_pays(device: torch.device) -> bool:
     """Whether bf16 autocast is faster than fp32 on `device`: `precision: auto`'s choice."""
-    if device.type == "cpu":
-        return native_bf16(device) and cpu_bf16_speedup(torch.get_num_threads()) >= CPU_BF16_MIN_SPEEDUP
-    return native_bf16(device)
-
-
-@functools.cache
-def cpu_bf16_speedup(threads: int) -> float:
-    """fp32 time over bf16-autocast time of a 3x3 convolution of the U-Net's kind (32 channels, 128 px,
-    channels_last) on this CPU with `threads` threads: the best of 5 interleaved runs each, 0.1-0.3 s.
-    Measured once per process and thread count."""
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return _convolution_bf16_speedup()
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-def _convolution_bf16_speedup() -> float:
-    # Its own generator: drawing from torch's global one would change the training that follows.
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(32, 32, 3, 3, generator=generator).to(memory_format=torch.channels_last)
-    image = torch.randn(1, 32, 128, 128, generator=generator).to(memory_format=torch.channels_last)
-    best = {False: float("inf"), True: float("inf")}
-    with torch.inference_mode():
-        for run in range(7):
-            for bf16 in best:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    start = time.perf_counter()
-                    torch.nn.functional.conv2d(image, weight)
-                    elapsed = time.perf_counter() - start
-                if run >= 2:  # the first runs create oneDNN's kernels
-                    best[bf16] = min(best[bf16], elapsed)
-    return best[False] / best[True]
+    if device.type != "cpu":
+        return native_bf16(device)
+    capabilities = _cpu_capabilities()
+    vendor = str(capabilities.get("cpu_name", "")).split(" ")[0]
+    return bool(capabilities.get("amx_bf16")) or (
+        bool(capabilities.get("avx512_bf16")) and vendor in BF16_AVX512_VENDORS
+    )
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
@@ -143,13 +114,6 @@ def memory_format(device: torch.device, channels_last: bool = True) -> torch.mem
 def _cpu_capabilities() -> dict:
     """The CPU's instruction set features as torch reports them (cpuinfo); torch before 2.8: none known."""
     return dict(getattr(torch.cpu, "get_capabilities", dict)())
-
-
-def auto_precision_evidence(precision: str, device: torch.device) -> dict:
-    """What `precision: auto` measured to choose, for `run.json`: the CPU's bf16 speedup, where it was measured."""
-    if precision == "auto" and device.type == "cpu" and native_bf16(device):
-        return {"cpu_bf16_speedup": round(cpu_bf16_speedup(torch.get_num_threads()), 2)}
-    return {}
 
 
 def precision_used(bf16: bool, device: torch.device) -> str:

@@ -212,8 +212,8 @@ class TrainSettings(StageSettings):
     )
     precision: str = setting(
         "auto",
-        "auto = bf16 autocast where the device computes bf16 faster than fp32 (CUDA; CPUs with AVX512-BF16 or AMX "
-        "on which a convolution measures faster), else fp32; bf16 or fp32 to force one (the loss stays fp32)",
+        "auto = bf16 autocast where the device computes bf16 faster than fp32 (CUDA; CPUs with AMX-BF16, AMD CPUs "
+        "with AVX512-BF16), else fp32; bf16 or fp32 to force one (the loss stays fp32)",
         choices=PRECISIONS,
     )
     channels_last: bool = setting(
@@ -238,8 +238,8 @@ class PredictSettings(StageSettings):
     )
     precision: str = setting(
         "auto",
-        "auto = bf16 autocast where the device computes bf16 faster than fp32 (CUDA; CPUs with AVX512-BF16 or AMX "
-        "on which a convolution measures faster), else fp32; bf16 or fp32 to force one",
+        "auto = bf16 autocast where the device computes bf16 faster than fp32 (CUDA; CPUs with AMX-BF16, AMD CPUs "
+        "with AVX512-BF16), else fp32; bf16 or fp32 to force one",
         choices=PRECISIONS,
     )
     min_area: int = setting(0, "instances smaller than this many pixels are removed", minimum=0)

@@ -19,11 +19,11 @@
   predicted whole, by the overlap-tile prediction without test-time augmentation; the
   log gets their foreground IoU and, for instance labels, their SEG.
 - Precision and layout (`unet.device`): `precision: auto` is bf16 autocast where the device computes
-  bf16 faster than fp32 (CUDA; CPUs with AVX512-BF16 or AMX on which a convolution measures faster) and
-  fp32 elsewhere; the loss, the weight maps and the optimiser's state stay fp32. `channels_last` where
-  it pays (GPUs, AVX-512 CPUs). On a GPU also cudnn autotuning, the fused SGD and optional
-  torch.compile; the loss is only read back every `log_every` iterations. On the CPU a resumed run
-  is bit-identical to an uninterrupted one.
+  bf16 faster than fp32 (CUDA; CPUs with AMX-BF16, AMD CPUs with AVX512-BF16) and fp32 elsewhere; the
+  loss, the weight maps and the optimiser's state stay fp32. `channels_last` where it pays (GPUs,
+  AVX-512 CPUs). On a GPU also cudnn autotuning, the fused SGD and optional torch.compile; the loss is
+  only read back every `log_every` iterations. On the CPU a resumed run is bit-identical to an
+  uninterrupted one.
 - Checkpoints (`unet.checkpoint`) every `checkpoint_every` iterations, and at once when
   the process gets SIGTERM or SIGUSR1 (a cluster's time limit or preemption) or SIGINT
   (Ctrl-C): the run then exits with status 128 + the signal's number (130 for Ctrl-C),
@@ -57,7 +57,7 @@ from torch.nn import functional as F
 from unet import metrics, provenance
 from unet.augment import Augmenter
 from unet.checkpoint import CHECKPOINT, resume, save_checkpoint
-from unet.device import auto_precision_evidence, memory_format, precision_used, resolve_device, uses_bf16
+from unet.device import memory_format, precision_used, resolve_device, uses_bf16
 from unet.errors import UsageError
 from unet.gpus import gpu_id
 from unet.io import (
@@ -539,7 +539,6 @@ class _Session:
             self.device,
             **self.code_version,
             precision=self.trainer.precision,
-            **auto_precision_evidence(self.settings.precision, self.device),
             memory_format="channels_last" if self.trainer.memory_format == torch.channels_last else "contiguous",
             seed=self.seed,
             iterations=self.settings.iterations,
