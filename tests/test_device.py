@@ -9,14 +9,7 @@ import torch
 from unet import device as device_module
 from unet.augment import Augmenter
 from unet.checkpoint import resume, save_checkpoint
-from unet.device import (
-    channels_last_pays,
-    memory_format,
-    native_bf16,
-    precision_used,
-    resolve_device,
-    uses_bf16,
-)
+from unet.device import channels_last_pays, memory_format, native_bf16, precision_used, resolve_device, uses_bf16
 from unet.errors import UsageError
 from unet.model import UNet
 from unet.settings import AugmentSettings, TrainSettings

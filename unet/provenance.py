@@ -44,9 +44,10 @@ def versions() -> dict[str, str | None]:
     return found | {name: _version(name) for name in PACKAGES}
 
 
-def record(**extra) -> dict[str, object]:
-    """The code version, the library versions and the host, with `extra` (device, seed, wall time...)."""
-    return {**code_version(), **versions(), "host": platform.node(), **extra}
+def record(code: dict[str, object] | None = None, **extra) -> dict[str, object]:
+    """The code version (`code`, as `code_version` read it when the work started; default: now), the library
+    versions and the host, with `extra` (device, seed, wall time...)."""
+    return {**(code or code_version()), **versions(), "host": platform.node(), **extra}
 
 
 def _version(package: str) -> str | None:

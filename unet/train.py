@@ -537,7 +537,7 @@ class _Session:
         plot_loss(self.out_dir / FIGURE, self.log.rows, self.constant_loss)
         run = run_record(
             self.device,
-            **self.code_version,
+            code=self.code_version,
             precision=self.trainer.precision,
             memory_format="channels_last" if self.trainer.memory_format == torch.channels_last else "contiguous",
             seed=self.seed,
