@@ -136,6 +136,7 @@ def test_a_checkpoint_of_fused_channels_last_sgd_resumes_exactly_in_a_contiguous
         model=first.model,
         optimizer=first.optimizer,
         augmenter=augmenter,
+        average=None,
         device=CPU,
         settings=settings,
         rows=[],

@@ -17,7 +17,7 @@ import torch
 from matplotlib.image import imread
 
 from unet.cli import main as unet_main
-from unet.export import FILES, describe, halo, read_test_input, smallest_input
+from unet.export import FILES, describe, halo, read_test_input, smallest_input, training_facts
 from unet.io import (
     MARKER,
     NORMALIZATION_PERCENTILES,
@@ -347,3 +347,9 @@ def test_a_small_test_image_is_mirrored_up_to_the_smallest_input_and_a_split_fra
     write_split(tmp_path / "split", Split("own", "train", "binary", padded, [0], sizes=[(30, 90)]))
     from_split = read_test_input(str(tmp_path / "split" / "images.tif"), DEPTH, NORMALIZATION_PERCENTILES)
     assert np.array_equal(from_split, read_test_input(str(tmp_path / "small.tif"), DEPTH, NORMALIZATION_PERCENTILES))
+
+
+def test_the_model_card_says_which_iterations_the_kept_weights_average():
+    averaged = training_facts({"iterations": 6000, "averaged_iterations": [4501, 6000]}, "DIC-C2DH-HeLa")
+    assert averaged["weights"] == "the mean of the weights after iterations 4501-6000"
+    assert "weights" not in training_facts({"iterations": 6000}, "DIC-C2DH-HeLa")  # the last weights

@@ -26,7 +26,17 @@ from unet.errors import UsageError
 from unet.io import DataError, Split, write_split, write_tiff, write_weight_maps
 from unet.model import load_model
 from unet.settings import AugmentSettings, ModelSettings, TrainSettings
-from unet.train import learning_rate_at, load_data, load_held_out, train, weighted_cross_entropy
+from unet.train import (
+    Trainer,
+    WeightAverage,
+    first_averaged,
+    held_out_scores,
+    learning_rate_at,
+    load_data,
+    load_held_out,
+    train,
+    weighted_cross_entropy,
+)
 from unet.training_log import constant_output_loss
 
 from helpers import copy_workflow, snakemake, unet
@@ -148,6 +158,70 @@ def test_learning_rate_warms_up_linearly_then_decays_polynomially():
     assert 0 < learning_rate_at(999, settings) < 1e-4
     constant = TrainSettings(iterations=1000, learning_rate=0.01, warmup=0, lr_schedule="constant")
     assert {learning_rate_at(step, constant) for step in (0, 500, 999)} == {0.01}
+
+
+def test_the_averaged_iterations_are_the_last_fraction_and_at_least_one():
+    assert first_averaged(1000, 0.0) == 1001  # none: the last weights are kept
+    assert first_averaged(1000, 0.25) == 751
+    assert first_averaged(1000, 1.0) == 1
+    assert first_averaged(1000, 0.0001) == 1000
+
+
+def test_the_weight_average_is_the_mean_of_the_weights_after_each_averaged_step():
+    model = torch.nn.Linear(3, 2)
+    average = WeightAverage(model, first=2)
+    seen = []
+    for iteration in range(1, 5):
+        with torch.no_grad():
+            model.weight.normal_()
+        average.update(iteration, model)
+        seen.append(model.weight.detach().clone())
+    assert average.count == 3
+    torch.testing.assert_close(average.mean["weight"], torch.stack(seen[1:]).mean(0))
+    own = model.weight.detach().clone()
+    with average.applied(model):
+        torch.testing.assert_close(model.weight.detach(), average.mean["weight"])
+    assert torch.equal(model.weight, own)
+
+
+def test_an_averaging_run_keeps_the_mean_of_its_last_weights_and_scores_it(synthetic, tmp_path, monkeypatch):
+    """`average_last` 0.25 of 12 iterations: model.pt holds the mean of the weights after steps 10-12, and the
+    held-out score of the last row is that model's."""
+    data, weights = synthetic
+    out, snapshots = tmp_path / "model", []
+    step = Trainer.step
+
+    def step_and_keep(trainer, *args):
+        loss = step(trainer, *args)
+        snapshots.append({name: value.detach().clone() for name, value in trainer.model.state_dict().items()})
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", step_and_keep)
+    flags = [
+        "--iterations",
+        "12",
+        "--average-last",
+        "0.25",
+        "--frames",
+        "0-3",
+        "--val-frames",
+        "4-5",
+        "--val-every",
+        "6",
+    ]
+    assert main(train_arguments(data, weights, out, *flags, "--seed", "1", "--device", "cpu")) == 0
+
+    kept = torch.load(out / "model.pt", weights_only=True)
+    assert kept["metadata"]["averaged_iterations"] == [10, 12]
+    for name, value in kept["state_dict"].items():
+        torch.testing.assert_close(value, torch.stack([snapshot[name] for snapshot in snapshots[9:]]).mean(0))
+    last_weights = torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"]  # the run's own, to resume
+    assert all(torch.equal(last_weights[name], snapshots[-1][name]) for name in last_weights)
+    held_out = load_held_out(data, [4, 5])
+    model = load_model(out / "model.pt")
+    precision = "bf16" if uses_bf16("auto", torch.device("cpu")) else "fp32"
+    expected = held_out_scores(model, held_out, 572, precision=precision)["val_iou"]
+    assert float(read_log(out / "log.csv")[-1]["val_iou"]) == pytest.approx(expected, abs=1e-6)
 
 
 def test_fold_flags_train_on_the_other_blocks_and_validate_on_the_held_out_one(synthetic, tmp_path):
@@ -312,7 +386,7 @@ def test_run_json_names_the_commit_that_started_the_run_not_the_one_checked_out_
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_final_weights(synthetic, tmp_path):
     data, weights = synthetic
-    flags = INTERRUPTED_RUN
+    flags = [*INTERRUPTED_RUN, "--average-last", "0.95"]  # from iteration 6: the kill interrupts the average too
     assert main(train_arguments(data, weights, tmp_path / "straight", *flags)) == 0  # in this process
 
     out = tmp_path / "killed"

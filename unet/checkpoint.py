@@ -1,11 +1,11 @@
 """Training checkpoints: everything a stopped run needs to continue as if it had never stopped.
 
 `checkpoint.pt` (written atomically) holds the model, the optimiser, the random states (torch,
-CUDA, augmenter), the iteration, the log so far with the loss of the unfinished log interval,
-the elapsed time and the settings. A run started again with the same settings resumes from it;
-on the CPU the result is bit-identical to an uninterrupted run. With other settings it starts
-over and says which differ. It holds only tensors and plain values: it loads with
-`weights_only=True`, so a checkpoint cannot run code.
+CUDA, augmenter), the weight average where the run keeps one, the iteration, the log so far
+with the loss of the unfinished log interval, the elapsed time and the settings. A run started
+again with the same settings resumes from it; on the CPU the result is bit-identical to an
+uninterrupted run. With other settings it starts over and says which differ. It holds only
+tensors and plain values: it loads with `weights_only=True`, so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from unet.io import DataError, atomic_path
 
 CHECKPOINT = "checkpoint.pt"
-# What `save_checkpoint` writes and `resume` reads (`pending` is read where present: older checkpoints lack it).
+# What `save_checkpoint` writes and `resume` reads (older checkpoints lack `pending` and `average`).
 CHECKPOINT_KEYS = ("iteration", "settings", "config", "state_dict", "optimizer", "rng", "augmenter", "log", "elapsed_s")
 
 
@@ -41,6 +41,7 @@ def save_checkpoint(
     model,
     optimizer,
     augmenter,
+    average,
     device: torch.device,
     settings: dict,
     rows: list[dict],
@@ -58,6 +59,7 @@ def save_checkpoint(
                 "optimizer": optimizer.state_dict(),
                 "rng": _rng_state(device),
                 "augmenter": augmenter.state_dict(),
+                "average": average.state_dict() if average else None,
                 "log": rows,
                 "pending": pending,
                 "elapsed_s": elapsed_s,
@@ -86,8 +88,9 @@ def load_checkpoint(path: Path) -> dict | None:
     return checkpoint
 
 
-def resume(path: Path, settings: dict, model, optimizer, augmenter, device: torch.device) -> Resumed:
-    """Restore the state of the checkpoint at `path` if it was written with the same `settings`."""
+def resume(path: Path, settings: dict, model, optimizer, augmenter, device: torch.device, average=None) -> Resumed:
+    """Restore the state of the checkpoint at `path` if it was written with the same `settings`, the weight
+    `average` too where the run keeps one (`unet.train.WeightAverage`)."""
     checkpoint = load_checkpoint(path)
     if checkpoint is None:
         return Resumed()
@@ -100,6 +103,8 @@ def resume(path: Path, settings: dict, model, optimizer, augmenter, device: torc
     model.load_state_dict(checkpoint["state_dict"])
     restore_optimizer(optimizer, checkpoint["optimizer"])
     augmenter.load_state_dict(checkpoint["augmenter"])
+    if average is not None:
+        average.load_state_dict(checkpoint["average"])
     _set_rng_state(checkpoint["rng"], device)
     print(f"unet train: resuming from {path} at iteration {checkpoint['iteration']}", file=sys.stderr)
     return Resumed(checkpoint["iteration"], checkpoint["log"], checkpoint.get("pending", {}), checkpoint["elapsed_s"])

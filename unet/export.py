@@ -478,12 +478,14 @@ def training_facts(metadata: dict, dataset: str | None) -> dict[str, object]:
     frames = settings.get("frames")
     held_out = settings.get("val_frames")
     loss = metadata.get("final_loss")
+    averaged = metadata.get("averaged_iterations")
     facts = {
         "data set": dataset,
         "labels": metadata.get("label_kind"),
         "training frames": format_frames(frames) if frames else None,
         "held-out frames": format_frames(held_out) if held_out else None,
         "iterations": metadata.get("iterations"),
+        "weights": f"the mean of the weights after iterations {averaged[0]}-{averaged[1]}" if averaged else None,
         "seed": metadata.get("seed"),
         "training settings": _listed(settings.get("train")),
         "augmentation": _listed(settings.get("augment")),

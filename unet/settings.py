@@ -202,6 +202,12 @@ class TrainSettings(StageSettings):
     warmup: int = setting(200, "iterations of linear warm-up: lr * (step + 1) / warmup", minimum=0)
     momentum: float = setting(0.99, "SGD momentum (paper: 0.99)", minimum=0, exclusive_maximum=1, paper=True)
     grad_clip: float = setting(1.0, "largest global L2 norm of the gradient, a guard (0 = no clipping)", minimum=0)
+    average_last: float = setting(
+        0.0,
+        "the kept model is the mean of the weights over this fraction of the last iterations (0 = the last weights)",
+        minimum=0,
+        maximum=1,
+    )
     batch_size: int = setting(1, "tiles per step (paper: 1)", minimum=1, paper=True)
     input_size: int = setting(PAPER_TILE, "side of the input tile (paper: 572)", minimum=1, paper=True)
     checkpoint_every: int = setting(5000, "iterations between checkpoints", minimum=1)

@@ -13,11 +13,15 @@
   first steps' large gradients; 0 turns it off).
 - Data: the augmentation stage (`unet.augment.Augmenter`) samples the tiles on the
   training device, so a step never waits for the host.
-- Held-out scores (monitoring only: the last model is kept, none is selected): every
-  `val_every` iterations the held-out frames (`--val-frames` or `--fold` of the training
-  split, or the labelled frames of `--val-data`, e.g. the other CTC sequence) are
-  predicted whole, by the overlap-tile prediction without test-time augmentation; the
-  log gets their foreground IoU and, for instance labels, their SEG.
+- The kept model (choice, `average_last`): the mean of the weights after each of the last
+  `average_last` x `iterations` steps (Polyak averaging, `WeightAverage`); 0 keeps the
+  last weights.
+- Held-out scores (monitoring only: no model is selected on them): every `val_every`
+  iterations the held-out frames (`--val-frames` or `--fold` of the training split, or
+  the labelled frames of `--val-data`, e.g. the other CTC sequence) are predicted whole,
+  by the overlap-tile prediction without test-time augmentation, with the weights that
+  would be kept (the mean, once averaging has begun); the log gets their foreground IoU
+  and, for instance labels, their SEG.
 - Precision and layout (`unet.device`): `precision: auto` is bf16 autocast where the device computes
   bf16 faster than fp32 (CUDA; CPUs with AMX-BF16, AMD CPUs with AVX512-BF16) and fp32 elsewhere; the
   loss, the weight maps and the optimiser's state stay fp32. `channels_last` where it pays (GPUs,
@@ -308,6 +312,52 @@ def learning_rate_at(step: int, settings: TrainSettings) -> float:
     return rate
 
 
+def first_averaged(iterations: int, average_last: float) -> int:
+    """The first iteration whose weights the kept model averages (`iterations` + 1: none, the last weights kept)."""
+    averaged = max(1, round(average_last * iterations)) if average_last else 0
+    return iterations - averaged + 1
+
+
+class WeightAverage:
+    """The uniform mean of a model's weights after each step from iteration `first` on (Polyak averaging).
+
+    Kept in fp32 beside the model and updated in place: mean_n = mean_(n-1) + (w_n - mean_(n-1)) / n.
+    """
+
+    def __init__(self, model: torch.nn.Module, first: int):
+        self.first, self.count = first, 0
+        self.mean = {name: value.detach().float().clone() for name, value in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, iteration: int, model: torch.nn.Module) -> None:
+        if iteration < self.first:
+            return
+        self.count += 1
+        weights = [value.float() for value in model.state_dict().values()]
+        torch._foreach_lerp_(list(self.mean.values()), weights, 1.0 / self.count)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[None]:
+        """The model holds the mean within the block (if there is one yet) and its own weights again after it."""
+        if not self.count:
+            yield
+            return
+        own = {name: value.clone() for name, value in model.state_dict().items()}
+        model.load_state_dict(self.mean)
+        try:
+            yield
+        finally:
+            model.load_state_dict(own)
+
+    def state_dict(self) -> dict:
+        return {"first": self.first, "count": self.count, "mean": self.mean}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first, self.count = state["first"], state["count"]
+        for name, value in state["mean"].items():
+            self.mean[name].copy_(value)
+
+
 class Trainer:
     """The model, its optimiser and one training step on a device.
 
@@ -400,8 +450,7 @@ def train(
     with _stop_signals() as stop, contextlib.closing(session.progress):  # the bar ends before an error's line
         for iteration in range(session.start + 1, settings.iterations + 1):
             learning_rate = learning_rate_at(iteration - 1, settings)
-            session.log.add(session.trainer.step(*session.augmenter.sample(settings.batch_size), learning_rate))
-            session.progress.update()
+            session.step(iteration, learning_rate)
             session.report(iteration, learning_rate, scores=not stop)  # a stop does not wait for scoring
             if stop:
                 session.interrupt(iteration, stop[0])
@@ -434,6 +483,8 @@ class _Session:
         }
         torch.manual_seed(seed)
         self.trainer = Trainer(UNet(**dataclasses.asdict(model_settings)), settings, self.device)
+        first = first_averaged(settings.iterations, settings.average_last)
+        self.average = WeightAverage(self.trainer.model, first) if first <= settings.iterations else None
         self.augmenter = Augmenter(
             *data.train[:3],
             input_size=settings.input_size,
@@ -450,6 +501,7 @@ class _Session:
             self.trainer.optimizer,
             self.augmenter,
             self.device,
+            self.average,
         )
         self.start = resumed.iteration
         self.last_checkpoint = resumed.iteration or None
@@ -461,6 +513,16 @@ class _Session:
             file=sys.stderr,
         )
         self.progress = progress_bar(settings.iterations, desc="train", unit="it", initial=self.start)
+
+    def step(self, iteration: int, learning_rate: float) -> None:
+        self.log.add(self.trainer.step(*self.augmenter.sample(self.settings.batch_size), learning_rate))
+        if self.average:
+            self.average.update(iteration, self.trainer.model)
+        self.progress.update()
+
+    def kept_weights(self) -> contextlib.AbstractContextManager:
+        """Within it, the model holds the weights that `finish` keeps: the average once there is one."""
+        return self.average.applied(self.trainer.model) if self.average else contextlib.nullcontext()
 
     def report(self, iteration: int, learning_rate: float, *, scores: bool = True) -> None:
         """At the iterations due for it: a log row, the held-out scores (unless not `scores`), a checkpoint."""
@@ -474,7 +536,8 @@ class _Session:
             # Prediction is exact whatever the tile (unet.overlap_tile), but needs an output of 2**depth px or more,
             # which the smallest training tiles lack: the paper's 572 is valid at every depth.
             tile = max(settings.input_size, PredictSettings.input_size)
-            row.update(self.trainer.held_out_scores(self.data.held_out, tile))
+            with self.kept_weights():
+                row.update(self.trainer.held_out_scores(self.data.held_out, tile))
         self.progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         if due_checkpoint:
             self.checkpoint(iteration)
@@ -508,6 +571,7 @@ class _Session:
             model=self.trainer.model,
             optimizer=self.trainer.optimizer,
             augmenter=self.augmenter,
+            average=self.average,
             device=self.device,
             settings=self.run_settings,
             rows=self.log.rows,
@@ -545,10 +609,14 @@ class _Session:
             train_wall_s=round(self.log.elapsed(), 1),
             constant_output_loss=round(self.constant_loss, 4),
         )
+        averaged = self.average is not None and self.average.count > 0
+        if averaged:
+            self.trainer.model.load_state_dict(self.average.mean)
         save_model(
             self.out_dir / MODEL,
             self.trainer.model,
             iterations=self.settings.iterations,
+            averaged_iterations=[self.average.first, self.settings.iterations] if averaged else None,
             seed=self.seed,
             settings=self.run_settings,
             label_kind=self.data.kind,
