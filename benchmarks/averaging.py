@@ -7,7 +7,7 @@ beside the run's last model, as RUN/model-average-F.pt (the metadata of RUN/mode
 
 The averages do not change the run: they draw no random numbers and leave the weights alone, so RUN/model.pt is
 the model `unet train` alone makes. Score every file with `unet predict --model` and `unet evaluate`.
-A fresh run only: the averages are not checkpointed.
+A fresh run only (a RUN with a checkpoint is refused): the averages are not checkpointed.
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ def main() -> int:
     parser.add_argument("train_arguments", nargs=argparse.REMAINDER)
     chosen = parser.parse_args()
     train_arguments = [a for a in chosen.train_arguments if a != "--"]
-    iterations = int(train_arguments[train_arguments.index("--iterations") + 1])
-    out = Path(train_arguments[train_arguments.index("--out") + 1])
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--iterations", type=int, required=True)
+    run.add_argument("--out", type=Path, required=True)
+    iterations, out = vars(run.parse_known_args(train_arguments)[0]).values()
+    if (out / unet.train.CHECKPOINT).exists():
+        parser.error(f"{out / unet.train.CHECKPOINT} exists: the averages need a fresh run, from its first step")
     averages: dict[float, unet.train.WeightAverage] = {}
     step, iteration = unet.train.Trainer.step, [0]
 
@@ -56,7 +60,7 @@ def main() -> int:
 
 def write_average(out: Path, fraction: float, average: unet.train.WeightAverage) -> None:
     saved = torch.load(out / unet.train.MODEL, map_location="cpu", weights_only=True)
-    saved["state_dict"] = {name: value.clone() for name, value in average.mean.items()}
+    saved["state_dict"] = {name: value.cpu().clone() for name, value in average.mean.items()}
     saved["metadata"]["average"] = {"first": average.first, "count": average.count}
     torch.save(saved, out / f"model-average-{fraction:g}.pt")
     print(f"averaging: {out}/model-average-{fraction:g}.pt, iterations {average.first}-{iterations_of(average)}")

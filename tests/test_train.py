@@ -364,6 +364,26 @@ def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 6
 
 
+def test_a_checkpoint_from_before_weight_averaging_resumes_as_a_run_without_it(synthetic, tmp_path, capsys):
+    """Checkpoints written before `average_last` existed lack it and the average: their runs kept the last weights,
+    which `average_last` 0 continues; another value starts over."""
+    data, weights = synthetic
+    out = tmp_path / "model"
+    args = train_arguments(data, weights, out, "--iterations", "12", "--checkpoint-every", "6", "--device", "cpu")
+    assert main(args) == 0
+    before = weights_of(out / "model.pt")
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    del checkpoint["settings"]["train"]["average_last"], checkpoint["average"]
+    torch.save(checkpoint, out / "checkpoint.pt")
+    capsys.readouterr()
+
+    assert main(args) == 0
+    assert f"resuming from {out / 'checkpoint.pt'} at iteration 12" in capsys.readouterr().err
+    assert all(torch.equal(before[k], found) for k, found in weights_of(out / "model.pt").items())
+    assert main([*args, "--average-last", "0.5"]) == 0
+    assert "(train.average_last: 0.0 -> 0.5); starting over" in capsys.readouterr().err
+
+
 def test_run_json_names_the_commit_that_started_the_run_not_the_one_checked_out_at_its_end(
     synthetic, tmp_path, monkeypatch
 ):

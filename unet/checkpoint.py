@@ -21,6 +21,9 @@ from unet.io import DataError, atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 # What `save_checkpoint` writes and `resume` reads (older checkpoints lack `pending` and `average`).
+# Settings added since checkpoints were first written, with the value that reproduces the runs before them: a
+# checkpoint that lacks one was written by such a run, which a run of today with that value continues.
+ADDED_SETTINGS = {"train": {"average_last": 0.0}}
 CHECKPOINT_KEYS = ("iteration", "settings", "config", "state_dict", "optimizer", "rng", "augmenter", "log", "elapsed_s")
 
 
@@ -94,7 +97,7 @@ def resume(path: Path, settings: dict, model, optimizer, augmenter, device: torc
     checkpoint = load_checkpoint(path)
     if checkpoint is None:
         return Resumed()
-    changed = _differences(checkpoint["settings"], settings)
+    changed = _differences(_with_added_settings(checkpoint["settings"]), settings)
     if changed:
         print(
             f"unet train: {path} was written with other settings ({'; '.join(changed)}); starting over", file=sys.stderr
@@ -144,6 +147,15 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _with_added_settings(saved: dict) -> dict:
+    """`saved` with the `ADDED_SETTINGS` it lacks, at the values its run had in effect."""
+    return saved | {
+        section: {**added, **saved[section]}
+        for section, added in ADDED_SETTINGS.items()
+        if isinstance(saved.get(section), dict)
+    }
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
