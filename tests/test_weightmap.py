@@ -34,7 +34,7 @@ HELA_FRAMES = {"01": [2, 21], "02": [6]}
 
 
 def naive_weight_map(
-    label: np.ndarray, kind: str, w0: float = 10.0, sigma: float = 5.0
+    label: np.ndarray, kind: str, w0: float = 10.0, sigma: float = 5.0, separation: float = 3.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The definitions computed the obvious way, independently of the package: one full-image distance
     transform per object. Returns (target, weights)."""
@@ -44,7 +44,7 @@ def naive_weight_map(
         objects = label.astype(np.int64).copy()
         for instance in np.unique(label[label > 0]):
             others = (label > 0) & (label != instance)
-            touching = (label == instance) & ndimage.binary_dilation(others, structure=np.ones((3, 3)))
+            touching = (label == instance) & (ndimage.distance_transform_edt(~others) <= separation)
             objects[touching] = 0
     target = (objects > 0).astype(np.uint8)
     nearest = np.full(label.shape, np.inf)
@@ -113,14 +113,26 @@ def test_touching_instances_are_split_by_a_background_border():
     instances[2:10, 2:8] = 7
     instances[2:10, 8:14] = 3  # touches 7 along a full edge
     instances[10:12, 14:16] = 9  # touches 3 at one corner only (8-neighbourhood)
-    objects, separation = separate_instances(instances)
+    objects, separation = separate_instances(instances, 1.5)
     assert separation[2:10, 7].all() and separation[2:10, 8].all()  # one column on each side
     assert separation[9, 13] and separation[10, 14]  # the diagonal contact
     assert separation.sum() == 8 + 8 + 2
     assert not separation[instances == 0].any() and (objects[separation] == 0).all()
-    maps = weight_map(instances, "instance")
+    maps = weight_map(instances, "instance", separation=1.5)
     assert (maps.target[separation] == 0).all()
     assert maps.weights[5, 7] > 9  # separation pixels get the high border weight
+
+
+def test_a_wider_separation_takes_the_cell_pixels_within_that_distance_of_another_cell():
+    instances = np.zeros((12, 20), dtype=np.uint16)
+    instances[1:11, 2:10] = 1
+    instances[1:11, 10:18] = 2  # touching along the column boundary 9 | 10
+    _, separation = separate_instances(instances, 3.0)
+    assert separation[5, 7:13].all() and not separation[5, 6] and not separation[5, 13]  # 3 columns a side
+    assert separation[1, 7] and not separation[0, 7]  # the disc reaches 3 px along the row, not beyond a cell
+    np.testing.assert_array_equal(separation, separate_instances(instances)[1])  # the default
+    _, neighbours = separate_instances(instances, 1.5)
+    assert neighbours[5, 9:11].all() and neighbours[:, 8].sum() == 0  # the 8 neighbours: one column a side
 
 
 def test_class_weights_balance_the_classes_per_image():
@@ -181,10 +193,12 @@ def hela_split(shared_data, tmp_path_factory):
 def test_cli_writes_targets_weights_and_the_figure(hela_split, tmp_path):
     directory, labels = hela_split
     out, figure = tmp_path / "weights", tmp_path / "weightmap.png"
-    unet("weightmap", directory, out, "--w0", 8, "--sigma", 4, "--figure", figure, "--figure-frame", 21, check=True)
+    flags = ("--w0", 8, "--sigma", 4, "--separation", 2.5)
+    unet("weightmap", directory, out, *flags, "--figure", figure, "--figure-frame", 21, check=True)
     target, weights = read_tiff(out / "target.tif"), read_tiff(out / "weights.tif")
     assert target.dtype == np.uint8 and weights.dtype == np.float32 and target.shape == labels.shape
-    expected_target, expected_weights = weight_maps(labels, "instance", w0=8, sigma=4)
+    expected_target, expected_weights = weight_maps(labels, "instance", w0=8, sigma=4, separation=2.5)
+    assert not np.array_equal(expected_target, weight_maps(labels, "instance", w0=8, sigma=4)[0])
     np.testing.assert_array_equal(target, expected_target)
     np.testing.assert_array_equal(weights, expected_weights)
     assert mpimg.imread(figure).shape[1] > 1000  # a 4-panel figure was drawn

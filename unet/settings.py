@@ -134,6 +134,12 @@ class WeightmapSettings(StageSettings):
     ignore_margin: int = setting(
         5, "pixels around an unannotated cell that also get no weight (the cell's extent is approximate)", minimum=0
     )
+    separation: float = setting(
+        3.0,
+        "instance labels: cell pixels within this many pixels of another cell become background, the border "
+        "that splits touching cells (3: a border 6 px wide; 1.5: the 8 neighbours, 2 px)",
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
     w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))^2 / (2 sigma^2)),   w0 = 10, sigma = 5 px (paper)
 
 - Objects. Binary labels (ISBI): the 4-connected regions of cell pixels (the connectivity of the
-  challenge's Rand error). Instance labels (CTC): the instances after separation: a cell pixel with
-  a pixel of another cell among its 8 neighbours becomes background (a morphological separation
-  border, 2 px wide where two cells touch, as in the paper's Fig. 3c).
+  challenge's Rand error). Instance labels (CTC): the instances after separation: a cell pixel
+  within `separation` px (Euclidean) of a pixel of another cell becomes background (a morphological
+  separation border, as in the paper's Fig. 3c; 6 px wide where two cells touch with the default
+  3 px; 1.5 px, the 8 neighbours, makes it 2 px wide).
 - Target: 1 on object pixels, 0 on background and separation borders.
 - d1, d2: for a pixel x, d_i(x) is the Euclidean distance from x to the nearest pixel of object i
   (`scipy.ndimage.distance_transform_edt`; 1 for a background pixel touching the object); d1 and d2
@@ -37,6 +38,7 @@ are both below `TOLERANCE`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -53,7 +55,6 @@ from unet.settings import add_arguments as add_settings_arguments
 
 TOLERANCE = 1e-6  # border terms below this are left out
 IGNORED_COLOUR = (0.6, 0.6, 0.6)  # the figure's unannotated cells
-_NEIGHBOURS_8 = np.ones((3, 3), dtype=bool)
 
 
 class WeightMap(NamedTuple):
@@ -71,15 +72,17 @@ def weight_map(
     sigma: float = WeightmapSettings.sigma,
     unannotated: np.ndarray | None = None,
     ignore_margin: int = WeightmapSettings.ignore_margin,
+    separation: float = WeightmapSettings.separation,
 ) -> WeightMap:
     """Target and loss weights of one labelled frame; `kind` is `binary` (cell > 0) or `instance` (ids);
-    `unannotated`: bool, the cells it shows without a mask (no weight, with `ignore_margin` px around them)."""
-    objects, separation = label_objects(label, kind)
+    `unannotated`: bool, the cells it shows without a mask (no weight, with `ignore_margin` px around them);
+    `separation`: how far from another cell an instance's pixels become background."""
+    objects, border = label_objects(label, kind, separation)
     target = (objects > 0).astype(np.uint8)
     ignored = ignored_pixels(unannotated, label, ignore_margin)
     weights = class_weights(target, ~ignored) + border_weights(objects, w0=w0, sigma=sigma)
     weights[ignored] = 0
-    return WeightMap(target, weights.astype(np.float32), separation, ignored)
+    return WeightMap(target, weights.astype(np.float32), border, ignored)
 
 
 def ignored_pixels(unannotated: np.ndarray | None, label: np.ndarray, margin: int) -> np.ndarray:
@@ -90,7 +93,9 @@ def ignored_pixels(unannotated: np.ndarray | None, label: np.ndarray, margin: in
     return near & (label == 0)
 
 
-def label_objects(label: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def label_objects(
+    label: np.ndarray, kind: str, separation: float = WeightmapSettings.separation
+) -> tuple[np.ndarray, np.ndarray]:
     """(objects, separation): int32 object ids (0 = background) and the separation border mask."""
     if label.ndim != 2:
         raise UsageError(f"weightmap: expected a 2D label image, found shape {label.shape}")
@@ -98,18 +103,28 @@ def label_objects(label: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]
         objects, _ = ndimage.label(label > 0)  # default structure: 4-connectivity
         return objects.astype(np.int32), np.zeros(label.shape, dtype=bool)
     if kind == "instance":
-        return separate_instances(label)
+        return separate_instances(label, separation)
     raise UsageError(f"weightmap: kind must be 'binary' or 'instance', found {kind!r}")
 
 
-def separate_instances(instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Make background of every cell pixel that has another cell among its 8 neighbours."""
+def separate_instances(
+    instances: np.ndarray, separation: float = WeightmapSettings.separation
+) -> tuple[np.ndarray, np.ndarray]:
+    """Make background of every cell pixel within `separation` px (Euclidean) of another cell."""
     instances = instances.astype(np.int32)
-    larger_neighbour = ndimage.maximum_filter(instances, footprint=_NEIGHBOURS_8, mode="nearest") > instances
+    near = disc(separation)
+    larger_neighbour = ndimage.maximum_filter(instances, footprint=near, mode="nearest") > instances
     cells_only = np.where(instances > 0, instances, np.iinfo(np.int32).max)
-    smaller_neighbour = ndimage.minimum_filter(cells_only, footprint=_NEIGHBOURS_8, mode="nearest") < instances
+    smaller_neighbour = ndimage.minimum_filter(cells_only, footprint=near, mode="nearest") < instances
     separation = (instances > 0) & (larger_neighbour | smaller_neighbour)
     return np.where(separation, 0, instances), separation
+
+
+def disc(radius: float) -> np.ndarray:
+    """The footprint of the pixels within `radius` (Euclidean) of the centre; 1.5 gives the 3 x 3 square."""
+    reach = int(radius)
+    rows, columns = np.mgrid[-reach : reach + 1, -reach : reach + 1]
+    return rows**2 + columns**2 <= radius**2
 
 
 def class_weights(target: np.ndarray, counted: np.ndarray | None = None) -> np.ndarray:
@@ -228,6 +243,7 @@ def weight_maps(
     sigma: float = WeightmapSettings.sigma,
     unannotated: np.ndarray | None = None,
     ignore_margin: int = WeightmapSettings.ignore_margin,
+    separation: float = WeightmapSettings.separation,
     sizes: list[tuple[int, int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(targets uint8, weights float32), (M, H, W) each, for a (M, H, W) label stack (and its unannotated cells).
@@ -245,6 +261,7 @@ def weight_maps(
             sigma=sigma,
             unannotated=None if mask is None else mask[true_extent],
             ignore_margin=ignore_margin,
+            separation=separation,
         )
         targets[row][true_extent], weights[row][true_extent] = maps.target, maps.weights
     return targets, weights
@@ -315,7 +332,7 @@ def _write_weight_maps(args: argparse.Namespace, settings: WeightmapSettings) ->
     split = read_split(args.data)
     if split.labels is None:
         raise DataError(f"{args.data}: the split has no labelled frames, so it has no weight maps")
-    options = {"w0": settings.w0, "sigma": settings.sigma, "ignore_margin": settings.ignore_margin}
+    options = dataclasses.asdict(settings)
     if args.out is not None:
         targets, weights = weight_maps(
             split.labels, split.kind, unannotated=split.unannotated, sizes=split.labelled_sizes(), **options
