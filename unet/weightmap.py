@@ -116,8 +116,8 @@ def separate_instances(
     larger_neighbour = ndimage.maximum_filter(instances, footprint=near, mode="nearest") > instances
     cells_only = np.where(instances > 0, instances, np.iinfo(np.int32).max)
     smaller_neighbour = ndimage.minimum_filter(cells_only, footprint=near, mode="nearest") < instances
-    separation = (instances > 0) & (larger_neighbour | smaller_neighbour)
-    return np.where(separation, 0, instances), separation
+    border = (instances > 0) & (larger_neighbour | smaller_neighbour)
+    return np.where(border, 0, instances), border
 
 
 def disc(radius: float) -> np.ndarray:
