@@ -279,6 +279,9 @@ def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data
     assert len(train_commands) == 5 and all("--base-channels 16 " in command for command in train_commands)
     fetch_commands = [command for command in commands if command.startswith("unet fetch ")]
     assert len(fetch_commands) == 2 and all(f"--mirror {shared_data}" in command for command in fetch_commands)
+    # One thread per prediction (Snakemake prints no `threads:` then), so predictions share the cores with trainings.
+    predict_jobs = re.findall(r"rule (predict_\w+):\n((?:    .*\n)*)", log)
+    assert len(predict_jobs) == 5 and not any("threads:" in job for _, job in predict_jobs)
     # Longest training first (HeLa: 6,000 iterations, ISBI: 3,000), after the data jobs they wait for.
     found = re.findall(r"rule (\w+):\n(?:    .*\n)*?    wildcards: dataset=([\w-]+).*\n    priority: (\d+)", log)
     assert {(rule, dataset, int(priority)) for rule, dataset, priority in found} >= {
