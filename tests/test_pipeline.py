@@ -277,6 +277,12 @@ def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data
     commands = [line.removeprefix("Shell command: ").removeprefix("unet gpu -- ") for line in log.splitlines()]
     train_commands = [command for command in commands if command.startswith("unet train ")]
     assert len(train_commands) == 5 and all("--base-channels 16 " in command for command in train_commands)
+    # ISBI 2012's own peak learning rate; HeLa keeps the profile's.
+    rates = {
+        (re.search(r"--data results/data/([\w-]+)/", command)[1], re.search(r"--learning-rate (\S+)", command)[1])
+        for command in train_commands
+    }
+    assert rates == {("isbi2012", "0.01"), ("DIC-C2DH-HeLa", "0.003")}
     fetch_commands = [command for command in commands if command.startswith("unet fetch ")]
     assert len(fetch_commands) == 2 and all(f"--mirror {shared_data}" in command for command in fetch_commands)
     # One thread per prediction (Snakemake prints no `threads:` then), so predictions share the cores with trainings.
