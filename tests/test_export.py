@@ -353,3 +353,8 @@ def test_the_model_card_says_which_iterations_the_kept_weights_average():
     averaged = training_facts({"iterations": 6000, "averaged_iterations": [4501, 6000]}, "DIC-C2DH-HeLa")
     assert averaged["weights"] == "the mean of the weights after iterations 4501-6000"
     assert "weights" not in training_facts({"iterations": 6000}, "DIC-C2DH-HeLa")  # the last weights
+
+
+def test_the_model_card_gives_the_instance_threshold_the_model_was_trained_for():
+    facts = training_facts({"predict": {"tta": "flips", "threshold": 0.65}}, "DIC-C2DH-HeLa")
+    assert facts["`unet predict` defaults"] == "tta flips, threshold 0.65"

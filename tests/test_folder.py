@@ -370,15 +370,17 @@ def test_evaluate_split_scores_a_fold_at_true_sizes_with_the_metrics_of_the_mask
     prob = np.clip((split.labels[rows] > 0) + rng.normal(0, 0.4, split.labels[rows].shape), 0, 1).astype(np.float32)
     write_tiff(tmp_path / "p.tif", prob, axes="TYX")
     args = ["evaluate", "split", str(tmp_path / "p.tif"), str(padded / "data" / "train"), "--fold", "1", "--folds", "3"]
-    assert main([*args, "--min-area", "5", "--out", str(tmp_path / "s.json"), "--figure", str(tmp_path / "o.png")]) == 0
+    instances = ["--min-area", "5", "--threshold", "0.6"]
+    assert main([*args, *instances, "--out", str(tmp_path / "s.json"), "--figure", str(tmp_path / "o.png")]) == 0
     scores = json.loads((tmp_path / "s.json").read_text())
     crops = [(prob[k, :h, :w], split.labels[row, :h, :w]) for k, row in enumerate(rows) for h, w in [split.sizes[row]]]
-    masks = [instance_masks(p[None], 5)[0] for p, _ in crops]
+    masks = [instance_masks(p[None], 5, threshold=0.6)[0] for p, _ in crops]
     expected = instance_scores(held_out, masks, [label for _, label in crops])
     assert scores["seg"]["value"] == pytest.approx(expected["seg"]["value"]) and 0 < scores["seg"]["value"] < 1
     assert scores["iou"]["value"] == pytest.approx(expected["iou"]["value"])
     assert {"warping_error", "rand_error", "pixel_error", "vrand", "vinfo"} <= set(scores)
     assert scores["meta"]["protocol"] == "folder" and scores["meta"]["frames"] == held_out
+    assert (scores["meta"]["min_area"], scores["meta"]["threshold"]) == (5, 0.6)
     assert (tmp_path / "o.png").stat().st_size > 0 and "SEG" in capsys.readouterr().out
     # Another fold's page count is an error naming the file.
     assert main([*args[:4], "--fold", "0", "--folds", "2"]) == 2

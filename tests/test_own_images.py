@@ -27,7 +27,7 @@ def cell_model(path, seed: int = 0, **metadata):
         model.head.weight.mul_(20)  # probabilities spread over [0, 1]: masks have several objects
     metadata = {
         "label_kind": "instance",
-        "predict": {"tta": "flips", "min_area": 20, "connectivity": 4},
+        "predict": {"tta": "flips", "min_area": 20, "connectivity": 4, "threshold": 0.4},
         "normalization": {"percentiles": [1.0, 99.0]},
         **metadata,
     }
@@ -70,14 +70,15 @@ def test_a_folder_a_stack_and_a_png_each_get_probabilities_and_masks_shaped_like
         "movie_masks.tif",
         "movie_probabilities.tif",
     ]
-    # The model's own settings: its tta (flips), min_area (20) and connectivity (4).
+    # The model's own settings: its tta (flips), min_area (20), connectivity (4) and threshold (0.4).
     expected = predict_probabilities(model, normalize_intensity(frames), tta="flips")
     movie = tifffile.imread(out / "movie_probabilities.tif")
     assert movie.dtype == np.float32 and movie.shape == frames.shape
     np.testing.assert_allclose(movie, expected, atol=1e-5)
     masks = tifffile.imread(out / "movie_masks.tif")
     assert masks.dtype == np.uint16 and masks.max() > 0
-    np.testing.assert_array_equal(masks, instance_masks(movie, 20, connectivity=4))
+    np.testing.assert_array_equal(masks, instance_masks(movie, 20, connectivity=4, threshold=0.4))
+    assert (instance_masks(movie, 20, connectivity=4) > 0).sum() < (masks > 0).sum()  # not the default 0.5
     assert imagej(out / "movie_probabilities.tif")["frames"] == 3 and "channels" not in imagej(out / "movie_masks.tif")
     np.testing.assert_allclose(tifffile.imread(out / "a_probabilities.tif"), expected[0], atol=1e-5)
     np.testing.assert_allclose(tifffile.imread(out / "b_probabilities.tif"), expected[1], atol=1e-5)

@@ -224,6 +224,17 @@ def test_instance_masks_label_components_and_drop_small_ones():
     assert instance_masks(probabilities, min_area=37)[0].max() == 0
 
 
+def test_a_higher_instance_threshold_opens_a_weak_border():
+    """Two cells joined by pixels the network is unsure of (0.6): one instance at the arg-max, two above 0.6."""
+    probabilities = np.zeros((1, 10, 20), dtype=np.float32)
+    probabilities[0, 2:8, 2:9] = 0.9
+    probabilities[0, 2:8, 11:18] = 0.9
+    probabilities[0, 2:8, 9:11] = 0.6
+    assert instance_masks(probabilities).max() == 1
+    two = instance_masks(probabilities, threshold=0.65)
+    assert two.max() == 2 and (two > 0).sum() == 2 * 42
+
+
 def test_ctc_result_folder_has_a_mask_for_every_frame(tmp_path):
     masks = np.arange(12, dtype=np.uint16)[:, None, None] * np.ones((1, 4, 5), dtype=np.uint16)
     res = tmp_path / "02_RES"

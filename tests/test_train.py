@@ -343,7 +343,7 @@ def test_outputs_log_and_reinvocation(synthetic, tmp_path, capsys):
     assert metadata["settings"]["frames"] == [0, 1, 2, 3] and metadata["settings"]["val_frames"] == [4, 5]
     # What a user of the model needs to predict as it was trained: the data's kind, prediction defaults, scaling.
     assert metadata["label_kind"] == "binary" and metadata["normalization"] == {"percentiles": [1.0, 99.0]}
-    assert metadata["predict"] == {"tta": "d4", "min_area": 0, "connectivity": 8}
+    assert metadata["predict"] == {"tta": "d4", "min_area": 0, "connectivity": 8, "threshold": 0.5}
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["iteration"] == 12
     # run.json says which precision ran.

@@ -321,7 +321,7 @@ def ctc_table(scores: dict) -> str:
 
 
 def evaluate_split(args: argparse.Namespace) -> tuple[dict, str]:
-    from unet.predict import instance_masks  # here: it imports torch, which the other scores do without
+    from unet.predict import settings_instances  # here: it imports torch, which the other scores do without
 
     settings = from_arguments(EvaluateSettings, args)
     instances = from_arguments(PredictSettings, args, keys=INSTANCE_KEYS)
@@ -343,9 +343,7 @@ def evaluate_split(args: argparse.Namespace) -> tuple[dict, str]:
         **dataclasses.asdict(settings),
     }
     if split.kind == "instance":
-        masks = [
-            instance_masks(p[None], instances.min_area, connectivity=instances.connectivity)[0] for p in probabilities
-        ]
+        masks = [settings_instances(p[None], instances)[0] for p in probabilities]
         scores |= instance_scores(frames, masks, labels, unannotated)
         meta |= {key: getattr(instances, key) for key in INSTANCE_KEYS}
         if args.figure:

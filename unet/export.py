@@ -429,10 +429,12 @@ which can shift them by a few gray values.
 
 ## Output
 
-Two channels, the soft-max probabilities of background and cell (cell > 0.5: cell), at the
-input's size. The network uses valid convolutions, as in the paper: the package mirrors the
-image into the next valid tile (NumPy's `reflect`, as `unet predict` mirrors), runs the network
-and crops the probabilities back to the image.
+Two channels, the soft-max probabilities of background and cell, at the input's size.
+`unet predict` makes instances of the pixels whose cell probability exceeds the `threshold` of
+its defaults under "Training" (0.5: the class with the higher probability). The network uses
+valid convolutions, as in the paper: the package mirrors the image into the next valid tile
+(NumPy's `reflect`, as `unet predict` mirrors), runs the network and crops the probabilities
+back to the image.
 
 Tiling: each output axis has a halo of {context} px, how far the network looks beyond a pixel,
 rounded up to its pooling grid of {step} px. Tools that split a large image into tiles mirror or
@@ -489,6 +491,7 @@ def training_facts(metadata: dict, dataset: str | None) -> dict[str, object]:
         "seed": metadata.get("seed"),
         "training settings": _listed(settings.get("train")),
         "augmentation": _listed(settings.get("augment")),
+        "`unet predict` defaults": _listed(metadata.get("predict")),
         "final training loss": f"{loss:.4g}" if loss is not None else None,
         "trained on": " with torch ".join(str(metadata[key]) for key in ("device", "torch") if key in metadata),
     }

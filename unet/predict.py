@@ -13,14 +13,14 @@ Two uses:
 
 Several `--model` files average their probabilities (an ensemble: the folds, or the
 models of both cell sequences). The prediction settings a model was trained for (its
-data set's test-time augmentation, `min_area`, connectivity) and its input scaling come
-with it (model.pt metadata); flags override them.
+data set's test-time augmentation, `min_area`, connectivity, threshold) and its input scaling
+come with it (model.pt metadata); flags override them.
 
-Instances: connected components of the pixels where the cell class wins (probability
-> 0.5, the release's arg-max), 8-connected by default (MATLAB's default for
-`bwlabel`/`bwareaopen`, which the release's MATLAB post-processing presumably used:
-unverified), components smaller than `min_area` pixels removed (the release: 500 px for
-PhC-U373).
+Instances: connected components of the pixels whose cell probability exceeds `threshold`
+(by default 0.5: the class that wins, the release's arg-max), 8-connected by default
+(MATLAB's default for `bwlabel`/`bwareaopen`, which the release's MATLAB post-processing
+presumably used: unverified), components smaller than `min_area` pixels removed (the
+release: 500 px for PhC-U373).
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ def instance_masks(
     min_area: int = PredictSettings.min_area,
     *,
     connectivity: int = PredictSettings.connectivity,
+    threshold: float = PredictSettings.threshold,
 ) -> np.ndarray:
-    """Instance labels (N, H, W) uint16: connected components of `probabilities > 0.5`, small ones removed.
+    """Instance labels (N, H, W) uint16: connected components of `probabilities > threshold`, small ones removed.
 
     Components with fewer than `min_area` pixels become background; the others
     are numbered 1, 2, ... per image in scan order.
@@ -144,13 +145,20 @@ def instance_masks(
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
     masks = np.zeros(probabilities.shape, dtype=np.uint16)
     for index, probability in enumerate(probabilities):
-        labels, count = ndimage.label(probability > 0.5, structure=structure)
+        labels, count = ndimage.label(probability > threshold, structure=structure)
         keep = np.bincount(labels.ravel(), minlength=count + 1) >= min_area
         keep[0] = False
         if keep.sum() > np.iinfo(np.uint16).max:
             raise UsageError(f"image {index}: {keep.sum()} objects do not fit uint16 instance labels")
         masks[index] = (np.cumsum(keep) * keep)[labels]
     return masks
+
+
+def settings_instances(probabilities: np.ndarray, settings: PredictSettings) -> np.ndarray:
+    """`instance_masks` with the `min_area`, connectivity and threshold of `settings`."""
+    return instance_masks(
+        probabilities, settings.min_area, connectivity=settings.connectivity, threshold=settings.threshold
+    )
 
 
 def write_submission(path: str | os.PathLike, probabilities: np.ndarray) -> None:
@@ -292,7 +300,7 @@ def _predict_split(args: argparse.Namespace, models: Models, settings: PredictSe
     if args.submission:
         write_submission(args.submission, probabilities)
     if args.instances:
-        masks = instance_masks(probabilities, settings.min_area, connectivity=settings.connectivity)
+        masks = settings_instances(probabilities, settings)
         write_ctc_masks(args.instances, masks, frames)
     _report(frames, images.shape, settings, models, device, seconds)
 
@@ -315,7 +323,7 @@ def _predict_image_files(args: argparse.Namespace, models: Models, settings: Pre
             out / path.stem,
             image.axes,
             probabilities,
-            instance_masks(probabilities, settings.min_area, connectivity=settings.connectivity) if masks else None,
+            settings_instances(probabilities, settings) if masks else None,
         )
         print(f"unet predict: {path} -> {out / path.stem}_probabilities.tif", file=sys.stderr)
 

@@ -256,6 +256,13 @@ class PredictSettings(StageSettings):
     )
     min_area: int = setting(0, "instances smaller than this many pixels are removed", minimum=0)
     connectivity: int = setting(8, "pixel connectivity of instances", choices=(4, 8))
+    threshold: float = setting(
+        0.5,
+        "instances are made of the pixels whose cell probability exceeds this; 0.5 = the class with the higher "
+        "probability (the release's arg-max)",
+        exclusive_minimum=0,
+        exclusive_maximum=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -300,9 +307,9 @@ class SyntheticCellsSettings(StageSettings):
 
 # The prediction settings that belong to the data, not the machine: a model carries them for its users
 # (`unet train --predict-KEY`, saved in model.pt), and `unet predict` takes them as its defaults.
-MODEL_PREDICT_KEYS = ("tta", "min_area", "connectivity")
+MODEL_PREDICT_KEYS = ("tta", "min_area", "connectivity", "threshold")
 # How instances are made of a prediction (`unet.predict.instance_masks`): `unet evaluate split` takes them too.
-INSTANCE_KEYS = ("min_area", "connectivity")
+INSTANCE_KEYS = ("min_area", "connectivity", "threshold")
 
 
 STAGE_SETTINGS: dict[str, type[StageSettings]] = {
