@@ -283,6 +283,11 @@ def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data
         for command in train_commands
     }
     assert rates == {("isbi2012", "0.01"), ("DIC-C2DH-HeLa", "0.003")}
+    # HeLa's models make their instances at a cell probability of 0.65 (ISBI 2012 scores every threshold).
+    thresholds = {
+        re.search(r"--predict-threshold (\S+)", command)[1] for command in train_commands if "HeLa" in command
+    }
+    assert thresholds == {"0.65"}
     fetch_commands = [command for command in commands if command.startswith("unet fetch ")]
     assert len(fetch_commands) == 2 and all(f"--mirror {shared_data}" in command for command in fetch_commands)
     # One thread per prediction (Snakemake prints no `threads:` then), so predictions share the cores with trainings.
