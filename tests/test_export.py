@@ -17,7 +17,7 @@ import torch
 from matplotlib.image import imread
 
 from unet.cli import main as unet_main
-from unet.export import FILES, describe, halo, read_test_input, smallest_input, training_facts
+from unet.export import FILES, describe, halo, read_test_input, readme, smallest_input, training_facts
 from unet.io import (
     MARKER,
     NORMALIZATION_PERCENTILES,
@@ -356,5 +356,10 @@ def test_the_model_card_says_which_iterations_the_kept_weights_average():
 
 
 def test_the_model_card_gives_the_instance_threshold_the_model_was_trained_for():
-    facts = training_facts({"predict": {"tta": "flips", "threshold": 0.65}}, "DIC-C2DH-HeLa")
-    assert facts["`unet predict` defaults"] == "tta flips, threshold 0.65"
+    metadata = {"label_kind": "instance", "predict": {"tta": "flips", "threshold": 0.65}}
+    assert training_facts(metadata, "DIC-C2DH-HeLa")["`unet predict` defaults"] == "tta flips, threshold 0.65"
+    config = {"depth": 2, "base_channels": 4}
+    assert "cell probability exceeds 0.65\n" in readme(config, metadata, "DIC-C2DH-HeLa")
+    older = readme(config, {"label_kind": "instance"}, "DIC-C2DH-HeLa")  # saved before the setting: the arg-max
+    assert "cell probability exceeds 0.5\n" in older
+    assert "exceeds" not in readme(config, {"label_kind": "binary"}, "isbi2012")  # membranes: no instances

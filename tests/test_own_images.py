@@ -71,6 +71,7 @@ def test_a_folder_a_stack_and_a_png_each_get_probabilities_and_masks_shaped_like
         "movie_probabilities.tif",
     ]
     # The model's own settings: its tta (flips), min_area (20), connectivity (4) and threshold (0.4).
+    assert "masks: 4-connected components of cell probability > 0.4 of at least 20 px" in result.stderr
     expected = predict_probabilities(model, normalize_intensity(frames), tta="flips")
     movie = tifffile.imread(out / "movie_probabilities.tif")
     assert movie.dtype == np.float32 and movie.shape == frames.shape

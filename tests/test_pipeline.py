@@ -288,6 +288,12 @@ def test_quick_dry_run_resolves_the_real_experiments_from_the_mirror(shared_data
         re.search(r"--predict-threshold (\S+)", command)[1] for command in train_commands if "HeLa" in command
     }
     assert thresholds == {"0.65"}
+    # The prediction rule passes the data set's settings itself: quick.yaml's threshold merged with tta flips.
+    hela_predictions = [command for command in commands if command.startswith("unet predict ") and "HeLa" in command]
+    assert len(hela_predictions) == 2
+    assert {(re.search(r"--tta (\S+)", c)[1], re.search(r"--threshold (\S+)", c)[1]) for c in hela_predictions} == {
+        ("flips", "0.65")
+    }
     fetch_commands = [command for command in commands if command.startswith("unet fetch ")]
     assert len(fetch_commands) == 2 and all(f"--mirror {shared_data}" in command for command in fetch_commands)
     # One thread per prediction (Snakemake prints no `threads:` then), so predictions share the cores with trainings.

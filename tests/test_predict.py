@@ -225,7 +225,7 @@ def test_instance_masks_label_components_and_drop_small_ones():
 
 
 def test_a_higher_instance_threshold_opens_a_weak_border():
-    """Two cells joined by pixels the network is unsure of (0.6): one instance at the arg-max, two above 0.6."""
+    """Two cells joined by pixels the network is unsure of (0.6): one instance at the arg-max, two at 0.65."""
     probabilities = np.zeros((1, 10, 20), dtype=np.float32)
     probabilities[0, 2:8, 2:9] = 0.9
     probabilities[0, 2:8, 11:18] = 0.9

@@ -67,7 +67,7 @@ from unet.io import (
     write_tiff,
 )
 from unet.model import UNet, load_metadata, load_model
-from unet.settings import SyntheticEmSettings
+from unet.settings import PredictSettings, SyntheticEmSettings
 from unet.sizes import border, valid_input_size_at_least
 
 INPUT, OUTPUT = v0_5.TensorId("raw"), v0_5.TensorId("probabilities")
@@ -410,6 +410,7 @@ def readme(config: dict, metadata: dict, dataset: str | None) -> str:
     smallest, step, context = smallest_input(depth), 2**depth, halo(depth)
     low, high = input_percentiles(metadata)
     training = "\n".join(f"- {key}: {value}" for key, value in training_facts(metadata, dataset).items())
+    instances = f"\n{instances_sentence(metadata)}" if metadata.get("label_kind") == "instance" else ""
     return f"""# {model_name(dataset)}
 
 The U-Net of Ronneberger, Fischer & Brox (MICCAI 2015) for 2D cell segmentation, from the
@@ -429,12 +430,10 @@ which can shift them by a few gray values.
 
 ## Output
 
-Two channels, the soft-max probabilities of background and cell, at the input's size.
-`unet predict` makes instances of the pixels whose cell probability exceeds the `threshold` of
-its defaults under "Training" (0.5: the class with the higher probability). The network uses
-valid convolutions, as in the paper: the package mirrors the image into the next valid tile
-(NumPy's `reflect`, as `unet predict` mirrors), runs the network and crops the probabilities
-back to the image.
+Two channels, the soft-max probabilities of background and cell, at the input's size.{instances}
+The network uses valid convolutions, as in the paper: the package mirrors the image into the
+next valid tile (NumPy's `reflect`, as `unet predict` mirrors), runs the network and crops the
+probabilities back to the image.
 
 Tiling: each output axis has a halo of {context} px, how far the network looks beyond a pixel,
 rounded up to its pooling grid of {step} px. Tools that split a large image into tiles mirror or
@@ -472,6 +471,15 @@ PyTorch) and `torchscript` (traced on the CPU), the same network and numbers.
 
 MIT, {AUTHORS}.
 """
+
+
+def instances_sentence(metadata: dict) -> str:
+    """How `unet predict` makes this cell model's instances: above which cell probability (the model's `threshold`)."""
+    threshold = metadata.get("predict", {}).get("threshold", PredictSettings.threshold)
+    return (
+        f"`unet predict` makes instances of the pixels whose cell probability exceeds {threshold:g}\n"
+        "(the model's `threshold`; 0.5: the class with the higher probability)."
+    )
 
 
 def training_facts(metadata: dict, dataset: str | None) -> dict[str, object]:

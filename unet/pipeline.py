@@ -430,8 +430,8 @@ def prepare_flags(config: Mapping[str, Any], dataset: str) -> str:
 
 
 def instance_flags(config: Mapping[str, Any], dataset: str) -> str:
-    """`--min-area`, `--connectivity`: how `unet evaluate split` makes instances of a prediction, as the data set's
-    `predict` section says `unet predict` makes them."""
+    """`--min-area`, `--connectivity`, `--threshold`: how `unet evaluate split` makes instances of a prediction, as
+    the data set's `predict` section says `unet predict` makes them."""
     predict = stage_settings(config, "predict", dataset)
     return cli_flags({key: getattr(predict, key) for key in INSTANCE_KEYS})
 

@@ -161,6 +161,14 @@ def settings_instances(probabilities: np.ndarray, settings: PredictSettings) -> 
     )
 
 
+def instances_made(settings: PredictSettings) -> str:
+    """How `settings_instances` makes instances, in words, for the log."""
+    return (
+        f"{settings.connectivity}-connected components of cell probability > {settings.threshold:g}"
+        f" of at least {settings.min_area} px"
+    )
+
+
 def write_submission(path: str | os.PathLike, probabilities: np.ndarray) -> None:
     """The ISBI 2012 submission: a float32 stack in [0, 1], 1 = certainly not membrane (our cell probability)."""
     probabilities = np.asarray(probabilities)
@@ -302,6 +310,7 @@ def _predict_split(args: argparse.Namespace, models: Models, settings: PredictSe
     if args.instances:
         masks = settings_instances(probabilities, settings)
         write_ctc_masks(args.instances, masks, frames)
+        print(f"unet predict: {args.instances}: {instances_made(settings)}", file=sys.stderr)
     _report(frames, images.shape, settings, models, device, seconds)
 
 
@@ -315,6 +324,8 @@ def _predict_image_files(args: argparse.Namespace, models: Models, settings: Pre
     if twice:
         raise DataError(f"several inputs are named {twice}: their outputs would overwrite each other")
     masks = args.masks if args.masks is not None else models.label_kind == "instance"
+    if masks:
+        print(f"unet predict: masks: {instances_made(settings)}", file=sys.stderr)
     out = Path(args.out)
     for path in paths:
         image = read_image_file(path, args.channel)
