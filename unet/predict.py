@@ -324,8 +324,6 @@ def _predict_image_files(args: argparse.Namespace, models: Models, settings: Pre
     if twice:
         raise DataError(f"several inputs are named {twice}: their outputs would overwrite each other")
     masks = args.masks if args.masks is not None else models.label_kind == "instance"
-    if masks:
-        print(f"unet predict: masks: {instances_made(settings)}", file=sys.stderr)
     out = Path(args.out)
     for path in paths:
         image = read_image_file(path, args.channel)
@@ -337,6 +335,8 @@ def _predict_image_files(args: argparse.Namespace, models: Models, settings: Pre
             settings_instances(probabilities, settings) if masks else None,
         )
         print(f"unet predict: {path} -> {out / path.stem}_probabilities.tif", file=sys.stderr)
+    if masks:
+        print(f"unet predict: masks: {instances_made(settings)}", file=sys.stderr)
 
 
 def _write_image_results(stem: Path, axes: str, probabilities: np.ndarray, masks: np.ndarray | None) -> None:
