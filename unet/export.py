@@ -475,7 +475,8 @@ MIT, {AUTHORS}.
 
 def instances_sentence(metadata: dict) -> str:
     """How `unet predict` makes this cell model's instances: above which cell probability (the model's `threshold`)."""
-    threshold = metadata.get("predict", {}).get("threshold", PredictSettings.threshold)
+    # As `unet predict` reads the model's saved settings: a key saved before it existed takes its default.
+    threshold = PredictSettings.from_mapping(metadata.get("predict", {}), "the model's saved predict").threshold
     return (
         f"`unet predict` makes instances of the pixels whose cell probability exceeds {threshold:g}\n"
         "(the model's `threshold`; 0.5: the class with the higher probability)."
