@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from unet.io import read_split
 
 from helpers import CONFIG, REPO, snakemake
@@ -37,3 +39,29 @@ def test_fetch_synthesize_and_prepare_rules_write_the_canonical_splits(shared_da
     for rule, name in [("fetch", "isbi2012"), ("synthesize", "demo-cells"), ("prepare", "DIC-C2DH-HeLa-02")]:
         assert (tmp_path / f"results/logs/{rule}/{name}.log").is_file()
         assert (tmp_path / f"results/benchmarks/{rule}/{name}.tsv").is_file()
+
+
+def test_jobs_run_the_package_that_the_workflow_read(tmp_path):
+    """Another `unet` package ahead on the path (an older install, another checkout) does not run the jobs:
+    they run the workflow's own, whose commit run.json records."""
+    decoy = tmp_path / "elsewhere" / "unet"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text('raise ImportError("another unet package ran the job")\n')
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    target = "results/data/demo-em/test/frames.json"
+    result = snakemake(
+        workdir,
+        "-s",
+        REPO / "Snakefile",
+        "--configfile",
+        CONFIG,
+        "--cores",
+        "1",
+        "--quiet",
+        "--",
+        target,
+        env={**os.environ, "PYTHONPATH": str(decoy.parent)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_split(workdir / "results/data/demo-em/test").images.ndim == 3

@@ -26,6 +26,15 @@ pipeline.check_config(
 # The GPUs that training and prediction share, one job per GPU (`unet gpu`, config key `gpus`), reach the
 # jobs in their environment, not as a param: choosing other GPUs does not rerun finished jobs.
 os.environ[GPUS_VARIABLE] = ",".join(map(str, config.get("gpus") or []))
+# The jobs' `unet` commands run the package that this workflow read (its checkout's: Snakemake puts the
+# Snakefile's folder first on sys.path), not another installed copy: the commit that run.json records is
+# the code that ran.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(pipeline.__file__))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])
+    )
+)
 
 EXPERIMENTS = list(config["experiments"])
 DATASETS = list(config["datasets"])
