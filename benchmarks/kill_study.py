@@ -47,13 +47,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import common  # noqa: E402
+from unet.provenance import python_path_first  # noqa: E402
 
 # One thread per process: the inputs are tiny, and the study runs beside other work on 2 cores.
 ENVIRONMENT = {
     **os.environ,
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
-    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    "PYTHONPATH": python_path_first(REPO),
 }
 UNET = (sys.executable, "-m", "unet.cli")
 # A file of the user's beside the outputs: no command may touch it.

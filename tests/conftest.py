@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from unet.provenance import python_path_first
+
 from helpers import REPO, SHARED_DATA
 
 # The `slurm_cluster` fixture: a real single-node SLURM cluster (tests/slurm_cluster.py).
@@ -24,7 +26,7 @@ def shared_data() -> Path:
 
 
 # Subprocesses (the `unet` command, snakemake) must import the package of this checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+os.environ["PYTHONPATH"] = python_path_first(REPO)
 
 
 # The suite runs on two workers (pyproject's addopts: `-n 2 --dist loadfile --no-loadscope-reorder`), a file

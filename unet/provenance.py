@@ -38,6 +38,12 @@ def code_version(source: Path = SOURCE) -> dict[str, object]:
     return {"commit": commit, "dirty": dirty}
 
 
+def python_path_first(folder: Path = SOURCE) -> str:
+    """$PYTHONPATH with `folder` first (default: this package's checkout), for subprocesses that must import
+    the code there, not another installed copy of the package."""
+    return os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+
+
 def versions() -> dict[str, str | None]:
     """Python's version and the installed versions of the main libraries (None where one is missing)."""
     found = {"python": platform.python_version(), "unet": _version("unet-reproduction")}

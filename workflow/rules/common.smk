@@ -7,7 +7,7 @@ import re
 from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.utils import min_version, update_config
 
-from unet import pipeline
+from unet import pipeline, provenance
 from unet.gpus import GPUS_VARIABLE
 
 min_version("9.0")
@@ -27,14 +27,9 @@ pipeline.check_config(
 # jobs in their environment, not as a param: choosing other GPUs does not rerun finished jobs.
 os.environ[GPUS_VARIABLE] = ",".join(map(str, config.get("gpus") or []))
 # The jobs' `unet` commands run the package that this workflow read (its checkout's: Snakemake puts the
-# Snakefile's folder first on sys.path), not another installed copy: the commit that run.json records is
-# the code that ran.
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(pipeline.__file__))
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(
-        filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])
-    )
-)
+# Snakefile's folder first on sys.path), not another installed copy: the commit that run.json records
+# (provenance.SOURCE's) is the code that ran.
+os.environ.update(PYTHONPATH=provenance.python_path_first())
 
 EXPERIMENTS = list(config["experiments"])
 DATASETS = list(config["datasets"])
