@@ -89,13 +89,23 @@ def device_name(device: str) -> str:
 
 
 def commit() -> str:
-    """The short commit, "+dirty" with uncommitted changes (`unet.provenance.code_version`: git or $UNET_COMMIT)."""
+    """The code the benchmark measured: the short commit ("+dirty" with uncommitted changes) when the run began
+    (this module's import), not when its record is written; where the checkout changed meanwhile, both."""
+    now = _short_commit()
+    return _COMMIT_AT_START if now == _COMMIT_AT_START else f"{_COMMIT_AT_START} (by the end of the run: {now})"
+
+
+def _short_commit() -> str:
+    """The checkout's short commit now (`unet.provenance.code_version`: git or $UNET_COMMIT)."""
     from unet.provenance import code_version
 
     version = code_version()
     if version["commit"] is None:
         return "unknown"
     return version["commit"][:7] + ("+dirty" if version["dirty"] else "")
+
+
+_COMMIT_AT_START = _short_commit()
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
